@@ -1,0 +1,20 @@
+"""SLM Blocks: `python app.py` starts the app locally (add --share for a public link); Spaces run it as is."""
+
+import argparse
+import os
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run the SLM Blocks app.")
+    parser.add_argument("--share", action="store_true", help="create a temporary public gradio.live link")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    args = parser.parse_args()
+
+    from slm_blocks.ui import build_app
+
+    build_app().queue().launch(server_name=args.host, server_port=args.port, share=args.share)
+
+
+if __name__ == "__main__":
+    main()

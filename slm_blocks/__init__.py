@@ -1,0 +1,22 @@
+"""SLM Blocks: build a small language model from a list of blocks, train it, export it to transformers.
+
+The engine is importable without Gradio. Heavy modules (torch, transformers) load on first use of
+`build_model`, so `ModelSpec`, validation and `estimate` stay fast for the builder UI.
+"""
+
+from .estimate import Estimate, estimate
+from .presets import list_presets, load_preset
+from .spec import BLOCK_TYPES, ModelSpec, block_help
+from .validate import Problem, SpecError
+
+__all__ = [
+    "BLOCK_TYPES", "Estimate", "ModelSpec", "Problem", "SpecError", "block_help", "build_model", "estimate",
+    "list_presets", "load_preset",
+]
+
+
+def build_model(spec, **config_kwargs):
+    """A freshly initialized transformers model (SLMForCausalLM) for a ModelSpec, dict or JSON text."""
+    from .modeling import build_model as _build
+
+    return _build(spec, **config_kwargs)

@@ -1,0 +1,93 @@
+"""Causal self-attention with MHA / GQA / MQA, optional QK-norm, RoPE or ALiBi, a sliding window and a KV cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .norms import RMSNorm
+from .positions import alibi_slopes, apply_rope, attention_mask
+from .spec import AttentionSpec
+
+
+@dataclass
+class AttentionContext:
+    """What every attention layer of one forward pass shares: the cache, padding, RoPE tables, mask memo."""
+
+    key_padding: torch.Tensor | None  # (B, S) bool, True = real token, over cached + new positions
+    cache: object | None = None  # a transformers Cache, or None
+    rope: dict = field(default_factory=dict)  # (theta, head_dim) -> (cos, sin), each (B, T, hd)
+    masks: dict = field(default_factory=dict)  # memo of attention_mask() results
+
+
+class Attention(nn.Module):
+    def __init__(self, d_model: int, spec: AttentionSpec, *, norm_eps: float, window: int | None,
+                 rope_theta: float | None, alibi: bool, cache_index: int):
+        super().__init__()
+        self.n_heads = spec.n_heads
+        self.n_kv_heads = spec.n_kv_heads or spec.n_heads
+        self.head_dim = spec.head_dim or d_model // spec.n_heads
+        self.q_proj = nn.Linear(d_model, self.n_heads * self.head_dim, bias=spec.qkv_bias)
+        self.k_proj = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=spec.qkv_bias)
+        self.v_proj = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=spec.qkv_bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, d_model, bias=spec.out_bias)
+        self.o_proj.is_residual_proj = True  # scaled init, see SLMPreTrainedModel._init_weights
+        if spec.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, norm_eps)
+        self.qk_norm = spec.qk_norm
+        self.window = window  # this layer's sliding window (None = full causal)
+        self.rope_theta = rope_theta  # None = no RoPE
+        self.alibi = alibi
+        self.dropout = spec.dropout
+        self.cache_index = cache_index  # this layer's slot in the KV cache
+
+    def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self._project(x, ctx)  # (B, nh, T, hd), (B, nkv, T, hd), (B, nkv, T, hd)
+        if ctx.cache is not None:
+            k, v = ctx.cache.update(k, v, self.cache_index)  # (B, nkv, S, hd) with S = past + T
+        if self.n_kv_heads != self.n_heads:  # GQA / MQA: each kv head serves a group of query heads
+            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)  # (B, nh, S, hd)
+            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+        mask, causal = self._mask(ctx, T, k.shape[2], q.dtype, q.device)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hd)
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, nh*hd)
+        return self.o_proj(y)  # (B, T, C)
+
+    def _project(self, x: torch.Tensor, ctx: AttentionContext):
+        B, T, C = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope_theta is not None:
+            cos, sin = ctx.rope[(self.rope_theta, self.head_dim)]
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return q, k, v
+
+    def _mask(self, ctx: AttentionContext, q_len: int, kv_len: int, dtype, device):
+        key = (q_len, kv_len, self.window, self.n_heads if self.alibi else 0, dtype)
+        if key not in ctx.masks:
+            slopes = alibi_slopes(self.n_heads) if self.alibi else None
+            ctx.masks[key] = attention_mask(q_len, kv_len, ctx.key_padding, self.window, slopes, dtype, device)
+        return ctx.masks[key]
+
+    @torch.no_grad()
+    def attention_weights(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
+        """The (B, nh, T, T) attention probabilities for x without a cache — for the app's attention maps."""
+        T = x.shape[1]
+        q, k, _ = self._project(x, ctx)
+        k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+        scores = (q @ k.transpose(-2, -1)) * self.head_dim ** -0.5  # (B, nh, T, T)
+        mask, causal = self._mask(ctx, T, T, scores.dtype, scores.device)
+        if causal:
+            mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        return scores.softmax(-1)

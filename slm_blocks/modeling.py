@@ -1,0 +1,224 @@
+"""The model: a `transformers` PreTrainedModel built from a ModelSpec.
+
+`SLMConfig` carries the spec as plain JSON data, so `save_pretrained` / `from_pretrained` round-trip the
+architecture, and `generate()` (sampling, top-k/top-p, repetition penalty, streamers, KV cache) works
+because the model speaks the standard causal-LM interface.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import DynamicCache
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .attention import Attention, AttentionContext
+from .layers import AttentionLayer, MLPLayer, NormLayer, TransformerLayer
+from .norms import make_norm
+from .positions import rope_tables, sinusoidal
+from .spec import (
+    AttentionLayerBlock, EmbeddingBlock, FinalNormBlock, MLPLayerBlock, ModelSpec, NormBlock, PositionalBlock,
+    TransformerBlock,
+)
+
+
+class SLMConfig(PreTrainedConfig):
+    """A transformers config whose `spec` field holds the whole block list; the rest is derived from it."""
+
+    model_type = "slm_blocks"
+    spec: dict | None = None
+    vocab_size: int = 256
+    hidden_size: int = 128
+    num_hidden_layers: int = 0  # attention layers, i.e. KV-cache slots
+    num_attention_heads: int = 1
+    max_position_embeddings: int = 256
+    tie_word_embeddings: bool = True
+    use_cache: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.spec is not None:
+            spec = ModelSpec.from_dict(self.spec)
+            self.spec = spec.to_dict()
+            attn = [layer for layer in spec.layer_plan() if layer[1] is not None]
+            self.vocab_size = spec.vocab_size
+            self.hidden_size = spec.d_model
+            self.num_hidden_layers = len(attn)
+            self.num_attention_heads = attn[0][1].n_heads if attn else 1
+            self.max_position_embeddings = spec.max_seq_len
+            self.tie_word_embeddings = spec.tie_embeddings
+        super().__post_init__(**kwargs)
+
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec.from_dict(self.spec)
+
+
+class SLMModel(nn.Module):
+    """Embedding -> positions -> layers -> final norm. Names follow transformers' Llama."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        C = spec.d_model
+        pos = next((b for b in spec.blocks if isinstance(b, PositionalBlock)), PositionalBlock(kind="none"))
+        self.positional = pos.kind
+        self.embed_scale = math.sqrt(C) if any(isinstance(b, EmbeddingBlock) and b.scale for b in spec.blocks) else None
+        self.embed_tokens = nn.Embedding(spec.vocab_size, C)
+        if pos.kind == "learned":
+            self.embed_positions = nn.Embedding(spec.max_seq_len, C)
+        self.drop = nn.Dropout(spec.dropout)
+        layers, n_attn = [], 0
+        for block, attn_spec, window in spec.layer_plan():
+            attn = None
+            if attn_spec is not None:
+                local = window is not None and pos.local_rope_theta is not None
+                theta = (pos.local_rope_theta if local else pos.rope_theta) if pos.kind == "rope" else None
+                norm_eps = block.norm.eps if block.norm is not None else 1e-6
+                attn = Attention(C, attn_spec, norm_eps=norm_eps, window=window, rope_theta=theta,
+                                 alibi=pos.kind == "alibi", cache_index=n_attn)
+                n_attn += 1
+            if isinstance(block, TransformerBlock):
+                layers.append(TransformerLayer(C, block, attn, spec.dropout))
+            elif isinstance(block, AttentionLayerBlock):
+                layers.append(AttentionLayer(C, block, attn, spec.dropout))
+            elif isinstance(block, MLPLayerBlock):
+                layers.append(MLPLayer(C, block, spec.dropout))
+            else:
+                layers.append(NormLayer(C, block))
+        self.layers = nn.ModuleList(layers)
+        final = next((b for b in spec.blocks if isinstance(b, FinalNormBlock)), None)
+        self.norm = make_norm(final.norm, C) if final else nn.Identity()
+        self.max_seq_len = spec.max_seq_len
+        self.rope_keys = {(m.rope_theta, m.head_dim) for m in self.modules()
+                          if isinstance(m, Attention) and m.rope_theta is not None}
+
+    def forward(self, input_ids, position_ids, ctx: AttentionContext, inputs_embeds=None) -> torch.Tensor:
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
+        if self.embed_scale is not None:
+            x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
+        if self.positional == "learned":
+            if int(position_ids.max()) >= self.max_seq_len:
+                raise ValueError(f"position {int(position_ids.max())} is beyond max_seq_len {self.max_seq_len}; "
+                                 "use a shorter input (learned positions only exist up to max_seq_len)")
+            x = x + self.embed_positions(position_ids)
+        elif self.positional == "sinusoidal":
+            x = x + sinusoidal(position_ids, x.shape[-1]).to(x.dtype)
+        ctx.rope = {(theta, hd): rope_tables(position_ids, hd, theta) for theta, hd in self.rope_keys}
+        x = self.drop(x)
+        for layer in self.layers:
+            x = layer(x, ctx)  # (B, T, C)
+        return self.norm(x)
+
+
+class SLMPreTrainedModel(PreTrainedModel):
+    config_class = SLMConfig
+    config: SLMConfig
+    base_model_prefix = "model"
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """Normal(0, init_std) weights and zero biases; residual output projections are scaled down by
+        1/sqrt(#residual branches) (GPT-2) so deep models start with a stable residual stream."""
+        std, residual_std = self._init_stds()
+        if isinstance(module, nn.Linear):
+            std = residual_std if getattr(module, "is_residual_proj", False) else std
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm) or type(module).__name__ == "RMSNorm":
+            init.ones_(module.weight)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
+
+    def _init_stds(self) -> tuple[float, float]:
+        if "_stds" not in self.__dict__:
+            spec = self.config.model_spec()
+            n_branches = sum(2 if isinstance(b, TransformerBlock) else 1 for b, *_ in spec.layer_plan()
+                             if not isinstance(b, NormBlock))
+            self.__dict__["_stds"] = (spec.init_std, spec.init_std / math.sqrt(max(n_branches, 1)))
+        return self.__dict__["_stds"]
+
+
+class SLMForCausalLM(SLMPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: SLMConfig):
+        super().__init__(config)
+        spec = config.model_spec()
+        self.model = SLMModel(spec)
+        self.lm_head = nn.Linear(spec.d_model, spec.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,  # (B, T)
+        attention_mask: torch.Tensor | None = None,  # (B, past + T), 1 = real token, 0 = padding
+        position_ids: torch.LongTensor | None = None,  # (B, T)
+        cache: DynamicCache | None = None,
+        labels: torch.LongTensor | None = None,  # (B, T), shifted inside like every transformers causal LM
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,  # >0: only the last N positions get logits (generation)
+        past_key_values: DynamicCache | None = None,  # older name of `cache`
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        cache = cache if cache is not None else past_key_values
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and cache is None and not self.training:
+            cache = DynamicCache()
+        B, T = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        past = cache.get_seq_length() if cache is not None else 0
+        device = self.model.embed_tokens.weight.device
+
+        key_padding = None
+        if attention_mask is not None:
+            mask = attention_mask.to(device=device, dtype=torch.bool)
+            if mask.shape[1] == T and past:  # mask given for the new tokens only
+                mask = torch.cat([mask.new_ones(B, past), mask], dim=1)
+            if not bool(mask.all()):
+                key_padding = mask  # (B, past + T)
+        if position_ids is None:
+            if key_padding is not None:  # left padding: count real tokens, so positions start at 0 everywhere
+                position_ids = (key_padding.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+            else:
+                position_ids = torch.arange(past, past + T, device=device).expand(B, T)
+
+        ctx = AttentionContext(key_padding=key_padding, cache=cache if use_cache else None)
+        x = self.model(input_ids, position_ids, ctx, inputs_embeds)  # (B, T, C)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        logits = self.lm_head(x)  # (B, T, vocab)
+
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device),
+                                   ignore_index=-100)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache if use_cache else None)
+
+
+AutoConfig.register(SLMConfig.model_type, SLMConfig, exist_ok=True)
+AutoModelForCausalLM.register(SLMConfig, SLMForCausalLM, exist_ok=True)
+
+
+def build_model(spec: ModelSpec | dict | str, **config_kwargs) -> SLMForCausalLM:
+    """A freshly initialized model for a spec (a ModelSpec, its dict or its JSON text)."""
+    if isinstance(spec, str):
+        spec = ModelSpec.from_json(spec)
+    elif isinstance(spec, dict):
+        spec = ModelSpec.from_dict(spec)
+    return SLMForCausalLM(SLMConfig(spec=spec.to_dict(), **config_kwargs))

@@ -1,0 +1,175 @@
+"""Native transformers families: which one a spec matches, and the weights mapped into it.
+
+Our parameter names already follow Llama's, so Llama, Mistral, Qwen3 and Gemma 3 are a near-identity
+copy (Gemma stores RMSNorm weights as w - 1); GPT-2 renames and fuses q/k/v into its Conv1D layout.
+When nothing matches, `native_family` says why in plain words, and export falls back to custom code.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedConfig
+
+from .spec import EmbeddingBlock, FinalNormBlock, LMHeadBlock, ModelSpec, PositionalBlock, TransformerBlock
+from .validate import head_dim
+
+FAMILIES = ("gpt2", "llama", "mistral", "qwen3", "gemma3")
+
+
+def native_family(spec: ModelSpec) -> tuple[str | None, str]:
+    """(family, "") when a native transformers class computes exactly this spec, else (None, why not)."""
+    layers = [b for b in spec.blocks
+              if not isinstance(b, (EmbeddingBlock, PositionalBlock, FinalNormBlock, LMHeadBlock))]
+    if not layers:
+        return None, "a model without transformer layers has no native transformers class"
+    if any(not isinstance(b, TransformerBlock) for b in layers):
+        return None, "standalone attention / MLP / norm blocks (a free layer order) have no native transformers class"
+    first = layers[0]
+    if any(_layer_fields(b) != _layer_fields(first) for b in layers):
+        return None, "transformer blocks with different settings have no native transformers class"
+    final = next((b for b in spec.blocks if isinstance(b, FinalNormBlock)), None)
+    if final is None or final.norm != first.norm:
+        return None, "native classes need a final_norm block with the same settings as the layers' norms"
+    a, m, pos, scaled = first.attention, first.mlp, spec.positional(), _embed_scaled(spec)
+    if first.residual != "sequential":
+        return None, "parallel residuals have no native class among GPT-2, Llama, Mistral, Qwen3 and Gemma 3"
+    if pos == "alibi":
+        return None, "ALiBi positions have no native transformers class for these architectures"
+    if pos == "learned":
+        if (first.norm_placement == "pre" and first.norm.kind == "layernorm" and first.norm.bias and a.qkv_bias
+                and a.out_bias and not a.qk_norm and a.sliding_window is None and (a.n_kv_heads or a.n_heads) == a.n_heads
+                and head_dim(spec, a) * a.n_heads == spec.d_model and not m.gated and m.bias and not scaled):
+            return "gpt2", ""
+        return None, ("learned positions match only GPT-2, which needs pre-LayerNorm with bias, biases on all "
+                      "attention and MLP projections, full multi-head attention and a plain (non-gated) MLP")
+    if pos != "rope":
+        return None, f"'{pos}' positions have no native transformers class (GPT-2 uses learned, the others RoPE)"
+    if first.norm.kind != "rmsnorm" or not m.gated or m.bias:
+        return None, "RoPE families (Llama, Mistral, Qwen3, Gemma 3) need RMSNorm and a gated MLP without bias"
+    rope_local = next(b for b in spec.blocks if isinstance(b, PositionalBlock)).local_rope_theta
+    if first.norm_placement == "sandwich":
+        if m.activation == "gelu_tanh" and a.qk_norm and scaled and not a.qkv_bias and not a.out_bias:
+            return "gemma3", ""
+        return None, "sandwich norms match only Gemma 3, which needs a GeGLU-tanh MLP, QK-norm, scaled embeddings " \
+                     "and no attention bias"
+    if first.norm_placement != "pre" or scaled or m.activation != "silu" or rope_local is not None:
+        return None, ("Llama, Mistral and Qwen3 need pre-norm, a SwiGLU (silu, gated) MLP, unscaled embeddings and "
+                      "one RoPE base")
+    if a.qkv_bias != a.out_bias:
+        return None, "Llama-style classes put a bias on all four attention projections or on none"
+    if a.qk_norm or first.full_attention_every is not None:
+        return ("qwen3", "") if not a.qkv_bias else (None, "Qwen3 (QK-norm) has no attention bias option")
+    if a.sliding_window is not None:
+        return ("mistral", "") if not a.qkv_bias else (None, "Mistral (sliding window) has no attention bias option")
+    return "llama", ""
+
+
+def _layer_fields(b: TransformerBlock) -> tuple:
+    return (b.attention, b.mlp, b.norm, b.norm_placement, b.residual, b.full_attention_every)
+
+
+def _embed_scaled(spec: ModelSpec) -> bool:
+    return any(isinstance(b, EmbeddingBlock) and b.scale for b in spec.blocks)
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def native_config(spec: ModelSpec, family: str, **token_ids) -> PreTrainedConfig:
+    """The transformers config of `family` describing `spec` (token_ids: bos/eos/pad_token_id)."""
+    from transformers import AutoConfig
+
+    layers = [b for b in spec.blocks if isinstance(b, TransformerBlock)]
+    b = layers[0]
+    a, m = b.attention, b.mlp
+    n_layers = sum(x.repeat for x in layers)
+    common = dict(vocab_size=spec.vocab_size, tie_word_embeddings=spec.tie_embeddings,
+                  bos_token_id=token_ids.get("bos_token_id"), eos_token_id=token_ids.get("eos_token_id"),
+                  pad_token_id=token_ids.get("pad_token_id"))
+    if family == "gpt2":
+        act = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}[m.activation]
+        return AutoConfig.for_model("gpt2", n_positions=spec.max_seq_len, n_embd=spec.d_model, n_layer=n_layers,
+                                    n_head=a.n_heads, n_inner=m.hidden or 4 * spec.d_model,
+                                    activation_function=act, layer_norm_epsilon=b.norm.eps, resid_pdrop=0.0,
+                                    embd_pdrop=0.0, attn_pdrop=0.0, **common)
+    pos = next(x for x in spec.blocks if isinstance(x, PositionalBlock))
+    windows = [w for _, _, w in spec.layer_plan()]
+    layer_types = ["sliding_attention" if w is not None else "full_attention" for w in windows]
+    kw = dict(hidden_size=spec.d_model, intermediate_size=m.hidden or 4 * spec.d_model, num_hidden_layers=n_layers,
+              num_attention_heads=a.n_heads, num_key_value_heads=a.n_kv_heads or a.n_heads,
+              head_dim=head_dim(spec, a), max_position_embeddings=spec.max_seq_len, rms_norm_eps=b.norm.eps,
+              attention_dropout=0.0, **common)
+    rope = {"rope_type": "default", "rope_theta": pos.rope_theta}
+    if family == "llama":
+        return AutoConfig.for_model("llama", rope_parameters=rope, attention_bias=a.qkv_bias, mlp_bias=False, **kw)
+    if family == "mistral":
+        return AutoConfig.for_model("mistral", rope_parameters=rope, sliding_window=a.sliding_window, **kw)
+    if family == "qwen3":
+        return AutoConfig.for_model("qwen3", rope_parameters=rope, sliding_window=a.sliding_window,
+                                    use_sliding_window=a.sliding_window is not None, layer_types=layer_types, **kw)
+    if family == "gemma3":
+        local = {"rope_type": "default", "rope_theta": pos.local_rope_theta or pos.rope_theta}
+        return AutoConfig.for_model("gemma3_text", rope_parameters={"full_attention": rope, "sliding_attention": local},
+                                    sliding_window=a.sliding_window or spec.max_seq_len, layer_types=layer_types,
+                                    query_pre_attn_scalar=head_dim(spec, a), hidden_activation="gelu_pytorch_tanh",
+                                    **kw)
+    raise ValueError(f"unknown family {family!r}")
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def native_state_dict(spec: ModelSpec, family: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our state dict renamed/reshaped into `family`'s layout (tied lm_head left out)."""
+    state = {k: v for k, v in state.items() if not (spec.tie_embeddings and k == "lm_head.weight")}
+    if family in ("llama", "mistral", "qwen3"):
+        return dict(state)
+    if family == "gemma3":  # Gemma's RMSNorm computes x * (1 + w)
+        return {k: (v - 1 if k.endswith("norm.weight") else v) for k, v in state.items()}
+    if family == "gpt2":
+        return _to_gpt2(state)
+    raise ValueError(f"unknown family {family!r}")
+
+
+def _to_gpt2(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {"transformer.wte.weight": state["model.embed_tokens.weight"],
+           "transformer.wpe.weight": state["model.embed_positions.weight"],
+           "transformer.ln_f.weight": state["model.norm.weight"], "transformer.ln_f.bias": state["model.norm.bias"]}
+    if "lm_head.weight" in state:
+        out["lm_head.weight"] = state["lm_head.weight"]
+    i = 0
+    while f"model.layers.{i}.self_attn.q_proj.weight" in state:
+        p, h = f"model.layers.{i}.", f"transformer.h.{i}."
+        get = lambda name: state[p + name]  # noqa: E731
+        out[h + "attn.c_attn.weight"] = torch.cat([get(f"self_attn.{x}_proj.weight") for x in "qkv"]).T.contiguous()
+        out[h + "attn.c_attn.bias"] = torch.cat([get(f"self_attn.{x}_proj.bias") for x in "qkv"])
+        out[h + "attn.c_proj.weight"] = get("self_attn.o_proj.weight").T.contiguous()  # Conv1D stores (in, out)
+        out[h + "attn.c_proj.bias"] = get("self_attn.o_proj.bias")
+        out[h + "mlp.c_fc.weight"] = get("mlp.up_proj.weight").T.contiguous()
+        out[h + "mlp.c_fc.bias"] = get("mlp.up_proj.bias")
+        out[h + "mlp.c_proj.weight"] = get("mlp.down_proj.weight").T.contiguous()
+        out[h + "mlp.c_proj.bias"] = get("mlp.down_proj.bias")
+        for ours, theirs in (("input_layernorm", "ln_1"), ("post_attention_layernorm", "ln_2")):
+            out[h + f"{theirs}.weight"] = get(f"{ours}.weight")
+            out[h + f"{theirs}.bias"] = get(f"{ours}.bias")
+        i += 1
+    return out
+
+
+def to_native(model, **token_ids):
+    """A native transformers model (GPT2LMHeadModel, LlamaForCausalLM, ...) with `model`'s weights.
+
+    Raises ValueError with the plain-words reason when the spec matches no native family."""
+    spec = model.config.model_spec()
+    family, why = native_family(spec)
+    if family is None:
+        raise ValueError(why)
+    config = native_config(spec, family, **token_ids)
+    native = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=model.dtype)
+    state = native_state_dict(spec, family, model.state_dict())
+    missing, unexpected = native.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (spec.tie_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise RuntimeError(f"weight mapping to {family} is incomplete: missing {missing}, unexpected {unexpected}")
+    native.tie_weights()
+    return native.eval() if not model.training else native

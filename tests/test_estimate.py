@@ -1,0 +1,52 @@
+"""estimate(): exact parameter counts, and FLOPs / memory checked against values worked out by hand."""
+
+import pytest
+
+from slm_blocks import ModelSpec, build_model, estimate, list_presets, load_preset
+
+SMALL = {
+    "vocab_size": 10, "d_model": 8, "max_seq_len": 4,
+    "blocks": [{"type": "embedding"}, {"type": "positional", "kind": "rope"},
+               {"type": "transformer", "attention": {"n_heads": 2}, "mlp": {"activation": "gelu", "hidden": 16}},
+               {"type": "final_norm"}, {"type": "lm_head"}],
+}
+
+
+def test_hand_computed_small_spec():
+    e = estimate(ModelSpec.from_dict(SMALL), batch_size=2, seq_len=4)
+    # embedding 10*8 (tied head) + q,k,v,o 4*8*8 + MLP 2*8*16 + two RMSNorms 2*8 + final norm 8
+    assert e.params == 80 + 256 + 256 + 16 + 8 == 616
+    assert e.embedding_params == 80
+    # 2 FLOPs per multiply-add over all matmul weights incl. the LM head (80 + 256 + 256), plus attention:
+    # 2 * 2 * heads*head_dim (8) * mean keys attended over positions 1..4 ((1+2+3+4)/4 = 2.5)
+    assert e.flops_per_token_forward == 2 * 592 + 80 == 1264
+    assert e.flops_per_token_train == 3 * 1264
+    # per token: 2 norm inputs (16), attention 8 + q/k/v 24 + out 8 + logsumexp 2 (42), MLP 8 + 2*16 (40),
+    # final norm 8, embedding output 8 + logits and softmax 2*10 (28) = 134 floats, times batch 2 * seq 4 * 4 bytes
+    assert e.train_activations_bytes == 134 * 2 * 4 * 4 == 4288
+    assert e.train_weights_bytes == e.train_grads_bytes == 616 * 4
+    assert e.train_optimizer_bytes == 616 * 8
+    assert e.train_total_bytes == 2 * 2464 + 4928 + 4288
+    assert e.kv_cache_bytes_per_token == 2 * 2 * 4 * 4  # k and v, 2 kv heads x head_dim 4, fp32
+    assert e.inference_bytes == 2464 + 64 * 2 * 4
+
+
+def test_sliding_window_reduces_attention_flops():
+    spec = load_preset("mistral")
+    full = spec.copy()
+    full.blocks[2].attention.sliding_window = None
+    assert estimate(spec).flops_per_token_forward < estimate(full).flops_per_token_forward
+
+
+@pytest.mark.parametrize("name", list(list_presets()))
+def test_preset_params_exact_and_laptop_sized(name):
+    spec = load_preset(name)
+    model = build_model(spec)
+    n = sum(p.numel() for p in model.parameters())
+    assert estimate(spec).params == n
+    assert n <= 15_000_000
+
+
+def test_bf16_halves_weight_bytes():
+    spec = load_preset("llama")
+    assert estimate(spec, dtype="bfloat16").train_weights_bytes * 2 == estimate(spec).train_weights_bytes
