@@ -201,7 +201,10 @@ class ModelSpec:
         from .validate import Problem, SpecError, validate
 
         problems: list[Problem] = []
-        spec = _parse(cls, data, "", None, problems)
+        try:
+            spec = _parse(cls, data, "", None, problems)
+        except RecursionError:
+            raise SpecError([Problem(None, "spec", "is nested too deeply to be a spec")]) from None
         if not problems:
             problems = validate(spec)
         if problems:
@@ -212,6 +215,8 @@ class ModelSpec:
     def from_json(cls, text: str | bytes) -> "ModelSpec":
         from .validate import Problem, SpecError
 
+        if not isinstance(text, (str, bytes)):
+            raise SpecError([Problem(None, "spec", "must be JSON text")])
         if isinstance(text, bytes):
             try:
                 text = text.decode("utf-8")
@@ -311,8 +316,8 @@ def _parse_blocks(data, problems: list) -> list:
             continue
         btype = raw.get("type")
         if not isinstance(btype, str) or btype not in BLOCK_TYPES:
-            shown = repr(btype)[:60]
-            problems.append(Problem(i, "type", f"{shown} is not a block type; use one of: {', '.join(BLOCK_TYPES)}"))
+            problems.append(Problem(i, "type", f"{_short(btype)} is not a block type; use one of: "
+                                    f"{', '.join(BLOCK_TYPES)}"))
             continue
         blocks.append(_parse(BLOCK_TYPES[btype], raw, "", i, problems))
     return blocks
@@ -352,10 +357,14 @@ def _parse_value(hint, value, path: str, block, meta, problems: list):
                 return False, None
         return _check_bounds(value, path, block, meta, problems)
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        try:
+            number = float(value) if not isinstance(value, bool) and isinstance(value, (int, float)) else None
+        except OverflowError:
+            number = None
+        if number is None or not math.isfinite(number):
             problems.append(Problem(block, path, f"must be a finite number, got {_short(value)}{help_}"))
             return False, None
-        return _check_bounds(float(value), path, block, meta, problems)
+        return _check_bounds(number, path, block, meta, problems)
     if hint is str:
         if isinstance(value, str) and len(value) <= 2000:
             return True, value
@@ -369,10 +378,10 @@ def _check_bounds(value, path, block, meta, problems):
 
     lo, hi = (meta or {}).get("lo"), (meta or {}).get("hi")
     if lo is not None and value < lo:
-        problems.append(Problem(block, path, f"is {value}; it must be at least {lo}"))
+        problems.append(Problem(block, path, f"is {_short(value)}; it must be at least {lo}"))
         return False, None
     if hi is not None and value > hi:
-        problems.append(Problem(block, path, f"is {value}; it must be at most {hi}"))
+        problems.append(Problem(block, path, f"is {_short(value)}; it must be at most {hi}"))
         return False, None
     return True, value
 
@@ -387,10 +396,18 @@ def _kind(value) -> str:
 
 
 def _short(value) -> str:
+    """A value as short JSON for messages (never fails: deep or huge values are summarized)."""
+    if isinstance(value, (dict, list)):
+        return _kind(value)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
+        return "a huge number"
     text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else str(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _label(cls) -> str:
-    return {ModelSpec: "the spec"}.get(cls, f"a {getattr(cls, 'type', cls.__name__)} block"
-                                       if hasattr(cls, "type") else cls.__name__)
+    if cls is ModelSpec:
+        return "the spec"
+    if hasattr(cls, "type"):
+        return f"an {cls.type} block" if cls.type[0] in "aeiou" else f"a {cls.type} block"
+    return {NormSpec: "norm settings", AttentionSpec: "attention settings", MLPSpec: "mlp settings"}[cls]

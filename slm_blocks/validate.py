@@ -95,16 +95,16 @@ def _check_order(spec: ModelSpec, add) -> None:
 
 
 def _check_attention(spec: ModelSpec, i: int, a: AttentionSpec, rope: bool, add) -> None:
-    if a.head_dim is None and spec.d_model % a.n_heads:
+    heads_fit = a.head_dim is not None or spec.d_model % a.n_heads == 0
+    if not heads_fit:
         divisors = [h for h in range(1, min(spec.d_model, 64) + 1) if spec.d_model % h == 0]
         add(i, "attention.n_heads", f"d_model {spec.d_model} is not divisible by n_heads {a.n_heads}; use one of "
             f"{', '.join(map(str, divisors[:10]))} or set attention.head_dim")
-        return
     kv = a.n_kv_heads or a.n_heads
     if a.n_heads % kv:
         add(i, "attention.n_kv_heads", f"n_heads {a.n_heads} is not divisible by n_kv_heads {kv}; use a divisor "
             f"of {a.n_heads} (1 = MQA, {a.n_heads} = MHA)")
-    if rope and head_dim(spec, a) % 2:
+    if rope and heads_fit and head_dim(spec, a) % 2:
         add(i, "attention.head_dim", f"head_dim {head_dim(spec, a)} is odd but RoPE rotates pairs of dimensions; "
             "use an even head_dim (or change n_heads)")
     if a.sliding_window is not None and a.sliding_window > spec.max_seq_len:
