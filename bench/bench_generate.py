@@ -1,0 +1,129 @@
+"""Tokens/s of our generation loop against transformers' generate(), on tiny-char with random weights.
+
+    python bench/bench_generate.py [--rounds 9] [--new 56]
+
+Every method generates the same number of new tokens greedily from the same 8-token prompt (8 + 56 fits
+the 64-token context, so nothing is cropped). Each round runs every method once, in a rotated order so
+no method always runs first or last; the table shows the median. Prefill is included in every method's
+time. "floor" is a bare loop of model forwards + argmax over the same static cache: no loop can beat it
+without making the model's forward itself faster. A last row times ours over 500 tokens, past the
+context, which exercises cropping + re-prefill. --profile adds a torch.profiler op table of ours.
+Results also go to bench/results/generate.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+from slm_blocks import build_model, load_preset  # noqa: E402
+from slm_blocks.generation import SamplingConfig, StaticCache, _logits, stream_tokens  # noqa: E402
+from slm_blocks.native import to_native  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--prompt", type=int, default=8)
+    ap.add_argument("--new", type=int, default=56)
+    ap.add_argument("--long", type=int, default=500)
+    ap.add_argument("--profile", action="store_true", help="print where our loop spends its time")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "generate.json"))
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    model = build_model(load_preset("tiny-char")).eval()
+    native = to_native(model).eval()
+    prompt = torch.randint(1, model.config.vocab_size, (1, args.prompt))
+    n = args.new
+    # attention_mask: without it generate() guesses padding from pad_token_id occurrences in the prompt
+    hf = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+              pad_token_id=0)
+    greedy = SamplingConfig(max_new_tokens=n, temperature=0)
+
+    @torch.inference_mode()
+    def floor():
+        cache, out = StaticCache(model), []
+        tok = _logits(model, prompt, 0, cache).argmax().view(1, 1)
+        for i in range(n):
+            out.append(int(tok))
+            if i < n - 1:
+                tok = _logits(model, tok, args.prompt + i, cache).argmax().view(1, 1)
+        return out
+
+    methods = {
+        "ours: stream_tokens": lambda: list(stream_tokens(model, prompt, greedy)),
+        "transformers generate (KV cache)": lambda: model.generate(prompt, use_cache=True, **hf)[0, -n:].tolist(),
+        "transformers generate (no cache)": lambda: model.generate(prompt, use_cache=False, **hf)[0, -n:].tolist(),
+        "native GPT2LMHeadModel generate": lambda: native.generate(prompt, **hf)[0, -n:].tolist(),
+        "floor: bare forward + argmax loop": floor,
+    }
+    outputs = {name: f() for name, f in methods.items()}  # warm-up, and every method must agree
+    same = all(o == outputs["ours: stream_tokens"] and len(o) == n for o in outputs.values())
+
+    times = {name: [] for name in methods}
+    names = list(methods)
+    for r in range(args.rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            methods[name]()
+            times[name].append(time.perf_counter() - t0)
+    tps = {name: n / statistics.median(ts) for name, ts in times.items()}
+
+    long_cfg = SamplingConfig(max_new_tokens=args.long, temperature=0)
+    long_times = []
+    for _ in range(max(3, args.rounds // 3)):
+        t0 = time.perf_counter()
+        count = sum(1 for _ in stream_tokens(model, prompt, long_cfg))
+        long_times.append(time.perf_counter() - t0)
+    assert count == args.long
+    long_tps = args.long / statistics.median(long_times)
+
+    base, nat = tps["transformers generate (KV cache)"], tps["native GPT2LMHeadModel generate"]
+    print(f"tiny-char, random init, prompt {args.prompt}, {n} new tokens, greedy, median of {args.rounds} rounds, "
+          f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads")
+    print(f"all methods produce the same tokens: {same}\n")
+    print("| method | tokens/s | ms/token | vs generate (cache) | vs native GPT-2 |")
+    print("|---|---:|---:|---:|---:|")
+    for name, v in tps.items():
+        print(f"| {name} | {v:,.0f} | {1000 / v:.2f} | {v / base:.2f}x | {v / nat:.2f}x |")
+    print(f"| ours, {args.long} tokens (crops past 64) | {long_tps:,.0f} | {1000 / long_tps:.2f} | "
+          f"{long_tps / base:.2f}x | {long_tps / nat:.2f}x |")
+
+    result = {
+        "preset": "tiny-char", "prompt_tokens": args.prompt, "new_tokens": n, "rounds": args.rounds,
+        "same_tokens": same, "tokens_per_s": tps, "seconds": times,
+        "long": {"new_tokens": args.long, "tokens_per_s": long_tps, "seconds": long_times},
+        "ratio_vs_generate_cache": {k: v / base for k, v in tps.items()},
+        "ratio_vs_native": {k: v / nat for k, v in tps.items()},
+        "env": {"torch": torch.__version__, "transformers": transformers.__version__,
+                "threads": torch.get_num_threads(), "python": platform.python_version(),
+                "machine": platform.machine()},
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {args.out}")
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(10):
+                methods["ours: stream_tokens"]()
+        print(f"\nours, 10 x {n} tokens, by op:")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""A run directory: the spec, data and tokenizer choices, the trained tokenizer and the checkpoints.
+
+    runs/shakespeare/
+      run.json            spec, train / data / tokenizer settings, MLflow run id
+      tokenizer/          a transformers fast tokenizer (AutoTokenizer.from_pretrained works on it)
+      checkpoints/step-*/ see checkpoint.py
+
+Everything a run needs to resume or generate is inside it, so the CLI, the app and a later session can
+all reopen it. The model's vocab_size always follows the tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .checkpoint import latest_checkpoint, load_checkpoint
+from .data import Corpus, DataConfig, check_length, load_corpus
+from .spec import ModelSpec
+from .tokenization import build_tokenizer, encode, load_tokenizer, save_tokenizer
+from .train_config import TrainConfig
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "char"  # char | byte | bpe | pretrained
+    vocab_size: int | None = None  # bpe only
+    name_or_path: str | None = None  # pretrained only
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "vocab_size": self.vocab_size, "name_or_path": self.name_or_path}
+
+
+@dataclass
+class Run:
+    dir: Path
+    spec: ModelSpec
+    train_config: TrainConfig
+    data_config: DataConfig
+    tokenizer_config: TokenizerConfig
+    tokenizer: object
+    corpus: Corpus
+    train_tokens: torch.Tensor  # 1-D int64
+    val_tokens: torch.Tensor
+    meta: dict = field(default_factory=dict)  # e.g. mlflow_run_id
+
+    @property
+    def seq_len(self) -> int:
+        return self.train_config.seq_len or self.spec.max_seq_len
+
+    @property
+    def tokens_per_char(self) -> float:
+        """Validation tokens per character: turns nats/token into bits/char, comparable across tokenizers."""
+        return len(self.val_tokens) / max(1, len(self.corpus.val_text))
+
+    def token_ids(self) -> dict:
+        t = self.tokenizer
+        return {"bos_token_id": t.bos_token_id if t.bos_token_id is not None else t.eos_token_id,
+                "eos_token_id": t.eos_token_id, "pad_token_id": t.pad_token_id}
+
+    def new_model(self):
+        from .modeling import build_model
+
+        return build_model(self.spec, **self.token_ids())
+
+    def latest_checkpoint(self) -> Path | None:
+        return latest_checkpoint(self.dir)
+
+    def load_model(self):
+        """The model at the latest checkpoint, in eval mode."""
+        ckpt = self.latest_checkpoint()
+        if ckpt is None:
+            raise FileNotFoundError(f"run {self.dir} has no checkpoint yet; train it first")
+        model = self.new_model()
+        load_checkpoint(ckpt, model)
+        return model.eval()
+
+    def save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        record = {"spec": self.spec.to_dict(), "train": self.train_config.to_dict(),
+                  "data": self.data_config.to_dict(), "tokenizer": self.tokenizer_config.to_dict(), **self.meta}
+        tmp = self.dir / "run.json.tmp"
+        tmp.write_text(json.dumps(record, indent=2))
+        tmp.replace(self.dir / "run.json")
+
+    # --- what the training loop shows while it learns --------------------------------
+    @torch.no_grad()
+    def sample(self, model, n_tokens: int, seed: int, prompt: str | None = None) -> str:
+        """A sampled continuation (temperature 0.8, top-k 50) that leaves the global RNG untouched."""
+        from .generation import SamplingConfig, generate_text
+
+        prompt = prompt if prompt is not None else self.train_config.sample_prompt or "\n"
+        with torch.random.fork_rng(devices=[]):
+            return generate_text(model, self.tokenizer, prompt,
+                                 SamplingConfig(max_new_tokens=n_tokens, temperature=0.8, top_k=50, seed=seed))
+
+    @torch.no_grad()
+    def accuracy(self, model, limit: int = 100) -> float:
+        """Exact-match accuracy of greedy answers on the algorithmic task's validation problems."""
+        from .generation import SamplingConfig, generate_text
+
+        examples = self.corpus.eval_examples[:limit]
+        right = 0
+        for prompt, answer in examples:
+            cfg = SamplingConfig(max_new_tokens=len(self.tokenizer(answer)["input_ids"]) + 1, temperature=0.0)
+            got = generate_text(model, self.tokenizer, prompt, cfg)
+            right += got.split("\n")[0].strip() == answer.strip()
+        return right / max(1, len(examples))
+
+
+def _encode_corpus(tokenizer, corpus: Corpus) -> tuple[torch.Tensor, torch.Tensor]:
+    return encode(tokenizer, corpus.train_text), encode(tokenizer, corpus.val_text)
+
+
+def prepare_run(out_dir: str | Path, spec: ModelSpec, data: DataConfig, tokenizer: TokenizerConfig,
+                train: TrainConfig) -> Run:
+    """Load the data, build the tokenizer on the training split, size the spec's vocabulary to it, save."""
+    out = Path(out_dir)
+    if latest_checkpoint(out) is not None:
+        raise FileExistsError(f"{out} already holds a trained run; resume it or choose another output folder")
+    train.validated()
+    corpus = load_corpus(data)
+    tok = build_tokenizer(tokenizer.kind, corpus.train_text, tokenizer.vocab_size, tokenizer.name_or_path)
+    spec = spec.copy(vocab_size=len(tok))
+    spec = ModelSpec.from_dict(spec.to_dict())  # re-validate with the new vocabulary
+    train_tokens, val_tokens = _encode_corpus(tok, corpus)
+    seq_len = train.seq_len or spec.max_seq_len
+    if seq_len > spec.max_seq_len:
+        raise ValueError(f"seq_len {seq_len} is longer than the model's max_seq_len {spec.max_seq_len}; lower it")
+    check_length(corpus, len(train_tokens), len(val_tokens), seq_len)
+    run = Run(out, spec, train, data, tokenizer, tok, corpus, train_tokens, val_tokens)
+    run.save()
+    save_tokenizer(tok, out / "tokenizer")
+    return run
+
+
+def open_run(run_dir: str | Path, load_data: bool = True, train_overrides: dict | None = None) -> Run:
+    """Reopen a run directory (to resume, or with load_data=False just to generate)."""
+    d = Path(run_dir)
+    if not (d / "run.json").is_file():
+        raise FileNotFoundError(f"{d} is not a run directory (run.json is missing)")
+    record = json.loads((d / "run.json").read_text())
+    spec = ModelSpec.from_dict(record.pop("spec"))
+    train = TrainConfig.from_dict({**record.pop("train"), **(train_overrides or {})})
+    data = DataConfig.from_dict(record.pop("data"))
+    tok_cfg = TokenizerConfig(**record.pop("tokenizer"))
+    tok = load_tokenizer(d / "tokenizer")
+    if load_data:
+        corpus = load_corpus(data)
+        train_tokens, val_tokens = _encode_corpus(tok, corpus)
+    else:
+        corpus, train_tokens, val_tokens = Corpus("", "", data.source), torch.empty(0), torch.empty(0)
+    return Run(d, spec, train, data, tok_cfg, tok, corpus, train_tokens, val_tokens, meta=record)

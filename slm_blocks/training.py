@@ -1,0 +1,271 @@
+"""The training loop: a generator of typed events that the app, the CLI and the tests all consume.
+
+    for event in train(run):          # run = prepare_run(...) or open_run(...)
+        print(event)                  # StepEvent, EvalEvent, SampleEvent, CheckpointEvent, WarningEvent, DoneEvent
+
+AdamW with warmup + cosine decay, gradient clipping and accumulation, mixed precision where it pays,
+periodic eval (loss, perplexity, bits per character, exact-match accuracy on algorithmic data), a sample
+at each eval, a guard against non-finite losses, early stopping, max steps and max time. Stopping is
+cooperative (`stop` event) and always leaves a resumable checkpoint; resume is exact step for step.
+Runs unchanged under `accelerate launch` / `torchrun` (DDP): rank 0 evaluates, samples and saves.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .run import Run
+
+MAX_BAD_STEPS = 5  # consecutive non-finite losses before a run gives up (the last good checkpoint stays)
+
+
+# ----------------------------------------------------------------------------- events
+
+
+@dataclass
+class StepEvent:
+    step: int
+    loss: float
+    lr: float
+    grad_norm: float
+    tokens_per_s: float
+    tokens_seen: int
+    elapsed_s: float
+    eta_s: float
+
+
+@dataclass
+class EvalEvent:
+    step: int
+    train_loss: float
+    val_loss: float
+    perplexity: float
+    bits_per_char: float
+    accuracy: float | None  # exact match on algorithmic tasks
+
+
+@dataclass
+class SampleEvent:
+    step: int
+    text: str
+
+
+@dataclass
+class CheckpointEvent:
+    step: int
+    path: str
+
+
+@dataclass
+class WarningEvent:
+    step: int
+    message: str
+
+
+@dataclass
+class DoneEvent:
+    step: int
+    reason: str  # "max_steps" | "max_time" | "early_stop" | "stopped" | "error"
+    message: str
+    checkpoint: str | None
+    best_val_loss: float | None
+
+
+Event = StepEvent | EvalEvent | SampleEvent | CheckpointEvent | WarningEvent | DoneEvent
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def lr_at(step: int, cfg) -> float:
+    """Linear warmup to cfg.lr, then cosine decay to cfg.lr * cfg.min_lr_ratio at cfg.max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def get_batch(data: torch.Tensor, batch_size: int, seq_len: int, gen: torch.Generator):
+    """Random windows of seq_len tokens (x) and the same shifted by one (y), nanoGPT style."""
+    ix = torch.randint(len(data) - seq_len - 1, (batch_size,), generator=gen)
+    offsets = torch.arange(seq_len + 1)
+    chunk = data[ix[:, None] + offsets]  # (B, T+1)
+    return chunk[:, :-1], chunk[:, 1:]
+
+
+def lm_loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    logits = model(input_ids=x, use_cache=False).logits  # (B, T, V)
+    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+
+
+def _make_optimizer(model, cfg) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on norms, biases or 1-D params)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision in ("bf16", "fp16"):
+        return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    return nullcontext()
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(run: Run, stop: threading.Event | None = None, accelerator=None):
+    """Train `run` from its latest checkpoint (or from scratch), yielding events. See the module docstring."""
+    from accelerate import Accelerator
+
+    cfg, stop = run.train_config, stop or threading.Event()
+    acc = accelerator or Accelerator(cpu=cfg.device == "cpu")
+    device, main = acc.device, acc.is_main_process
+    precision = cfg.resolved_precision(device)
+    torch.manual_seed(cfg.seed)
+    model = run.new_model().to(device)
+    optimizer = _make_optimizer(model, cfg)
+    data_gen = torch.Generator().manual_seed(cfg.seed + 1000 * acc.process_index)
+    step, tokens_seen, best_val, bad_evals, trainer_state = 0, 0, None, 0, {}
+    ckpt = run.latest_checkpoint()
+    if ckpt is not None:  # resume exactly: weights, moments, step, RNG streams
+        trainer_state, rng = load_checkpoint(ckpt, model, optimizer)
+        step, tokens_seen = trainer_state["step"], trainer_state["tokens_seen"]
+        best_val, bad_evals = trainer_state.get("best_val_loss"), trainer_state.get("bad_evals", 0)
+        data_gen.set_state(rng[f"data_rng_{acc.process_index}"] if f"data_rng_{acc.process_index}" in rng
+                           else rng["data_rng_0"])
+        torch.set_rng_state(rng["torch_rng"])
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    model, optimizer = acc.prepare(model, optimizer)
+    raw = acc.unwrap_model(model)
+    train_data, seq_len = run.train_tokens, run.seq_len
+    tokens_per_step = cfg.batch_size * seq_len * cfg.grad_accum * acc.num_processes
+    start, start_step, last_loss, bad_steps = time.perf_counter(), step, float("nan"), 0
+    window_t, window_tokens = time.perf_counter(), 0
+
+    def checkpoint(reason_step: int) -> str | None:
+        if not main:
+            return None
+        rng = {"torch_rng": torch.get_rng_state(), "data_rng_0": data_gen.get_state()}
+        state = {"tokens_seen": tokens_seen, "best_val_loss": best_val, "bad_evals": bad_evals,
+                 "last_train_loss": last_loss, "elapsed_s": trainer_state.get("elapsed_s", 0.0) +
+                 time.perf_counter() - start}
+        return str(save_checkpoint(run.dir, reason_step, raw, optimizer.optimizer if hasattr(optimizer, "optimizer")
+                                   else optimizer, rng, state, keep_last=cfg.keep_checkpoints))
+
+    def finish(reason: str, message: str):
+        path = checkpoint(step)
+        acc.wait_for_everyone()
+        return DoneEvent(step, reason, message, path, best_val)
+
+    while True:
+        if step >= cfg.max_steps:
+            yield finish("max_steps", f"reached max_steps {cfg.max_steps}")
+            return
+        if cfg.max_time and time.perf_counter() - start >= cfg.max_time:
+            yield finish("max_time", f"reached max_time {cfg.max_time:g} s")
+            return
+        if stop.is_set():
+            yield finish("stopped", "stopped by the user; resume continues from here")
+            return
+
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        total = 0.0
+        for _ in range(cfg.grad_accum):
+            x, y = get_batch(train_data, cfg.batch_size, seq_len, data_gen)
+            with _autocast(device, precision):
+                loss = lm_loss(model, x.to(device), y.to(device)) / cfg.grad_accum
+            scaler.scale(loss).backward() if precision == "fp16" else acc.backward(loss)
+            total += loss.detach().float()
+        if precision == "fp16":
+            scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+        step_loss = float(acc.reduce(total, "mean")) if acc.num_processes > 1 else float(total)
+        if not (math.isfinite(step_loss) and math.isfinite(float(grad_norm))):
+            optimizer.zero_grad(set_to_none=True)
+            bad_steps += 1
+            yield WarningEvent(step, f"non-finite loss or gradient at step {step} (loss {step_loss}); update "
+                               f"skipped ({bad_steps}/{MAX_BAD_STEPS}). Lower the learning rate if this repeats.")
+            if bad_steps >= MAX_BAD_STEPS:
+                acc.wait_for_everyone()
+                yield DoneEvent(step, "error", f"{MAX_BAD_STEPS} non-finite steps in a row; training stopped. The "
+                                "last good checkpoint is kept: lower the learning rate and resume.",
+                                None, best_val)
+                return
+            continue
+        bad_steps = 0
+        if precision == "fp16":
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        tokens_seen += tokens_per_step
+        window_tokens += tokens_per_step
+        last_loss = step_loss
+
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            now = time.perf_counter()
+            tps = window_tokens / max(now - window_t, 1e-9)
+            window_t, window_tokens = now, 0
+            elapsed = now - start
+            per_step = elapsed / max(step - start_step, 1)
+            eta = per_step * (cfg.max_steps - step)
+            if cfg.max_time:
+                eta = min(eta, max(0.0, cfg.max_time - elapsed))
+            yield StepEvent(step, step_loss, lr, float(grad_norm), tps, tokens_seen, elapsed, eta)
+
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+            if main:
+                ev = evaluate(raw, run, device, precision)
+                ev.step, ev.train_loss = step, step_loss
+                yield ev
+                if cfg.sample_tokens:
+                    yield SampleEvent(step, run.sample(raw, cfg.sample_tokens, seed=cfg.seed + step))
+                if best_val is None or ev.val_loss < best_val - cfg.early_stop_min_delta:
+                    best_val, bad_evals = ev.val_loss, 0
+                else:
+                    bad_evals += 1
+            stop_early = bool(cfg.early_stop_patience) and bad_evals >= cfg.early_stop_patience
+            if acc.num_processes > 1:
+                flag = acc.reduce(torch.tensor(float(stop_early), device=device), "sum")
+                stop_early = bool(flag > 0)
+            if stop_early:
+                yield finish("early_stop", f"validation loss did not improve for {cfg.early_stop_patience} evals")
+                return
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+            path = checkpoint(step)
+            if path:
+                yield CheckpointEvent(step, path)
+
+
+@torch.no_grad()
+def evaluate(model, run: Run, device, precision: str = "fp32") -> EvalEvent:
+    """Mean validation loss over fixed windows (the same ones every eval, so curves are smooth)."""
+    cfg = run.train_config
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(cfg.seed + 7)
+    losses = []
+    for _ in range(cfg.eval_batches):
+        x, y = get_batch(run.val_tokens, cfg.batch_size, run.seq_len, gen)
+        with _autocast(device, precision):
+            losses.append(float(lm_loss(model, x.to(device), y.to(device))))
+    val = sum(losses) / len(losses)
+    accuracy = run.accuracy(model) if run.corpus.eval_examples else None
+    model.train(was_training)
+    bpc = val / math.log(2) * run.tokens_per_char
+    return EvalEvent(0, float("nan"), val, math.exp(min(val, 50)), bpc, accuracy)
