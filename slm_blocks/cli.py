@@ -1,4 +1,4 @@
-"""Command line: `python -m slm_blocks train ...` and `python -m slm_blocks generate RUN_DIR ...`.
+"""Command line: `python -m slm_blocks train | generate | export | push ...` (see --help).
 
 Training runs unchanged under `accelerate launch` or `torchrun` (DDP): rank 0 prepares the run folder,
 logs, evaluates and saves; every rank trains on its own random windows.
@@ -16,7 +16,7 @@ TRAIN_FLAGS = {  # --flag -> TrainConfig field, for the hyperparameters a user m
     "max_steps": int, "max_time": float, "batch_size": int, "seq_len": int, "lr": float, "min_lr_ratio": float,
     "warmup_steps": int, "weight_decay": float, "grad_clip": float, "grad_accum": int, "precision": str,
     "device": str, "seed": int, "log_every": int, "eval_every": int, "eval_batches": int, "sample_tokens": int,
-    "checkpoint_every": int, "keep_checkpoints": int, "early_stop_patience": int,
+    "checkpoint_every": int, "keep_checkpoints": int, "early_stop_patience": int, "compile": bool,
 }
 
 
@@ -40,7 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--no-mlflow", action="store_true", help="do not track this run in MLflow")
+    t.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     for name, typ in TRAIN_FLAGS.items():
+        if typ is bool:
+            continue
         t.add_argument("--" + name.replace("_", "-"), type=typ, default=None)
     g = sub.add_parser("generate", help="sample text from a trained run")
     g.add_argument("run_dir")
@@ -51,7 +54,35 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--repetition-penalty", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=None)
+    e = sub.add_parser("export", help="export a run as a Hugging Face folder (verified before it is written)")
+    e.add_argument("run_dir")
+    e.add_argument("--out", required=True)
+    e.add_argument("--overwrite", action="store_true")
+    h = sub.add_parser("push", help="upload an exported folder to the Hugging Face Hub")
+    h.add_argument("export_dir")
+    h.add_argument("--repo-id", required=True, help="'name' or 'user/name'")
+    h.add_argument("--public", action="store_true", help="make the repository public (default private)")
     return p
+
+
+def export_command(args) -> int:
+    from .export import export_run
+
+    r = export_run(args.run_dir, args.out, overwrite=args.overwrite)
+    kind = "native transformers class" if r.native else f"custom code (trust_remote_code=True): {r.why_not_native}"
+    print(f"exported {r.model_class} ({kind}) to {r.out_dir}\nverified in a fresh process: max |Δlogits| "
+          f"{r.max_abs_diff:.2e}, greedy continuation {'identical' if r.greedy_match else 'different'}")
+    return 0
+
+
+def push_command(args) -> int:
+    from huggingface_hub import get_token
+
+    from .hub import push_to_hub
+
+    r = push_to_hub(args.export_dir, args.repo_id, get_token(), private=not args.public)
+    print(f"published {r.repo_id} ({'private' if r.private else 'public'}): {r.url}")
+    return 0
 
 
 def _data_config(args):
@@ -143,9 +174,11 @@ def generate_command(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    commands = {"train": train_command, "generate": generate_command, "export": export_command,
+                "push": push_command}
     try:
-        return train_command(args) if args.command == "train" else generate_command(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:  # user errors: a message, not a traceback
+        return commands[args.command](args)
+    except (ValueError, RuntimeError, FileNotFoundError, FileExistsError) as e:  # a message, not a traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
 

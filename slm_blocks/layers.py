@@ -37,7 +37,7 @@ class TransformerLayer(nn.Module):
                 self.add_module(name, make_norm(block.norm, d_model))
         self.classic_post = block.norm_placement == "classic_post"
         self.parallel = block.residual == "parallel"
-        self.drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def _norm(self, slot: int, x: torch.Tensor) -> torch.Tensor:
         name = self.norm_names[slot]
@@ -61,7 +61,7 @@ class AttentionLayer(nn.Module):
         super().__init__()
         self.input_layernorm = make_norm(block.norm, d_model) if block.norm else nn.Identity()
         self.self_attn = attn
-        self.drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         return x + self.drop(self.self_attn(self.input_layernorm(x), ctx))
@@ -74,7 +74,7 @@ class MLPLayer(nn.Module):
         super().__init__()
         self.input_layernorm = make_norm(block.norm, d_model) if block.norm else nn.Identity()
         self.mlp = MLP(d_model, block.mlp)
-        self.drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         return x + self.drop(self.mlp(self.input_layernorm(x)))

@@ -72,7 +72,7 @@ class SLMModel(nn.Module):
         self.embed_tokens = nn.Embedding(spec.vocab_size, C)
         if pos.kind == "learned":
             self.embed_positions = nn.Embedding(spec.max_seq_len, C)
-        self.drop = nn.Dropout(spec.dropout)
+        self.drop = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
         layers, n_attn = [], 0
         for block, attn_spec, window in spec.layer_plan():
             attn = None
@@ -103,9 +103,6 @@ class SLMModel(nn.Module):
         if self.embed_scale is not None:
             x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
         if self.positional == "learned":
-            if int(position_ids.max()) >= self.max_seq_len:
-                raise ValueError(f"position {int(position_ids.max())} is beyond max_seq_len {self.max_seq_len}; "
-                                 "use a shorter input (learned positions only exist up to max_seq_len)")
             x = x + self.embed_positions(position_ids)
         elif self.positional == "sinusoidal":
             x = x + sinusoidal(position_ids, x.shape[-1]).to(x.dtype)
@@ -192,11 +189,14 @@ class SLMForCausalLM(SLMPreTrainedModel, GenerationMixin):
                 mask = torch.cat([mask.new_ones(B, past), mask], dim=1)
             if not bool(mask.all()):
                 key_padding = mask  # (B, past + T)
+        if self.model.positional == "learned" and past + T > self.config.max_position_embeddings:
+            raise ValueError(f"{past + T} tokens are more than max_seq_len {self.config.max_position_embeddings}; "
+                             "use a shorter input (learned positions only exist up to max_seq_len)")
         if position_ids is None:
             if key_padding is not None:  # left padding: count real tokens, so positions start at 0 everywhere
                 position_ids = (key_padding.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
             else:
-                position_ids = torch.arange(past, past + T, device=device).expand(B, T)
+                position_ids = torch.arange(past, past + T, device=device)[None]  # (1, T): broadcasts over B
 
         ctx = AttentionContext(key_padding=key_padding, cache=cache if use_cache else None)
         x = self.model(input_ids, position_ids, ctx, inputs_embeds)  # (B, T, C)

@@ -46,6 +46,19 @@ class Run:
     train_tokens: torch.Tensor  # 1-D int64
     val_tokens: torch.Tensor
     meta: dict = field(default_factory=dict)  # e.g. mlflow_run_id
+    is_main_writer: bool = True  # False on DDP ranks other than 0
+
+    def history(self) -> list[dict]:
+        """Logged step and eval metrics (metrics.jsonl), last record per (kind, step) after resumes."""
+        path = self.dir / "metrics.jsonl"
+        if not path.is_file():
+            return []
+        records = {}
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                records[(r["kind"], r["step"])] = r
+        return sorted(records.values(), key=lambda r: (r["step"], r["kind"]))
 
     @property
     def seq_len(self) -> int:

@@ -23,6 +23,7 @@ class TrainConfig:
     grad_accum: int = 1
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     device: str = "auto"  # auto | cpu
+    compile: bool = False  # torch.compile the model (pays off on GPUs; small CPU models gain ~2% after a long compile)
     seed: int = 1337
     log_every: int = 10
     eval_every: int = 250  # 0 = never

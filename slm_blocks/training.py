@@ -12,11 +12,12 @@ Runs unchanged under `accelerate launch` / `torchrun` (DDP): rank 0 evaluates, s
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -124,12 +125,24 @@ def _autocast(device: torch.device, precision: str):
 
 
 def train(run: Run, stop: threading.Event | None = None, accelerator=None):
-    """Train `run` from its latest checkpoint (or from scratch), yielding events. See the module docstring."""
+    """Train `run` from its latest checkpoint (or from scratch), yielding events. See the module docstring.
+
+    Rank 0 also appends step and eval metrics to `<run>/metrics.jsonl`, the run's own loss history (for
+    the model card and the app) that needs no MLflow."""
+    for event in _train(run, stop, accelerator):
+        if isinstance(event, (StepEvent, EvalEvent)) and run.is_main_writer:
+            with open(run.dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"kind": type(event).__name__[:-5].lower(), **asdict(event)}) + "\n")
+        yield event
+
+
+def _train(run: Run, stop: threading.Event | None, accelerator):
     from accelerate import Accelerator
 
     cfg, stop = run.train_config, stop or threading.Event()
     acc = accelerator or Accelerator(cpu=cfg.device == "cpu")
     device, main = acc.device, acc.is_main_process
+    run.is_main_writer = main
     precision = cfg.resolved_precision(device)
     torch.manual_seed(cfg.seed)
     model = run.new_model().to(device)
@@ -147,6 +160,8 @@ def train(run: Run, stop: threading.Event | None = None, accelerator=None):
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     model, optimizer = acc.prepare(model, optimizer)
     raw = acc.unwrap_model(model)
+    if cfg.compile:
+        model = torch.compile(model)
     train_data, seq_len = run.train_tokens, run.seq_len
     tokens_per_step = cfg.batch_size * seq_len * cfg.grad_accum * acc.num_processes
     start, start_step, last_loss, bad_steps = time.perf_counter(), step, float("nan"), 0
