@@ -1,0 +1,151 @@
+"""Export a trained model as a Hugging Face checkpoint, and prove it loads with identical outputs.
+
+A native transformers class is used whenever the blocks match one (GPT-2, Llama, Mistral, Qwen3,
+Gemma 3: no remote code); otherwise the folder carries our own modeling files (`auto_map`, loadable with
+`trust_remote_code=True`) and the model card says why. Every export is reloaded in a fresh Python process
+through the Auto classes and compared with the trained model (logits and a greedy continuation) before it
+is reported done; the folder is assembled under a temporary name and only renamed into place once verified.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import GenerationConfig
+
+from .native import native_family, to_native
+from .tokenization import save_tokenizer
+
+LOGIT_TOLERANCE = 1e-4  # fp32
+GREEDY_TOKENS = 32
+
+
+class ExportError(RuntimeError):
+    """An export that could not be written or did not verify; nothing was published at the target."""
+
+
+@dataclass
+class ExportResult:
+    out_dir: str
+    model_class: str  # e.g. "LlamaForCausalLM" or "SLMForCausalLM"
+    native: bool  # True: a built-in transformers class, no remote code
+    why_not_native: str  # plain-words reason when native is False
+    max_abs_diff: float  # max |Δlogits| between the trained model and the reloaded export
+    greedy_match: bool  # identical 32-token greedy continuation
+    verified: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _save_custom(model, tmp: Path) -> None:
+    """Our own model class with its modeling files copied next to the weights (auto_map in config.json)."""
+    from .modeling import SLMConfig, SLMForCausalLM
+
+    saved = SLMConfig._auto_class, SLMForCausalLM._auto_class
+    try:  # registering is class-global: keep it only for this save
+        SLMConfig.register_for_auto_class()
+        SLMForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+        model.save_pretrained(tmp, safe_serialization=True)
+    finally:
+        SLMConfig._auto_class, SLMForCausalLM._auto_class = saved
+
+
+def _verify(model, out: Path, remote_code: bool) -> tuple[float, bool]:
+    """Reload `out` in a fresh process via the Auto classes; compare logits and greedy continuations."""
+    spec = model.config.model_spec()
+    ids = torch.randint(0, spec.vocab_size, (2, min(32, spec.max_seq_len)), generator=torch.Generator().manual_seed(0))
+    prompt = ids[:1, : max(1, min(8, spec.max_seq_len - GREEDY_TOKENS))]
+    n_new = min(GREEDY_TOKENS, spec.max_seq_len - prompt.shape[1])
+    with tempfile.TemporaryDirectory(prefix="slm-verify-") as d:
+        save_file({"ids": ids.clone(), "prompt": prompt.clone()}, Path(d) / "inputs.safetensors")
+        cmd = [sys.executable, "-m", "slm_blocks.verify_export", str(out), str(Path(d) / "inputs.safetensors"),
+               str(Path(d) / "outputs.safetensors"), str(n_new)] + (["--remote-code"] if remote_code else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                              cwd=str(Path(__file__).resolve().parent.parent))
+        if proc.returncode != 0:
+            tail = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no output"
+            raise ExportError(f"the exported folder did not load in transformers: {tail}")
+        got = load_file(Path(d) / "outputs.safetensors")
+    with torch.no_grad():
+        ref = model(ids, use_cache=False).logits.float()
+        ref_greedy = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n_new,
+                                    min_new_tokens=n_new, do_sample=False, pad_token_id=0)
+    diff = float((got["logits"] - ref).abs().max())
+    return diff, torch.equal(got["greedy"], ref_greedy)
+
+
+def export_hf(model, tokenizer, out_dir: str | Path, *, card: dict | None = None, overwrite: bool = False,
+              verify: bool = True) -> ExportResult:
+    """Write `model` (an SLMForCausalLM) + tokenizer as a Hugging Face folder at out_dir; see module doc.
+
+    card: facts for the model card (dataset, training settings, metrics, history, license, ...)."""
+    from .model_card import write_model_card
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ExportError(f"{out} is not empty; choose another folder or allow overwriting")
+    model = model.float().eval()
+    spec = model.config.model_spec()
+    family, why = native_family(spec)
+    ids = {"bos_token_id": tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id,
+           "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-export-", dir=out.parent))
+    try:
+        if family:
+            native = to_native(model, **ids)
+            native.save_pretrained(tmp, safe_serialization=True)
+            model_class = type(native).__name__
+        else:
+            for k, v in ids.items():
+                setattr(model.config, k, v)
+            _save_custom(model, tmp)
+            model_class = type(model).__name__
+        GenerationConfig(**ids, do_sample=True, temperature=0.8, top_k=50,
+                         max_new_tokens=min(200, spec.max_seq_len)).save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
+        (tmp / "slm_spec.json").write_text(spec.to_json())
+        diff, greedy = _verify(model, tmp, remote_code=family is None) if verify else (float("nan"), False)
+        ok = verify and diff <= LOGIT_TOLERANCE and greedy
+        result = ExportResult(str(out), model_class, family is not None, why, diff, greedy, ok)
+        write_model_card(tmp, spec, result, card or {})
+        (tmp / "export_result.json").write_text(json.dumps(result.to_dict(), indent=2))
+        if verify and not ok:
+            raise ExportError(f"the reloaded export differs from the trained model (max |Δlogits| {diff:.2e}, "
+                              f"greedy continuation {'identical' if greedy else 'different'}); nothing was written")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+        return result
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, **kw) -> ExportResult:
+    """Export a run folder's latest checkpoint, with its data, settings and loss history in the card."""
+    from .estimate import estimate
+    from .run import open_run
+
+    run = open_run(run_dir, load_data=False)
+    model = run.load_model()
+    history = run.history()
+    evals = [r for r in history if r["kind"] == "eval"]
+    card = {"dataset": run.data_config.hub_id if run.data_config.source == "hub" else None,
+            "data": run.data_config.to_dict(), "tokenizer": run.tokenizer_config.to_dict(),
+            "train": run.train_config.to_dict(), "history": history, "final": evals[-1] if evals else None,
+            "params": estimate(run.spec).params, "run_name": Path(run_dir).name, **kw.pop("card", {})}
+    return export_hf(model, run.tokenizer, out_dir, card=card, **kw)
+
+
+def read_result(out_dir: str | Path) -> dict | None:
+    path = Path(out_dir) / "export_result.json"
+    return json.loads(path.read_text()) if path.is_file() else None

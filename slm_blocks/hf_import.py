@@ -1,0 +1,162 @@
+"""Reopen an exported folder, or a native GPT-2 / Llama / Mistral / Qwen3 / Gemma 3 checkpoint, as spec +
+weights + tokenizer, to keep training or fine-tune it.
+
+Import never runs code from the folder: the spec comes from `slm_spec.json` or from the native config,
+and weights are read from safetensors files only (no pickles, no `trust_remote_code`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from .native import FAMILIES
+from .spec import ModelSpec
+from .tokenization import load_tokenizer
+
+MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "mistral": "mistral", "qwen3": "qwen3", "gemma3_text": "gemma3"}
+
+
+class ImportFailed(ValueError):
+    """A folder that cannot be imported; the message says why and what would work."""
+
+
+def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (folder / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        raise ImportFailed(f"{folder} has no model.safetensors; only safetensors weights are loaded "
+                           "(.bin / .pt files are refused because unpickling them can run code)")
+    state = {}
+    for name in files:
+        path = (folder / name).resolve()
+        if path.parent != folder.resolve():
+            raise ImportFailed(f"weight file {name!r} points outside {folder}")
+        state.update(load_file(path))
+    return state
+
+
+def spec_from_native_config(cfg: dict) -> ModelSpec:
+    """The block spec that computes the same function as a native config (supported shapes only)."""
+    mt = cfg.get("model_type")
+    if mt == "gpt2":
+        act = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu",
+               "silu": "silu"}.get(cfg.get("activation_function", "gelu_new"))
+        if act is None:
+            raise ImportFailed(f"GPT-2 activation {cfg.get('activation_function')!r} is not supported")
+        norm = {"kind": "layernorm", "eps": cfg.get("layer_norm_epsilon", 1e-5), "bias": True}
+        C = cfg["n_embd"]
+        blocks = [{"type": "embedding"}, {"type": "positional", "kind": "learned"},
+                  {"type": "transformer", "repeat": cfg["n_layer"],
+                   "attention": {"n_heads": cfg["n_head"], "qkv_bias": True, "out_bias": True},
+                   "mlp": {"activation": act, "hidden": cfg.get("n_inner") or 4 * C, "bias": True}, "norm": norm},
+                  {"type": "final_norm", "norm": norm}, {"type": "lm_head"}]
+        return ModelSpec.from_dict({"vocab_size": cfg["vocab_size"], "d_model": C, "max_seq_len": cfg["n_positions"],
+                                    "tie_embeddings": cfg.get("tie_word_embeddings", True), "blocks": blocks,
+                                    "name": "imported-gpt2", "follows": "GPT-2"})
+    if mt not in ("llama", "mistral", "qwen3", "gemma3_text"):
+        raise ImportFailed(f"model_type {mt!r} is not importable; supported: {', '.join(MODEL_TYPES)}")
+    rope = cfg.get("rope_parameters") or {}
+    if mt == "gemma3_text":
+        full, local = rope.get("full_attention", {}), rope.get("sliding_attention", {})
+    else:
+        full, local = rope, {}
+    if full.get("rope_type", "default") != "default" or (local and local.get("rope_type", "default") != "default"):
+        raise ImportFailed("RoPE scaling (rope_type other than 'default') is not supported")
+    C, H = cfg["hidden_size"], cfg["num_attention_heads"]
+    layer_types = cfg.get("layer_types") or []
+    sliding = [t == "sliding_attention" for t in layer_types]
+    window = cfg.get("sliding_window") if (mt == "mistral" or any(sliding)) else None
+    every = None
+    if any(sliding) and not all(sliding):
+        full_idx = [i + 1 for i, s in enumerate(sliding) if not s]
+        every = full_idx[0]
+        if [i + 1 for i in range(len(sliding)) if (i + 1) % every == 0] != full_idx:
+            raise ImportFailed("this mix of sliding and full attention layers is not periodic; not supported")
+    if cfg.get("mlp_bias") or (mt == "llama" and cfg.get("hidden_act", "silu") != "silu"):
+        raise ImportFailed("only Llama checkpoints with a SwiGLU MLP without bias are supported")
+    bias = bool(cfg.get("attention_bias", False))
+    attention = {"n_heads": H, "n_kv_heads": cfg.get("num_key_value_heads") or H,
+                 "head_dim": cfg.get("head_dim") or C // H, "qkv_bias": bias, "out_bias": bias,
+                 "qk_norm": mt in ("qwen3", "gemma3_text"), "sliding_window": window}
+    norm = {"kind": "rmsnorm", "eps": cfg.get("rms_norm_eps", 1e-6)}
+    gemma = mt == "gemma3_text"
+    block = {"type": "transformer", "repeat": cfg["num_hidden_layers"], "attention": attention,
+             "mlp": {"activation": "gelu_tanh" if gemma else "silu", "gated": True, "hidden": cfg["intermediate_size"]},
+             "norm": norm, "norm_placement": "sandwich" if gemma else "pre", "full_attention_every": every}
+    positional = {"type": "positional", "kind": "rope", "rope_theta": full.get("rope_theta", 10000.0)}
+    if gemma:
+        positional["local_rope_theta"] = local.get("rope_theta", 10000.0)
+    return ModelSpec.from_dict({
+        "vocab_size": cfg["vocab_size"], "d_model": C, "max_seq_len": min(cfg.get("max_position_embeddings", 2048),
+                                                                        1 << 20),
+        "tie_embeddings": cfg.get("tie_word_embeddings", gemma), "name": f"imported-{MODEL_TYPES[mt]}",
+        "follows": MODEL_TYPES[mt], "blocks": [{"type": "embedding", "scale": gemma}, positional, block,
+                                               {"type": "final_norm", "norm": norm}, {"type": "lm_head"}]})
+
+
+def _from_gpt2(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {"model.embed_tokens.weight": state["transformer.wte.weight"],
+           "model.embed_positions.weight": state["transformer.wpe.weight"],
+           "model.norm.weight": state["transformer.ln_f.weight"], "model.norm.bias": state["transformer.ln_f.bias"]}
+    if "lm_head.weight" in state:
+        out["lm_head.weight"] = state["lm_head.weight"]
+    i = 0
+    while f"transformer.h.{i}.attn.c_attn.weight" in state:
+        h, p = f"transformer.h.{i}.", f"model.layers.{i}."
+        C = state[h + "attn.c_attn.weight"].shape[0]
+        w, b = state[h + "attn.c_attn.weight"].T, state[h + "attn.c_attn.bias"]  # Conv1D stores (in, out)
+        for j, x in enumerate("qkv"):
+            out[p + f"self_attn.{x}_proj.weight"] = w[j * C:(j + 1) * C].contiguous()
+            out[p + f"self_attn.{x}_proj.bias"] = b[j * C:(j + 1) * C].contiguous()
+        for theirs, ours in (("attn.c_proj", "self_attn.o_proj"), ("mlp.c_fc", "mlp.up_proj"),
+                             ("mlp.c_proj", "mlp.down_proj")):
+            out[p + ours + ".weight"] = state[h + theirs + ".weight"].T.contiguous()
+            out[p + ours + ".bias"] = state[h + theirs + ".bias"]
+        for theirs, ours in (("ln_1", "input_layernorm"), ("ln_2", "post_attention_layernorm")):
+            out[p + ours + ".weight"] = state[h + theirs + ".weight"]
+            out[p + ours + ".bias"] = state[h + theirs + ".bias"]
+        i += 1
+    return out
+
+
+def import_hf(folder: str | Path):
+    """(model, tokenizer, spec) from an exported or native checkpoint folder; ImportFailed says what fails."""
+    from .modeling import build_model
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ImportFailed(f"{folder} has no config.json; pick a folder exported by SLM Blocks or a transformers "
+                           "checkpoint folder")
+    cfg = json.loads((folder / "config.json").read_text())
+    mt = cfg.get("model_type")
+    spec_file = folder / "slm_spec.json"
+    spec = ModelSpec.from_json(spec_file.read_text()) if spec_file.is_file() else spec_from_native_config(cfg)
+    state = _read_weights(folder)
+    family = MODEL_TYPES.get(mt)
+    if mt == "slm_blocks":
+        ours = state
+    elif family == "gpt2":
+        ours = _from_gpt2(state)
+    elif family == "gemma3":
+        ours = {k: (v + 1 if k.endswith("norm.weight") else v) for k, v in state.items()}
+    elif family in FAMILIES:
+        ours = state
+    else:
+        raise ImportFailed(f"model_type {mt!r} is not importable; supported: slm_blocks, {', '.join(MODEL_TYPES)}")
+    ids = {k: cfg.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id") if isinstance(cfg.get(k), int)}
+    model = build_model(spec, **ids)
+    missing, unexpected = model.load_state_dict(ours, strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and spec.tie_embeddings)]
+    if missing or unexpected:
+        raise ImportFailed(f"the weights in {folder} do not match its config: missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]}")
+    model.tie_weights()
+    tokenizer = load_tokenizer(folder) if (folder / "tokenizer_config.json").is_file() else None
+    return model.eval(), tokenizer, spec

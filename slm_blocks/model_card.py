@@ -1,0 +1,112 @@
+"""The exported model's README.md: Hub metadata plus what a reader needs to trust and use the model."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from .estimate import estimate, human
+from .spec import ModelSpec
+
+
+def _architecture_table(spec: ModelSpec) -> str:
+    rows = ["| # | block | settings |", "|---|---|---|"]
+    for i, b in enumerate(spec.blocks):
+        d = b.__dict__ if not hasattr(b, "to_dict") else b.to_dict()
+        settings = ", ".join(f"{k}={v}" for k, v in _flat(d).items() if k != "type")
+        rows.append(f"| {i} | {b.type} | {settings or '—'} |")
+    return "\n".join(rows)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if hasattr(v, "__dataclass_fields__"):
+            v = v.__dict__
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif v is not None:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _loss_plot(history: list[dict], path: Path) -> bool:
+    steps = [(r["step"], r["loss"]) for r in history if r["kind"] == "step"]
+    evals = [(r["step"], r["val_loss"]) for r in history if r["kind"] == "eval"]
+    if not steps:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(*zip(*steps), label="train loss", linewidth=1)
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def write_model_card(folder: Path, spec: ModelSpec, result, card: dict) -> None:
+    """README.md with metadata (library, pipeline, license, datasets, tags) and the export's verification."""
+    dataset = card.get("dataset")
+    data = ModelCardData(library_name="transformers", pipeline_tag="text-generation",
+                         license=card.get("license", "apache-2.0"), datasets=[dataset] if dataset else None,
+                         tags=["slm-blocks", "text-generation", "small-language-model"] +
+                         ([] if result.native else ["custom_code"]))
+    name = card.get("run_name") or spec.name or "slm-blocks-model"
+    params = card.get("params") or estimate(spec).params
+    has_plot = _loss_plot(card.get("history") or [], folder / "loss.png")
+    final = card.get("final") or {}
+    remote = "" if result.native else ", trust_remote_code=True"
+    lines = [
+        f"# {name}", "",
+        f"A small language model built with SLM Blocks: {human(params)} parameters, `{spec.summary()}`.", "",
+        "## Use it", "", "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline",
+        f'model = AutoModelForCausalLM.from_pretrained("REPO_OR_FOLDER"{remote})',
+        'tokenizer = AutoTokenizer.from_pretrained("REPO_OR_FOLDER")',
+        f'generate = pipeline("text-generation", model=model, tokenizer=tokenizer)',
+        'print(generate("Once upon a time", max_new_tokens=100)[0]["generated_text"])', "```", "",
+        "## Format", "",
+        f"- Class: `{result.model_class}` — " + ("a native transformers class, no remote code." if result.native else
+          f"SLM Blocks' own modeling code, included in this folder; load it with `trust_remote_code=True`. "
+          f"Why not a native class: {result.why_not_native}."),
+        f"- Verified at export: reloaded in a fresh process, max |Δlogits| = {result.max_abs_diff:.2e} "
+        f"(fp32, tolerance 1e-4); 32-token greedy continuation "
+        f"{'identical' if result.greedy_match else 'DIFFERENT'}.",
+        "- `slm_spec.json` holds the block list, so SLM Blocks can reopen and keep training this model.", "",
+        "## Architecture", "", f"d_model {spec.d_model}, vocabulary {spec.vocab_size}, context {spec.max_seq_len}, "
+        f"{'tied' if spec.tie_embeddings else 'untied'} embeddings.", "", _architecture_table(spec), "",
+    ]
+    if card.get("data") or card.get("train"):
+        lines += ["## Training", ""]
+        if card.get("data"):
+            d = card["data"]
+            what = {"builtin": f"built-in `{d.get('name')}`", "hub": f"Hub dataset `{d.get('hub_id')}`",
+                    "files": f"{len(d.get('paths') or [])} local file(s)"}.get(d.get("source"), d.get("source"))
+            lines.append(f"- Data: {what}; tokenizer: {(card.get('tokenizer') or {}).get('kind', '?')}.")
+        if card.get("train"):
+            t = card["train"]
+            lines.append(f"- Steps {t['max_steps']}, batch {t['batch_size']}×{t['seq_len'] or spec.max_seq_len} "
+                         f"tokens, AdamW lr {t['lr']} (warmup {t['warmup_steps']}, cosine), weight decay "
+                         f"{t['weight_decay']}, clip {t['grad_clip']}, seed {t['seed']}.")
+        if final:
+            lines.append(f"- Final validation loss {final['val_loss']:.4f} (perplexity "
+                         f"{math.exp(min(final['val_loss'], 50)):.2f}, {final['bits_per_char']:.3f} bits per "
+                         f"character) at step {final['step']}.")
+        if has_plot:
+            lines += ["", "![loss curve](loss.png)"]
+        lines.append("")
+    lines += ["## Limitations", "", "A small model trained briefly, for learning and experiments: it is not "
+              "factual, safe or fit for production use.", ""]
+    ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)).save(folder / "README.md")
