@@ -8,12 +8,13 @@ from slm_blocks import load_preset
 
 
 @pytest.fixture(scope="module")
-def client():
+def client(tmp_path_factory):
     from gradio_client import Client
 
     from slm_blocks.ui import build_app
+    from slm_blocks.ui.state import Limits, SessionStore
 
-    demo = build_app().queue()
+    demo = build_app(SessionStore(Limits(data_dir=tmp_path_factory.mktemp("app")))).queue()
     _, url, _ = demo.launch(prevent_thread_lock=True, server_port=None, quiet=True)
     yield Client(url, verbose=False)
     demo.close()

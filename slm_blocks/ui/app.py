@@ -1,40 +1,177 @@
-"""The app page. For now the Build tab: pick a preset, edit the spec, see problems and the estimate live."""
+"""The app page: Build → Train → Generate → Compare → Share. Layout and wiring only; behaviour lives in
+handlers.py (per session) and the engine. Named API endpoints: /validate_spec, /train, /stop, /resume,
+/generate, /next_tokens, /export, /push (see README).
+"""
 
 from __future__ import annotations
 
+import os
+
 import gradio as gr
 
-from .. import ModelSpec, SpecError, estimate, list_presets, load_preset
-from ..estimate import human
+from ..data import builtin_datasets
+from .build_tab import build_tab, preset_state, validate_spec
+from .handlers import Handlers
+from .state import Limits, SessionStore
+
+INTRO = """# 🧱 SLM Blocks
+Build a small language model from blocks, train it and watch it learn, play with it, compare runs, and share
+it as a standard `transformers` checkpoint. Start on **Build**, then press **Start training** on **Train**."""
 
 
-def validate_spec(spec_json: str) -> tuple[str, str]:
-    """Validate a spec given as JSON text: (problems as markdown, estimate as markdown)."""
-    try:
-        spec = ModelSpec.from_json(spec_json or "")
-    except SpecError as e:
-        return "**Problems**\n\n" + "\n".join(f"- {p}" for p in e.problems), ""
-    e = estimate(spec)
-    return "✅ The spec is valid.", (
-        f"**{human(e.params)} parameters** · {human(e.flops_per_token_forward, 'FLOP')}/token forward · "
-        f"training memory ≈ {human(e.train_total_bytes, 'B')} (batch 8) · "
-        f"KV cache {human(e.kv_cache_bytes_per_token, 'B')}/token\n\n`{spec.summary()}`")
-
-
-def preset_json(name: str) -> str:
-    return load_preset(name).to_json()
-
-
-def build_app() -> gr.Blocks:
-    presets = list_presets()
+def build_app(store: SessionStore | None = None) -> gr.Blocks:
+    store = store or SessionStore(Limits.from_env())
+    h = Handlers(store)
+    on_spaces = bool(os.environ.get("SPACE_ID"))
     with gr.Blocks(title="SLM Blocks") as demo:
-        gr.Markdown("# SLM Blocks\nBuild a small language model from blocks, train it, share it.")
+        gr.Markdown(INTRO)
+        spec_state = gr.State(preset_state("tiny-char"))
         with gr.Tab("Build"):
-            preset = gr.Dropdown(list(presets), value="tiny-char", label="Preset")
-            spec = gr.Code(preset_json("tiny-char"), language="json", label="Spec (JSON)")
-            problems = gr.Markdown()
-            summary = gr.Markdown()
-        preset.change(preset_json, preset, spec, api_name="preset_spec")
-        spec.change(validate_spec, spec, [problems, summary], api_name="validate_spec")
-        demo.load(validate_spec, spec, [problems, summary], api_visibility="private")
+            spec_json = gr.Textbox(visible=False, render=False)  # the spec as JSON text, for /validate_spec, /train
+            on_state, state_outputs = build_tab(spec_state, spec_json)
+            spec_json.render()
+            api_problems, api_summary = gr.Markdown(visible=False), gr.Markdown(visible=False)
+
+        with gr.Tab("Train"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    run_name = gr.Textbox("my-first-model", label="Run name")
+                    data_source = gr.Radio(["Built-in", "Upload", "Hub"], value="Built-in", label="Data")
+                    builtin = gr.Dropdown(list(builtin_datasets()), value="stories", label="Built-in dataset",
+                                          info=" · ".join(f"{k}: {v}" for k, v in builtin_datasets().items()))
+                    files = gr.File(file_count="multiple", label="Upload text data (.txt .md .jsonl .json .csv "
+                                    ".parquet)", file_types=[".txt", ".md", ".jsonl", ".json", ".csv", ".parquet"])
+                    with gr.Row():
+                        hub_id = gr.Textbox(label="Hub dataset id", placeholder="user/dataset")
+                        hub_config = gr.Textbox(label="Config (optional)")
+                    text_column = gr.Textbox(label="Text column (optional)")
+                    tokenizer = gr.Radio(["char", "byte", "bpe", "pretrained"], value="char", label="Tokenizer",
+                                         info="char: one token per character · byte: 256 bytes · bpe: learned "
+                                              "merges · pretrained: an existing tokenizer")
+                    with gr.Row():
+                        vocab_size = gr.Number(1024, label="BPE vocab size", precision=0)
+                        tokenizer_name = gr.Textbox(label="Pretrained tokenizer (Hub id or folder)")
+                    with gr.Accordion("Hyperparameters", open=True):
+                        with gr.Row():
+                            max_steps = gr.Number(1000, label="Max steps", precision=0)
+                            batch_size = gr.Number(12, label="Batch size", precision=0)
+                            lr = gr.Number(1e-3, label="Learning rate")
+                        with gr.Row():
+                            max_time = gr.Number(min(600, store.limits.max_time_s), label="Max time (s)")
+                            seed = gr.Number(1337, label="Seed", precision=0)
+                            eval_every = gr.Number(100, label="Eval + sample every (steps)", precision=0)
+                    with gr.Row():
+                        start = gr.Button("Start training", variant="primary")
+                        stop = gr.Button("Stop", variant="stop")
+                    with gr.Row():
+                        resume_run = gr.Dropdown([], label="Run to resume", allow_custom_value=True)
+                        extra_steps = gr.Number(500, label="Extra steps", precision=0)
+                        resume = gr.Button("Resume")
+                with gr.Column(scale=2):
+                    status = gr.Markdown("Ready. Pick data and press **Start training**.")
+                    plot = gr.LinePlot(x="step", y="loss", color="split", title="Loss (train and validation)",
+                                       height=300)
+                    sample = gr.Textbox(label="Latest sample", lines=8, max_lines=12)
+                    log = gr.Textbox(label="Log", lines=8, max_lines=12, autoscroll=True)
+                    stop_msg = gr.Markdown()
+
+        with gr.Tab("Generate"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    model_pick = gr.Dropdown([], label="Model (this session's runs and imports)", allow_custom_value=True)
+                    refresh = gr.Button("Refresh list", size="sm")
+                    prompt = gr.Textbox("\n", label="Prompt", lines=3)
+                    with gr.Row():
+                        max_new = gr.Number(200, label="Max new tokens", precision=0)
+                        temperature = gr.Slider(0, 2, 0.8, step=0.05, label="Temperature (0 = greedy)")
+                    with gr.Row():
+                        top_k = gr.Number(50, label="Top-k (0 = off)", precision=0)
+                        top_p = gr.Slider(0.05, 1, 1.0, step=0.05, label="Top-p (1 = off)")
+                    with gr.Row():
+                        rep = gr.Slider(1.0, 2.0, 1.0, step=0.05, label="Repetition penalty")
+                        gen_seed = gr.Number(None, label="Seed (empty = random)", precision=0)
+                    gen_btn = gr.Button("Generate", variant="primary")
+                with gr.Column(scale=2):
+                    output = gr.Textbox(label="Output", lines=12)
+                    with gr.Accordion("What does the model think comes next?", open=False):
+                        next_btn = gr.Button("Show next-token probabilities for the prompt")
+                        next_df = gr.Dataframe(headers=["token", "probability"], interactive=False)
+                        next_msg = gr.Markdown()
+                    with gr.Accordion("Attention maps", open=False):
+                        with gr.Row():
+                            layer = gr.Number(0, label="Attention layer", precision=0)
+                            head = gr.Number(0, label="Head", precision=0)
+                            attn_btn = gr.Button("Show attention")
+                        attn_plot = gr.Plot()
+                        attn_msg = gr.Markdown()
+
+        with gr.Tab("Compare"):
+            with gr.Row():
+                everyone = gr.Checkbox(False, label="Show everyone's runs on this server (MLflow)")
+                x_axis = gr.Radio(["step", "tokens", "time"], value="step", label="x axis")
+                cmp_btn = gr.Button("Refresh")
+            cmp_table = gr.Dataframe(interactive=False)
+            cmp_curves = gr.LinePlot(x="x", y="loss", color="run", title="Loss curves", height=300)
+            cmp_scatter = gr.ScatterPlot(x="params", y="loss", color="run", title="Final validation loss vs "
+                                         "parameters", height=300)
+            cmp_msg = gr.Markdown("Locally, browse every run with `mlflow ui --backend-store-uri "
+                                  f"{store.mlflow_uri}`.")
+
+        with gr.Tab("Share"):
+            with gr.Row():
+                share_run = gr.Dropdown([], label="Run to export", allow_custom_value=True)
+                export_btn = gr.Button("Export (verified transformers folder)", variant="primary")
+            export_msg = gr.Markdown()
+            export_file = gr.File(label="Download the exported folder (.zip)")
+            with gr.Accordion("Model card preview", open=False):
+                card = gr.Markdown()
+            gr.Markdown("### Push to the Hugging Face Hub")
+            if on_spaces:
+                gr.LoginButton()
+            with gr.Row():
+                repo_id = gr.Textbox(label="Repository", placeholder="your-name/my-tiny-model")
+                token = gr.Textbox(label="Token (write access; not needed when signed in)", type="password",
+                                   visible=not on_spaces)
+                private = gr.Checkbox(True, label="Private")
+                push_btn = gr.Button("Push")
+            push_msg = gr.Markdown()
+            gr.Markdown("### Import a model folder")
+            import_files = gr.File(file_count="multiple", label="Files of an exported or transformers folder "
+                                   "(config.json, model.safetensors, tokenizer files)")
+            import_btn = gr.Button("Import")
+            import_msg = gr.Markdown()
+
+        # ------------------------------------------------------------------ wiring
+        spec_json.change(validate_spec, spec_json, [api_problems, api_summary], api_name="validate_spec")
+        train_inputs = [spec_json, data_source, builtin, files, hub_id, hub_config, text_column, tokenizer,
+                        vocab_size, tokenizer_name, max_steps, batch_size, lr, max_time, seed, eval_every, run_name]
+        train_outputs = [status, plot, sample, log]
+        run_lists = [resume_run, model_pick, share_run]
+        start.click(h.train, train_inputs, train_outputs, api_name="train", concurrency_limit=None) \
+            .then(h.run_choices, None, resume_run, api_visibility="private") \
+            .then(h.run_choices, None, model_pick, api_visibility="private") \
+            .then(h.run_choices, None, share_run, api_visibility="private")
+        start.click(h.run_choices, None, model_pick, api_visibility="private")
+        stop.click(h.stop, None, stop_msg, api_name="stop")
+        resume.click(h.resume, [resume_run, extra_steps], train_outputs, api_name="resume", concurrency_limit=None)
+        for target in run_lists:
+            refresh.click(h.run_choices, None, target, api_visibility="private")
+        gen_btn.click(h.generate, [model_pick, prompt, max_new, temperature, top_k, top_p, rep, gen_seed], output,
+                      api_name="generate", concurrency_limit=4)
+        next_btn.click(h.next_tokens, [model_pick, prompt], [next_df, next_msg], api_name="next_tokens")
+        attn_btn.click(h.attention_map, [model_pick, prompt, layer, head], [attn_plot, attn_msg],
+                       api_name="attention_map")
+        cmp_btn.click(h.compare, [everyone, x_axis], [cmp_table, cmp_curves, cmp_scatter, cmp_msg],
+                      api_name="compare")
+        export_btn.click(h.export, share_run, [export_file, export_msg, card], api_name="export",
+                         concurrency_limit=2)
+        push_btn.click(h.push, [share_run, repo_id, token, private], push_msg, api_name="push")
+        import_btn.click(h.import_folder, import_files, [import_msg, model_pick], api_name="import_model")
+        demo.load(on_state, spec_state, state_outputs, api_visibility="private")
+
+        def close_session(request: gr.Request):
+            store.close(getattr(request, "session_hash", None))
+
+        demo.unload(close_session)
+    demo.store = store
     return demo

@@ -1,0 +1,305 @@
+"""What the app's buttons and API endpoints do, per session. Each method takes a `gr.Request` to find the
+caller's session; every user error comes back as a message naming the field and the fix (no tracebacks).
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from ..generation import SamplingConfig, next_token_distribution, stream_text
+from ..jobs import TrainingJob
+from .state import SessionRun, SessionStore, safe_filename
+from .train_tab import UserError, follow, make_job
+
+log = logging.getLogger("slm_blocks.app")
+
+
+def _sid(request: gr.Request | None) -> str | None:
+    return getattr(request, "session_hash", None) if request is not None else None
+
+
+def _friendly(e: Exception) -> str:
+    if isinstance(e, (UserError, ValueError, FileNotFoundError, FileExistsError, RuntimeError)):
+        return str(e)
+    log.exception("unexpected error")
+    return f"Something went wrong ({type(e).__name__}); the app is still running — try again."
+
+
+class Handlers:
+    def __init__(self, store: SessionStore):
+        self.store = store
+
+    # ----------------------------------------------------------------------------- runs
+    def run_choices(self, request: gr.Request):
+        s = self.store.get(_sid(request))
+        names = list(s.runs)
+        return gr.update(choices=names, value=names[-1] if names else None)
+
+    def _active(self, session) -> SessionRun | None:
+        return next((r for r in reversed(list(session.runs.values())) if r.job and not r.job.finished), None)
+
+    # ----------------------------------------------------------------------------- train / stop / resume
+    def train(self, spec_json, data_source, builtin, files, hub_id, hub_config, text_column, tokenizer, vocab_size,
+              tokenizer_name, max_steps, batch_size, lr, max_time, seed, eval_every, run_name,
+              request: gr.Request):
+        """Start training and stream (status, loss curve, sample, log) until it ends."""
+        session = self.store.get(_sid(request))
+        try:
+            if self._active(session):
+                raise UserError("A training of this session is already running; stop it first")
+            if len(session.runs) >= self.store.limits.max_runs_per_session:
+                raise UserError(f"This session has {len(session.runs)} runs, the most allowed here; reload the "
+                                "page for a fresh session")
+            job_spec, _ = make_job(self.store, session, spec_json, data_source, builtin, files, hub_id, hub_config,
+                                   text_column, tokenizer, vocab_size, tokenizer_name, max_steps, batch_size, lr,
+                                   max_time, seed, eval_every)
+            name = session.new_run_name(run_name or "run")
+            run = SessionRun(name, session.root / "runs" / name)
+            run.job = self.store.queue.submit(TrainingJob(job_spec, run.dir))
+            session.runs[name] = run
+        except Exception as e:
+            yield f"❌ {html.escape(_friendly(e))}", pd.DataFrame(columns=["step", "loss", "split"]), "", ""
+            return
+        yield from self._follow(run, job_spec["train"]["max_steps"])
+
+    def _follow(self, run: SessionRun, max_steps: int):
+        try:
+            yield from follow(self.store, run.job, max_steps, run.name)
+        except GeneratorExit:  # the page stopped listening: training goes on, Stop ends it
+            raise
+
+    def stop(self, request: gr.Request) -> str:
+        """Stop this session's running training (a resumable checkpoint is written)."""
+        session = self.store.get(_sid(request))
+        run = self._active(session)
+        if run is None:
+            return "Nothing is training in this session."
+        self.store.queue.cancel(run.job)
+        return f"Stopping **{run.name}** after the current step; a resumable checkpoint is kept."
+
+    def resume(self, run_name, extra_steps, request: gr.Request):
+        """Continue a stopped or finished run from its last checkpoint (optionally to more steps)."""
+        session = self.store.get(_sid(request))
+        empty = pd.DataFrame(columns=["step", "loss", "split"])
+        try:
+            if self._active(session):
+                raise UserError("A training of this session is already running; stop it first")
+            names = list(session.runs)
+            if not names:
+                raise UserError("Resume: this session has no run yet; start one with Train")
+            run = session.run(run_name or names[-1])
+            from ..checkpoint import latest_checkpoint
+
+            ckpt = latest_checkpoint(run.dir)
+            if ckpt is None:
+                raise UserError(f"Resume: {run.name} has no checkpoint yet; train it first")
+            prev = run.job.spec if run.job else {}
+            max_steps = int((prev.get("train") or {}).get("max_steps", 0))
+            step = int(ckpt.name.split("-")[1])
+            if extra_steps:
+                max_steps = min(step + int(extra_steps), self.store.limits.max_steps)
+            if step >= max_steps:
+                raise UserError(f"Resume: {run.name} already reached its {max_steps} steps; add extra steps")
+            spec = {"resume": True, "train_overrides": {"max_steps": max_steps}, "mlflow_uri": self.store.mlflow_uri}
+            old_events = run.job.events if run.job else []
+            run.job = self.store.queue.submit(TrainingJob(spec, run.dir))
+            run.job.events[:0] = [e for e in old_events if e.get("event") in ("StepEvent", "EvalEvent")
+                                  and e["step"] <= step]
+        except Exception as e:
+            yield f"❌ {html.escape(_friendly(e))}", empty, "", ""
+            return
+        yield from self._follow(run, max_steps)
+
+    # ----------------------------------------------------------------------------- generate
+    def _model(self, session, name: str):
+        from ..run import open_run
+
+        if name not in session.models:
+            if name in session.runs:
+                run = open_run(session.runs[name].dir, load_data=False)
+                session.models[name] = (run.load_model(), run.tokenizer)
+            else:
+                raise UserError("Model: pick one of this session's runs or imported models")
+        return session.models[name]
+
+    def generate(self, model_name, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
+                 request: gr.Request):
+        """Stream generated text for the prompt from one of this session's models."""
+        session = self.store.get(_sid(request))
+        try:
+            if not model_name:
+                raise UserError("Model: train a model first (Train tab) or import one (Share tab)")
+            if prompt is None or prompt == "":
+                raise UserError("Prompt: type some text to continue (a single newline works too)")
+            model, tok = self._load_fresh(session, model_name)
+            cfg = self._sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
+            stop = threading.Event()
+            deadline = time.time() + self.store.limits.generate_timeout_s
+            text = ""
+            for text in stream_text(model, tok, prompt, cfg, stop=stop):
+                yield prompt + text
+                if time.time() > deadline:
+                    stop.set()
+                    yield prompt + text + f"\n\n[stopped: the {self.store.limits.generate_timeout_s} s limit per " \
+                                          "request was reached]"
+                    return
+        except Exception as e:
+            yield f"⚠️ {_friendly(e)}"
+
+    def _load_fresh(self, session, name):
+        """Reload a run's model when training wrote a newer checkpoint since it was loaded."""
+        run = session.runs.get(name)
+        if run is not None and run.job is not None and not run.job.finished:
+            session.models.pop(name, None)  # still training: always take the newest checkpoint
+        return self._model(session, name)
+
+    @staticmethod
+    def _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed) -> SamplingConfig:
+        def num(v, name, default=None):
+            if v is None or v == "":
+                return default
+            try:
+                v = float(v)
+            except (TypeError, ValueError):
+                raise UserError(f"{name}: enter a number") from None
+            if math.isnan(v):
+                raise UserError(f"{name}: enter a number (got NaN)")
+            return v
+
+        n = int(min(max(num(max_new_tokens, "Max new tokens", 100), 1), 2000))
+        t = num(temperature, "Temperature", 0.8)
+        if t < 0:
+            raise UserError("Temperature: use 0 (greedy) or a positive value such as 0.8")
+        k = num(top_k, "Top-k", 0)
+        p = num(top_p, "Top-p", 1.0)
+        if not 0 < p <= 1:
+            raise UserError("Top-p: use a value in (0, 1], e.g. 0.9 (1 = off)")
+        rp = num(repetition_penalty, "Repetition penalty", 1.0)
+        if rp <= 0:
+            raise UserError("Repetition penalty: use a positive value (1 = off, 1.1–1.3 typical)")
+        s = num(seed, "Seed")
+        return SamplingConfig(max_new_tokens=n, temperature=min(t, 10.0), top_k=int(k) if k and k >= 1 else None,
+                              top_p=None if p >= 1 else p, repetition_penalty=rp,
+                              seed=int(s) if s is not None else None)
+
+    def next_tokens(self, model_name, prompt, request: gr.Request):
+        """The model's top next-token candidates for the prompt, with probabilities."""
+        session = self.store.get(_sid(request))
+        try:
+            if not prompt:
+                raise UserError("Prompt: type some text first")
+            model, tok = self._load_fresh(session, model_name)
+            ids = tok(prompt, add_special_tokens=False)["input_ids"][-model.config.max_position_embeddings:]
+            if not ids:
+                raise UserError("Prompt: the tokenizer produced no tokens for this text")
+            rows = [{"token": repr(tok.decode([i])), "probability": round(p, 4)}
+                    for i, p in next_token_distribution(model, ids, top=10)]
+            return pd.DataFrame(rows), ""
+        except Exception as e:
+            return pd.DataFrame(columns=["token", "probability"]), f"⚠️ {_friendly(e)}"
+
+    def attention_map(self, model_name, prompt, layer, head, request: gr.Request):
+        """A heatmap of one attention head over the prompt's tokens."""
+        session = self.store.get(_sid(request))
+        try:
+            model, tok = self._load_fresh(session, model_name)
+            from .plots import attention_figure
+
+            return attention_figure(model, tok, prompt, int(layer or 0), int(head or 0)), ""
+        except Exception as e:
+            return None, f"⚠️ {_friendly(e)}"
+
+    # ----------------------------------------------------------------------------- compare
+    def compare(self, everyone: bool, x_axis: str, request: gr.Request):
+        """(table of runs, overlaid validation/train curves, loss vs parameters scatter)."""
+        from .compare import compare_frames
+
+        session = self.store.get(_sid(request))
+        try:
+            return compare_frames(session, self.store.mlflow_uri if everyone else None, x_axis)
+        except Exception as e:
+            log.exception("compare failed")
+            empty = pd.DataFrame()
+            return empty, pd.DataFrame(columns=["x", "loss", "run"]), pd.DataFrame(columns=["params", "loss", "run"]), \
+                f"⚠️ {_friendly(e)}"
+
+    # ----------------------------------------------------------------------------- share
+    def export(self, run_name, request: gr.Request):
+        """Export a run as a verified Hugging Face folder; returns (zip path, result, card preview)."""
+        from ..export import export_run
+
+        session = self.store.get(_sid(request))
+        try:
+            if not run_name:
+                raise UserError("Run: train a model first, then pick it here")
+            run = session.run(run_name)
+            if run.job and not run.job.finished:
+                raise UserError(f"Run: {run_name} is still training; stop it or wait until it finishes")
+            out = session.root / "exports" / run.name
+            r = export_run(run.dir, out, overwrite=True)
+            session.exports[run.name] = out
+            archive = shutil.make_archive(str(session.root / "exports" / f"{run.name}-hf"), "zip", out)
+            kind = ("native transformers class — loads with no remote code" if r.native else
+                    f"custom code (load with trust_remote_code=True) because {r.why_not_native}")
+            result = (f"✅ Exported **{r.model_class}** ({kind}).\n\nVerified in a fresh process: max |Δlogits| "
+                      f"{r.max_abs_diff:.2e}, greedy continuation {'identical' if r.greedy_match else 'different'}.")
+            return archive, result, (out / "README.md").read_text()
+        except Exception as e:
+            return None, f"❌ {html.escape(_friendly(e))}", ""
+
+    def push(self, run_name, repo_id, token_text, private, oauth_token: gr.OAuthToken | None,
+             request: gr.Request):
+        """Push an exported run to the Hub (token from Sign in with HF, the field, or the local login)."""
+        from huggingface_hub import get_token
+
+        from ..hub import HubError, push_to_hub
+
+        session = self.store.get(_sid(request))
+        token = (oauth_token.token if oauth_token else None) or (token_text or "").strip() or get_token()
+        try:
+            if not run_name or run_name not in session.exports:
+                raise UserError("Push: export this run first (Export button above)")
+            r = push_to_hub(session.exports[run_name], repo_id, token, private=bool(private))
+            return f"✅ Published **{r.repo_id}** ({'private' if r.private else 'public'}): {r.url}"
+        except (HubError, UserError) as e:
+            msg = str(e).replace(token, "***") if token else str(e)
+            return f"❌ {html.escape(msg)}"
+        except Exception as e:
+            msg = _friendly(e)
+            return f"❌ {html.escape(msg.replace(token, '***') if token else msg)}"
+
+    def import_folder(self, files, request: gr.Request):
+        """Import an exported / native checkpoint (uploaded files of one folder) as a model to generate with."""
+        from ..hf_import import import_hf
+
+        session = self.store.get(_sid(request))
+        try:
+            if not files:
+                raise UserError("Import: upload the files of an exported folder (config.json, model.safetensors, "
+                                "tokenizer files)")
+            name = session.new_run_name("imported")
+            folder = session.root / "imports" / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for f in files:
+                src = Path(f if isinstance(f, str) else f.name)
+                if src.suffix.lower() in (".bin", ".pt", ".pth", ".pkl", ".ckpt"):
+                    raise UserError(f"Import: {src.name!r} is a pickle file; only safetensors weights are loaded")
+                shutil.copyfile(src, folder / safe_filename(src.name))
+            model, tok, spec = import_hf(folder)
+            if tok is None:
+                raise UserError("Import: the folder has no tokenizer files (tokenizer.json, tokenizer_config.json)")
+            session.models[name] = (model, tok)
+            return f"✅ Imported as **{name}** ({spec.summary()}); pick it on the Generate tab.", \
+                gr.update(choices=list(session.runs) + [n for n in session.models if n not in session.runs],
+                          value=name)
+        except Exception as e:
+            return f"❌ {html.escape(_friendly(e))}", gr.update()
