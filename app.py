@@ -12,8 +12,13 @@ def main() -> None:
     args = parser.parse_args()
 
     from slm_blocks.ui import build_app
+    from slm_blocks.ui.state import Limits, SessionStore
 
-    build_app().queue().launch(server_name=args.host, server_port=args.port, share=args.share)
+    limits = Limits.from_env()
+    demo = build_app(SessionStore(limits))
+    demo.queue(max_size=int(os.environ.get("SLM_QUEUE_SIZE", 64)))
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share,
+                max_file_size=f"{limits.max_upload_mb}mb")
 
 
 if __name__ == "__main__":
