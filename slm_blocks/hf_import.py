@@ -62,7 +62,20 @@ def spec_from_native_config(cfg: dict) -> ModelSpec:
                                     "name": "imported-gpt2", "follows": "GPT-2"})
     if mt not in ("llama", "mistral", "qwen3", "gemma3_text"):
         raise ImportFailed(f"model_type {mt!r} is not importable; supported: {', '.join(MODEL_TYPES)}")
-    rope = cfg.get("rope_parameters") or {}
+    rope = cfg.get("rope_parameters")
+    if rope is None:  # transformers 4 configs: top-level rope_theta / rope_scaling
+        scaling = cfg.get("rope_scaling") or {}
+        rope = {"rope_type": scaling.get("rope_type", scaling.get("type", "default")),
+                "rope_theta": cfg.get("rope_theta", 10000.0)}
+        if mt == "gemma3_text":
+            rope = {"full_attention": rope, "sliding_attention": {"rope_type": "default",
+                                                                  "rope_theta": cfg.get("rope_local_base_freq", 10000.0)}}
+    act = cfg.get("hidden_activation" if mt == "gemma3_text" else "hidden_act",
+                  "gelu_pytorch_tanh" if mt == "gemma3_text" else "silu")
+    if act != ("gelu_pytorch_tanh" if mt == "gemma3_text" else "silu") and not (mt == "gemma3_text" and act == "gelu_new"):
+        raise ImportFailed(f"activation {act!r} is not supported for {mt} (only its standard gated activation)")
+    if cfg.get("final_logit_softcapping") or cfg.get("attn_logit_softcapping"):
+        raise ImportFailed("logit soft-capping has no block in SLM Blocks yet; this checkpoint is not importable")
     if mt == "gemma3_text":
         full, local = rope.get("full_attention", {}), rope.get("sliding_attention", {})
     else:
@@ -79,11 +92,15 @@ def spec_from_native_config(cfg: dict) -> ModelSpec:
         every = full_idx[0]
         if [i + 1 for i in range(len(sliding)) if (i + 1) % every == 0] != full_idx:
             raise ImportFailed("this mix of sliding and full attention layers is not periodic; not supported")
-    if cfg.get("mlp_bias") or (mt == "llama" and cfg.get("hidden_act", "silu") != "silu"):
-        raise ImportFailed("only Llama checkpoints with a SwiGLU MLP without bias are supported")
+    if cfg.get("mlp_bias"):
+        raise ImportFailed("MLP biases in Llama-style checkpoints are not supported")
+    head_dim = cfg.get("head_dim") or C // H
+    if mt == "gemma3_text" and cfg.get("query_pre_attn_scalar", head_dim) != head_dim:
+        raise ImportFailed(f"query_pre_attn_scalar {cfg.get('query_pre_attn_scalar')} differs from head_dim "
+                           f"{head_dim}; SLM Blocks scales attention by head_dim, so this checkpoint is not importable")
     bias = bool(cfg.get("attention_bias", False))
     attention = {"n_heads": H, "n_kv_heads": cfg.get("num_key_value_heads") or H,
-                 "head_dim": cfg.get("head_dim") or C // H, "qkv_bias": bias, "out_bias": bias,
+                 "head_dim": head_dim, "qkv_bias": bias, "out_bias": bias,
                  "qk_norm": mt in ("qwen3", "gemma3_text"), "sliding_window": window}
     norm = {"kind": "rmsnorm", "eps": cfg.get("rms_norm_eps", 1e-6)}
     gemma = mt == "gemma3_text"

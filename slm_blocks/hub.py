@@ -87,12 +87,21 @@ def push_to_hub(export_dir: str | Path, repo_id: str, token: str | None, private
             if status == 409:
                 raise HubError(f"{repo_id!r} exists and cannot be written with this token; pick another name") from None
             raise
-        commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), token=token,
-                                   commit_message="Upload model exported with SLM Blocks")
+        try:
+            commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), token=token,
+                                       commit_message="Upload model exported with SLM Blocks")
+        except RepositoryNotFoundError:
+            raise
+        except HfHubHTTPError as e:  # create_repo(exist_ok=True) lets a 403 through to here
+            if getattr(getattr(e, "response", None), "status_code", None) in (401, 403):
+                raise HubError(f"no permission to write {repo_id!r}: it belongs to someone else or the token lacks "
+                               "write access; use your own name or a token with write access") from None
+            raise
     except HubError as e:
         raise HubError(_scrub(str(e), token)) from None
     except RepositoryNotFoundError:
-        raise HubError(f"{repo_id!r} was not found or is not writable with this token; check the name") from None
+        raise HubError(_scrub(f"{repo_id!r} was not found or is not writable with this token; check the name",
+                              token)) from None
     except Exception as e:  # network, offline mode, server errors: nothing is reported as published
         kind = type(e).__name__
         raise HubError(_scrub(f"could not reach the Hugging Face Hub ({kind}: {e}); check your connection and try "

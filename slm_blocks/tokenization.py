@@ -120,7 +120,9 @@ def save_tokenizer(tok: PreTrainedTokenizerFast, out_dir: str | Path) -> None:
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     if cfg.get("tokenizer_class") in (None, "TokenizersBackend") and (out / "tokenizer.json").exists():
         cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-        cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    for key in ("local_files_only", "is_local"):  # load-time flags of ours, not properties of the tokenizer
+        cfg.pop(key, None)
+    cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
