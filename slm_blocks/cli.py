@@ -116,6 +116,8 @@ def train_command(args) -> int:
     acc.wait_for_everyone()
     run = open_run(out, train_overrides=overrides if args.resume else None)
     main = acc.is_main_process
+    if main and args.resume and overrides:
+        run.save()  # the new limits (e.g. more steps) are the run's settings from now on
     tracker = None
     if main and not args.no_mlflow:
         from .tracking import Tracker

@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 EXPERIMENT = "slm-blocks"
-_SECRET = re.compile(r"(^|[._-])(hf_?token|token|api_?key|password|secret|auth)$", re.IGNORECASE)
+_SECRET = re.compile(r"(^|[._-])(hf_?token|token|api_?key|password|auth)$|secret|private_?key|access_?key",
+                     re.IGNORECASE)
 
 
 def tracking_uri(runs_root: str | Path) -> str:

@@ -168,9 +168,14 @@ def _train(run: Run, stop: threading.Event | None, accelerator):
     window_t, window_tokens = time.perf_counter(), 0
 
     def checkpoint(reason_step: int) -> str | None:
+        """Called on every rank (it gathers each rank's data stream); rank 0 writes."""
+        states = data_gen.get_state()[None].long()
+        if acc.num_processes > 1:
+            states = acc.gather(states.to(device)).cpu()
         if not main:
             return None
-        rng = {"torch_rng": torch.get_rng_state(), "data_rng_0": data_gen.get_state()}
+        rng = {"torch_rng": torch.get_rng_state(),
+               **{f"data_rng_{i}": states[i].to(torch.uint8) for i in range(states.shape[0])}}
         state = {"tokens_seen": tokens_seen, "best_val_loss": best_val, "bad_evals": bad_evals,
                  "last_train_loss": last_loss, "elapsed_s": trainer_state.get("elapsed_s", 0.0) +
                  time.perf_counter() - start}
@@ -186,10 +191,15 @@ def _train(run: Run, stop: threading.Event | None, accelerator):
         if step >= cfg.max_steps:
             yield finish("max_steps", f"reached max_steps {cfg.max_steps}")
             return
-        if cfg.max_time and time.perf_counter() - start >= cfg.max_time:
+        timed_out = bool(cfg.max_time) and time.perf_counter() - start >= cfg.max_time
+        stopped = stop.is_set()
+        if acc.num_processes > 1:  # every rank must leave at the same step, or DDP deadlocks
+            flags = acc.reduce(torch.tensor([float(timed_out), float(stopped)], device=device), "sum")
+            timed_out, stopped = bool(flags[0] > 0), bool(flags[1] > 0)
+        if timed_out:
             yield finish("max_time", f"reached max_time {cfg.max_time:g} s")
             return
-        if stop.is_set():
+        if stopped:
             yield finish("stopped", "stopped by the user; resume continues from here")
             return
 
@@ -210,6 +220,8 @@ def _train(run: Run, stop: threading.Event | None, accelerator):
         step_loss = float(acc.reduce(total, "mean")) if acc.num_processes > 1 else float(total)
         if not (math.isfinite(step_loss) and math.isfinite(float(grad_norm))):
             optimizer.zero_grad(set_to_none=True)
+            if precision == "fp16":
+                scaler.update()  # lowers the loss scale, and resets unscale_ for the next step
             bad_steps += 1
             yield WarningEvent(step, f"non-finite loss or gradient at step {step} (loss {step_loss}); update "
                                f"skipped ({bad_steps}/{MAX_BAD_STEPS}). Lower the learning rate if this repeats.")

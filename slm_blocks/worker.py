@@ -48,6 +48,7 @@ def main(job_file: str) -> int:
         if job.get("resume"):
             emit("status", message="reopening the run")
             run = open_run(run_dir, train_overrides=job.get("train_overrides"))
+            run.save()  # the new step limit is the run's setting from now on
         else:
             emit("status", message="loading data and building the tokenizer")
             run = prepare_run(run_dir, ModelSpec.from_dict(job["spec"]), DataConfig.from_dict(job["data"]),
