@@ -38,7 +38,11 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
         path = (folder / name).resolve()
         if path.parent != folder.resolve():
             raise ImportFailed(f"weight file {name!r} points outside {folder}")
-        state.update(load_file(path))
+        try:
+            state.update(load_file(path))
+        except Exception as e:  # truncated file, oversized or corrupt header, ...
+            raise ImportFailed(f"{name} is not a valid safetensors file ({type(e).__name__}: {str(e)[:120]}); "
+                               "re-export or re-download it") from None
     return state
 
 
@@ -169,7 +173,10 @@ def import_hf(folder: str | Path):
         raise ImportFailed(f"model_type {mt!r} is not importable; supported: slm_blocks, {', '.join(MODEL_TYPES)}")
     ids = {k: cfg.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id") if isinstance(cfg.get(k), int)}
     model = build_model(spec, **ids)
-    missing, unexpected = model.load_state_dict(ours, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(ours, strict=False)
+    except RuntimeError as e:  # shapes that do not fit the config
+        raise ImportFailed(f"the weights in {folder} do not fit its config: {str(e).splitlines()[-1][:200]}") from None
     missing = [k for k in missing if not (k == "lm_head.weight" and spec.tie_embeddings)]
     if missing or unexpected:
         raise ImportFailed(f"the weights in {folder} do not match its config: missing {missing[:3]}, "

@@ -18,7 +18,7 @@ import pandas as pd
 from ..generation import SamplingConfig, next_token_distribution, stream_text
 from ..jobs import TrainingJob
 from .state import SessionRun, SessionStore, safe_filename
-from .train_tab import UserError, follow, make_job
+from .train_tab import UserError, follow, loss_frame, make_job
 
 log = logging.getLogger("slm_blocks.app")
 
@@ -67,7 +67,7 @@ class Handlers:
             run.job = self.store.queue.submit(TrainingJob(job_spec, run.dir))
             session.runs[name] = run
         except Exception as e:
-            yield f"❌ {html.escape(_friendly(e))}", pd.DataFrame(columns=["step", "loss", "split"]), "", ""
+            yield f"❌ {html.escape(_friendly(e))}", loss_frame([]), "", ""
             return
         yield from self._follow(run, job_spec["train"]["max_steps"])
 
@@ -89,7 +89,7 @@ class Handlers:
     def resume(self, run_name, extra_steps, request: gr.Request):
         """Continue a stopped or finished run from its last checkpoint (optionally to more steps)."""
         session = self.store.get(_sid(request))
-        empty = pd.DataFrame(columns=["step", "loss", "split"])
+        empty = loss_frame([])
         try:
             if self._active(session):
                 raise UserError("A training of this session is already running; stop it first")
@@ -221,16 +221,31 @@ class Handlers:
     # ----------------------------------------------------------------------------- compare
     def compare(self, everyone: bool, x_axis: str, request: gr.Request):
         """(table of runs, overlaid validation/train curves, loss vs parameters scatter)."""
-        from .compare import compare_frames
+        from .compare import compare_frames, empty_curves, empty_scatter
 
         session = self.store.get(_sid(request))
         try:
-            return compare_frames(session, self.store.mlflow_uri if everyone else None, x_axis)
+            table, curves, scatter, msg = compare_frames(session, self.store.mlflow_uri if everyone else None, x_axis)
         except Exception as e:
             log.exception("compare failed")
-            empty = pd.DataFrame()
-            return empty, pd.DataFrame(columns=["x", "loss", "run"]), pd.DataFrame(columns=["params", "loss", "run"]), \
-                f"⚠️ {_friendly(e)}"
+            table, curves, scatter, msg = pd.DataFrame(), empty_curves(), empty_scatter(), f"⚠️ {_friendly(e)}"
+        x_title = {"tokens": "tokens seen", "time": "time (s)"}.get(x_axis, "step")
+        return table, gr.LinePlot(curves, x_title=x_title), scatter, msg
+
+    @staticmethod
+    def redraw_legends(curves, scatter):
+        """Second step of Compare's Refresh. Gradio's plots keep the colour domain of the data they were first
+        drawn with (new data only replaces the points), so a run added since is invisible; a new legend list
+        makes them redraw from the data the first step sent."""
+        def runs(plot) -> list:
+            get = (lambda k: plot.get(k)) if isinstance(plot, dict) else (lambda k: getattr(plot, k, None))
+            columns, data = get("columns") or [], get("data") or []
+            if "run" not in columns:
+                return []
+            i = columns.index("run")
+            return list(dict.fromkeys(row[i] for row in data))
+
+        return gr.LinePlot(colors_in_legend=runs(curves)), gr.ScatterPlot(colors_in_legend=runs(scatter))
 
     # ----------------------------------------------------------------------------- share
     def export(self, run_name, request: gr.Request):

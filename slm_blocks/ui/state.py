@@ -38,6 +38,7 @@ class Limits:
     max_upload_mb: int = 50
     max_runs_per_session: int = 10
     generate_timeout_s: int = 60
+    session_quota_mb: int = 1024  # disk per session (runs, uploads, exports)
 
     @classmethod
     def from_env(cls) -> "Limits":
@@ -48,7 +49,8 @@ class Limits:
                    max_concurrent=_env_int("SLM_MAX_CONCURRENT_TRAININGS", cls.max_concurrent),
                    max_upload_mb=_env_int("SLM_MAX_UPLOAD_MB", cls.max_upload_mb),
                    max_runs_per_session=_env_int("SLM_MAX_RUNS_PER_SESSION", cls.max_runs_per_session),
-                   generate_timeout_s=_env_int("SLM_GENERATE_TIMEOUT", cls.generate_timeout_s))
+                   generate_timeout_s=_env_int("SLM_GENERATE_TIMEOUT", cls.generate_timeout_s),
+                   session_quota_mb=_env_int("SLM_SESSION_QUOTA_MB", cls.session_quota_mb))
 
 
 def safe_name(text: str, fallback: str = "run") -> str:
@@ -90,6 +92,9 @@ class Session:
         while name in self.runs or (self.root / "runs" / name).exists():
             name, i = f"{base}-{i}", i + 1
         return name
+
+    def disk_mb(self) -> float:
+        return sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file()) / 2**20
 
     def run(self, name: str) -> SessionRun:
         if name not in self.runs:

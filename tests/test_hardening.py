@@ -1,0 +1,101 @@
+"""Bad files and names: malformed safetensors, unsafe names, refused uploads, generation settings."""
+
+import shutil
+import struct
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from slm_blocks import build_model, load_preset
+from slm_blocks.export import export_hf
+from slm_blocks.hf_import import ImportFailed, import_hf
+from slm_blocks.tokenization import build_tokenizer
+from slm_blocks.ui.handlers import Handlers
+from slm_blocks.ui.state import Limits, SessionStore, safe_filename, safe_name
+from slm_blocks.ui.train_tab import UserError, _uploads
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    tok = build_tokenizer("byte")
+    spec = load_preset("llama").copy(vocab_size=len(tok), max_seq_len=64)
+    spec.blocks[2].repeat = 1
+    out = tmp_path_factory.mktemp("exp") / "llama"
+    export_hf(build_model(spec), tok, out)
+    return out
+
+
+def _copy(src, tmp_path):
+    dst = tmp_path / "copy"
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("damage", ["truncated", "huge_header", "garbage"])
+def test_malformed_safetensors_give_a_clear_error(exported, tmp_path, damage):
+    d = _copy(exported, tmp_path)
+    path = d / "model.safetensors"
+    raw = path.read_bytes()
+    path.write_bytes({"truncated": raw[: len(raw) // 2], "huge_header": struct.pack("<Q", 10**15) + b"{}",
+                      "garbage": b"\x00" * 64}[damage])
+    with pytest.raises(ImportFailed, match="not a valid safetensors file"):
+        import_hf(d)
+
+
+def test_wrong_shapes_and_missing_keys_give_a_clear_error(exported, tmp_path):
+    d = _copy(exported, tmp_path)
+    state = load_file(d / "model.safetensors")
+    key = next(k for k in state if k.endswith("q_proj.weight"))
+    state[key] = torch.zeros(3, 3)
+    save_file(state, d / "model.safetensors")
+    with pytest.raises(ImportFailed, match="do not fit"):
+        import_hf(d)
+    del state[key]
+    save_file(state, d / "model.safetensors")
+    with pytest.raises(ImportFailed, match="missing"):
+        import_hf(d)
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "/abs/path", "a\x00b", "ｆｕｌｌ　ｗｉｄｔｈ", "..", "", "名前",
+                                  "x" * 500, "con.txt/../../.."])
+def test_names_are_made_safe(name):
+    for out in (safe_name(name), safe_filename(name)):
+        assert out and "/" not in out and "\x00" not in out and ".." not in out
+        assert out.isascii() and len(out) <= 60 and not out.startswith(".")
+
+
+def test_pickle_uploads_refused_and_uploads_stay_in_the_session(tmp_path):
+    store = SessionStore(Limits(data_dir=tmp_path, max_upload_mb=1))
+    session = store.get("s1")
+    for ext in (".pt", ".bin", ".pkl"):
+        f = tmp_path / f"weights{ext}"
+        f.write_bytes(b"\x80\x04junk")
+        with pytest.raises(UserError, match="pickle"):
+            _uploads(store, session, [str(f)])
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"a" * (2 * 1024 * 1024))
+    with pytest.raises(UserError, match="larger than 1 MB"):
+        _uploads(store, session, [str(big)])
+    odd = tmp_path / "..evil name.txt"
+    odd.write_text("hello world\n" * 10)
+    (path,) = _uploads(store, session, [str(odd)])
+    assert str(session.root.resolve()) in str(type(session.root)(path).resolve())
+
+
+@pytest.mark.parametrize("kw, field", [
+    ({"temperature": -1}, "Temperature"), ({"temperature": float("nan")}, "Temperature"),
+    ({"top_p": 0}, "Top-p"), ({"top_p": 1.5}, "Top-p"), ({"repetition_penalty": 0}, "Repetition penalty"),
+    ({"max_new_tokens": "many"}, "Max new tokens"),
+])
+def test_bad_sampling_settings_are_refused_with_the_field(kw, field):
+    args = {"max_new_tokens": 10, "temperature": 0.8, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.0,
+            "seed": None, **kw}
+    with pytest.raises(UserError, match=field):
+        Handlers._sampling(**args)
+
+
+def test_sampling_settings_are_clamped():
+    cfg = Handlers._sampling(max_new_tokens=10**9, temperature=99, top_k=10**6, top_p=1.0, repetition_penalty=1.0,
+                             seed=None)
+    assert cfg.max_new_tokens == 2000 and cfg.temperature == 10.0 and cfg.top_p is None
