@@ -89,7 +89,8 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
                         top_p = gr.Slider(0.05, 1, 1.0, step=0.05, label="Top-p (1 = off)")
                     with gr.Row():
                         rep = gr.Slider(1.0, 2.0, 1.0, step=0.05, label="Repetition penalty")
-                        gen_seed = gr.Number(None, label="Seed (empty = random)", precision=0)
+                        # a Textbox: Gradio 6's Number turns empty into 0, which would fix the seed
+                        gen_seed = gr.Textbox("", label="Seed (empty = random)", placeholder="random")
                     gen_btn = gr.Button("Generate", variant="primary")
                 with gr.Column(scale=2):
                     output = gr.Textbox(label="Output", lines=12)
@@ -113,7 +114,7 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
             cmp_table = gr.Dataframe(interactive=False)
             cmp_curves = gr.LinePlot(x="x", y="loss", color="run", title="Loss curves", height=300)
             cmp_scatter = gr.ScatterPlot(x="params", y="loss", color="run", title="Final validation loss vs "
-                                         "parameters", height=300)
+                                         "parameters", height=300, x_axis_format="~s", y_axis_format=".3f")
             cmp_msg = gr.Markdown("Locally, browse every run with `mlflow ui --backend-store-uri "
                                   f"{store.mlflow_uri}`.")
 
@@ -156,13 +157,16 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
         resume.click(h.resume, [resume_run, extra_steps], train_outputs, api_name="resume", concurrency_limit=None)
         for target in run_lists:
             refresh.click(h.run_choices, None, target, api_visibility="private")
+        # preprocess=False: the handler checks every sampling value itself and names the field (Gradio's own
+        # slider bound check would answer an API caller with "Value -1 is less than minimum value 0.")
         gen_btn.click(h.generate, [model_pick, prompt, max_new, temperature, top_k, top_p, rep, gen_seed], output,
-                      api_name="generate", concurrency_limit=4)
+                      api_name="generate", concurrency_limit=4, preprocess=False)
         next_btn.click(h.next_tokens, [model_pick, prompt], [next_df, next_msg], api_name="next_tokens")
         attn_btn.click(h.attention_map, [model_pick, prompt, layer, head], [attn_plot, attn_msg],
                        api_name="attention_map")
         cmp_btn.click(h.compare, [everyone, x_axis], [cmp_table, cmp_curves, cmp_scatter, cmp_msg],
-                      api_name="compare")
+                      api_name="compare") \
+            .then(h.redraw_legends, [cmp_curves, cmp_scatter], [cmp_curves, cmp_scatter], api_visibility="private")
         export_btn.click(h.export, share_run, [export_file, export_msg, card], api_name="export",
                          concurrency_limit=2)
         push_btn.click(h.push, [share_run, repo_id, token, private], push_msg, api_name="push")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import html
 import json
+import math
 import typing
 import uuid
 from dataclasses import fields, is_dataclass
@@ -97,6 +98,27 @@ def set_path(d: dict, path: str, value) -> None:
     d[parts[-1]] = value
 
 
+def optional_number(hint) -> type | None:
+    """int or float for an Optional[int | float] field (edited as text, empty = None), else None."""
+    args = typing.get_args(hint)
+    base = [a for a in args if a is not type(None)]
+    return base[0] if type(None) in args and len(base) == 1 and base[0] in (int, float) else None
+
+
+def parse_optional_number(text, kind: type):
+    """'' -> None, '12' -> 12; anything else is returned as typed so validation names the field."""
+    text = "" if text is None else str(text).strip()
+    if not text:
+        return None
+    try:
+        v = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(v):
+        return text
+    return int(v) if kind is int and v.is_integer() else v
+
+
 def make_widget(path: str, hint, meta: dict, value, key: str):
     label, info = path, meta.get("help") or None
     args = typing.get_args(hint)
@@ -105,8 +127,13 @@ def make_widget(path: str, hint, meta: dict, value, key: str):
     if typing.get_origin(base) is typing.Literal:
         return gr.Dropdown(list(typing.get_args(base)), value=value, label=label, info=info, key=key,
                            preserved_by_key=None, min_width=140)
-    if base is bool:
-        return gr.Checkbox(value=bool(value), label=label, info=info, key=key, preserved_by_key=None, min_width=140)
+    if base is bool:  # in a Column: Gradio 6's Checkbox ignores min_width and gets squeezed in a full Row
+        with gr.Column(min_width=140, key=f"col-{key}"):
+            return gr.Checkbox(value=bool(value), label=label, info=info, key=key, preserved_by_key=None)
+    if optional and base in (int, float):
+        # a Textbox, not a Number: Gradio 6's Number shows (and sends back) 0 for an empty value
+        return gr.Textbox(value="" if value is None else str(value), label=label + " (empty = default)", info=info,
+                          placeholder="default", key=key, preserved_by_key=None, min_width=140)
     if base in (int, float):
         return gr.Number(value=value, label=label + (" (empty = default)" if optional else ""), info=info,
                          precision=0 if base is int else None, key=key, preserved_by_key=None, min_width=140)
@@ -211,7 +238,7 @@ def build_tab(spec_state: gr.State, spec_json: gr.Textbox):
                                 for path, hint, meta in field_widgets(btype):
                                     w = make_widget(path, hint, meta, get_path(block, path), key=f"{bid}-{path}")
                                     event = w.blur if isinstance(w, (gr.Number, gr.Textbox)) else w.input
-                                    event(_setter(bid, path), [w, spec_state], spec_state, api_visibility="private",
+                                    event(_setter(bid, path, optional_number(hint)), [w, spec_state], spec_state, api_visibility="private",
                                           show_progress="hidden")
                         mine = [p for p in problems if p.block == i]
                         if mine:
@@ -223,8 +250,9 @@ def build_tab(spec_state: gr.State, spec_json: gr.Textbox):
                     rm.click(_remover(bid), spec_state, spec_state, api_visibility="private")
 
             with gr.Row():
-                add_type = gr.Dropdown(list(BLOCK_TYPES), value="transformer", label="Block type to add", scale=2)
-                add_btn = gr.Button("Add block (above lm_head)", scale=1)
+                add_type = gr.Dropdown(list(BLOCK_TYPES), value="transformer", label="Block type to add", scale=2,
+                                       info="layers go after the last layer; other blocks above lm_head")
+                add_btn = gr.Button("Add block", scale=1)
             add_help = gr.Markdown(block_help("transformer"))
         with gr.Column(scale=2):
             problems_md = gr.Markdown()
@@ -264,11 +292,13 @@ def _index(spec: dict, bid: str) -> int | None:
     return next((i for i, b in enumerate(spec["blocks"]) if isinstance(b, dict) and b.get("_id") == bid), None)
 
 
-def _setter(bid: str, path: str):
+def _setter(bid: str, path: str, optional: type | None = None):
     def set_value(value, spec):
         spec = copy.deepcopy(spec)
         i = _index(spec, bid)
         if i is not None:
+            if optional is not None:
+                value = parse_optional_number(value, optional)
             if isinstance(value, float) and value.is_integer() and path.split(".")[-1] not in (
                     "eps", "dropout", "rope_theta", "local_rope_theta", "init_std"):
                 value = int(value)
@@ -320,11 +350,19 @@ def _remover(bid: str):
     return remove
 
 
+LAYER_TYPES = ("transformer", "attention", "mlp", "norm")
+
+
 def _adder(block_type: str, spec):
+    """Insert a new block where it is valid: a layer after the last layer (above final_norm), anything else
+    above lm_head (at the end when there is none)."""
     spec = copy.deepcopy(spec)
     block = with_ids({"blocks": [_as_json(block_type)]})["blocks"][0]
     blocks = spec["blocks"]
-    at = next((i for i, b in enumerate(blocks) if isinstance(b, dict) and b.get("type") == "lm_head"), len(blocks))
+    types = [b.get("type") if isinstance(b, dict) else None for b in blocks]
+    at = types.index("lm_head") if "lm_head" in types else len(blocks)
+    if block_type in LAYER_TYPES and "final_norm" in types[:at]:
+        at = types.index("final_norm")
     blocks.insert(at, block)
     return spec
 

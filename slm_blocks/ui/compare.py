@@ -67,11 +67,20 @@ def _mlflow_rows(uri: str):
     return table, curves
 
 
+def empty_curves(rows=()) -> pd.DataFrame:
+    """The curves frame, numeric even when empty (a plot's first frame fixes its axis types)."""
+    return pd.DataFrame(list(rows), columns=["x", "loss", "run"]).astype({"x": "float64", "loss": "float64"})
+
+
+def empty_scatter(rows=()) -> pd.DataFrame:
+    return pd.DataFrame(list(rows), columns=["params", "loss", "run"]).astype({"params": "int64", "loss": "float64"})
+
+
 def compare_frames(session, mlflow_uri: str | None, x_axis: str = "step"):
     table, curves = _session_rows(session, x_axis) if mlflow_uri is None else _mlflow_rows(mlflow_uri)
     table_df = pd.DataFrame(table)
-    curves_df = pd.DataFrame(curves, columns=["x", "loss", "run"])
-    scatter = pd.DataFrame([{"params": t["parameters"], "loss": t["val loss"], "run": t["run"]} for t in table
-                            if t.get("val loss") is not None], columns=["params", "loss", "run"])
+    curves_df = empty_curves(curves)
+    scatter = empty_scatter([{"params": t["parameters"], "loss": t["val loss"], "run": t["run"]} for t in table
+                             if t.get("val loss") is not None])
     msg = "" if table else "No runs yet: train one on the Train tab."
     return table_df, curves_df, scatter, msg

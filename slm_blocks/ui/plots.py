@@ -31,7 +31,11 @@ def attention_figure(model, tokenizer, prompt: str, layer: int, head: int):
         raise ValueError(f"Head: choose 0…{attn.n_heads - 1}")
     x = torch.tensor([ids])
     captured = {}
-    hook = attn.register_forward_pre_hook(lambda mod, args: captured.setdefault("x", args[0]))
+
+    def grab(mod, args):  # must return None: a pre-hook's return value replaces the layer's arguments
+        captured.setdefault("x", args[0])
+
+    hook = attn.register_forward_pre_hook(grab)
     try:
         model(x, use_cache=False)
     finally:

@@ -112,7 +112,12 @@ def loss_frame(events: list[dict]) -> pd.DataFrame:
     rows = [{"step": e["step"], "loss": e["loss"], "split": "train"} for e in events if e.get("event") == "StepEvent"]
     rows += [{"step": e["step"], "loss": e["val_loss"], "split": "validation"} for e in events
              if e.get("event") == "EvalEvent"]
-    return pd.DataFrame(rows, columns=["step", "loss", "split"])
+    # Gradio's plot fixes its axis types and colour domain from the first frame it draws: keep the columns
+    # numeric even when empty, and give both splits a row from the start (loss NaN: not drawn)
+    first = min((r["step"] for r in rows), default=0)
+    rows += [{"step": first, "loss": float("nan"), "split": split} for split in ("train", "validation")
+             if not any(r["split"] == split for r in rows)]
+    return pd.DataFrame(rows, columns=["step", "loss", "split"]).astype({"step": "int64", "loss": "float64"})
 
 
 def progress_html(done: int, total: int) -> str:
