@@ -40,17 +40,18 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
                     builtin = gr.Dropdown(list(builtin_datasets()), value="stories", label="Built-in dataset",
                                           info=" · ".join(f"{k}: {v}" for k, v in builtin_datasets().items()))
                     files = gr.File(file_count="multiple", label="Upload text data (.txt .md .jsonl .json .csv "
-                                    ".parquet)", file_types=[".txt", ".md", ".jsonl", ".json", ".csv", ".parquet"])
-                    with gr.Row():
+                                    ".parquet)", file_types=[".txt", ".md", ".jsonl", ".json", ".csv", ".parquet"],
+                                    visible=False)
+                    with gr.Row(visible=False) as hub_row:
                         hub_id = gr.Textbox(label="Hub dataset id", placeholder="user/dataset")
                         hub_config = gr.Textbox(label="Config (optional)")
-                    text_column = gr.Textbox(label="Text column (optional)")
+                    text_column = gr.Textbox(label="Text column (optional)", visible=False)
                     tokenizer = gr.Radio(["char", "byte", "bpe", "pretrained"], value="char", label="Tokenizer",
                                          info="char: one token per character · byte: 256 bytes · bpe: learned "
                                               "merges · pretrained: an existing tokenizer")
                     with gr.Row():
-                        vocab_size = gr.Number(1024, label="BPE vocab size", precision=0)
-                        tokenizer_name = gr.Textbox(label="Pretrained tokenizer (Hub id or folder)")
+                        vocab_size = gr.Number(1024, label="BPE vocab size", precision=0, visible=False)
+                        tokenizer_name = gr.Textbox(label="Pretrained tokenizer (Hub id or folder)", visible=False)
                     with gr.Accordion("Hyperparameters", open=True):
                         with gr.Row():
                             max_steps = gr.Number(1000, label="Max steps", precision=0)
@@ -143,6 +144,11 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
             import_msg = gr.Markdown()
 
         # ------------------------------------------------------------------ wiring
+        data_source.change(lambda src: [gr.update(visible=src == "Built-in"), gr.update(visible=src == "Upload"),
+                                        gr.update(visible=src == "Hub"), gr.update(visible=src != "Built-in")],
+                           data_source, [builtin, files, hub_row, text_column], api_visibility="private")
+        tokenizer.change(lambda t: [gr.update(visible=t == "bpe"), gr.update(visible=t == "pretrained")],
+                         tokenizer, [vocab_size, tokenizer_name], api_visibility="private")
         spec_json.change(validate_spec, spec_json, [api_problems, api_summary], api_name="validate_spec")
         train_inputs = [spec_json, data_source, builtin, files, hub_id, hub_config, text_column, tokenizer,
                         vocab_size, tokenizer_name, max_steps, batch_size, lr, max_time, seed, eval_every, run_name]

@@ -1,0 +1,541 @@
+"""The app's named API endpoints end to end, through gradio_client, against an app launched in-process.
+
+1. One client's whole flow: validate → train (streamed) → stop → resume → generate → next tokens →
+   attention map → export, and the exported zip loads with transformers in a fresh process.
+2. Sessions are isolated (two clients training at once see only their own runs) and the training
+   queue tells a waiting session its place in line.
+3. Bad inputs come back as messages naming the field (no tracebacks) and the app keeps working.
+4. A Hub token given to /push never shows up in a message, the logs or a file under the app's data dir.
+
+Training is tiny (preset tiny-char, batch 4, tens of steps, one torch thread per worker).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from slm_blocks import load_preset
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+TINY = load_preset("tiny-char").to_json()
+CANARY = "hf_CANARYtokenABC123"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- app fixtures
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _worker_env(mlflow_uri):
+    """Workers inherit the environment: one torch thread each (shared cores) and an MLflow store whose
+    schema already exists (creating one takes seconds)."""
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MLFLOW_TRACKING_URI")}
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow_uri
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _launch(tmp_path_factory, name, **limits):
+    from slm_blocks.ui import build_app
+    from slm_blocks.ui.state import Limits, SessionStore
+
+    data_dir = tmp_path_factory.mktemp(name)
+    store = SessionStore(Limits(data_dir=data_dir, max_time_s=300, **limits))
+    demo = build_app(store).queue()
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=None, quiet=True)
+    return SimpleNamespace(demo=demo, url=url, store=store, data_dir=data_dir)
+
+
+def _shutdown(app):
+    for session in list(app.store.sessions.values()):
+        for run in session.runs.values():
+            if run.job and not run.job.finished:
+                app.store.queue.cancel(run.job)
+    app.store.queue.wait_idle(60)
+    app.demo.close()
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    """One trainer at a time, small caps (so over-the-cap inputs are cheap to produce)."""
+    a = _launch(tmp_path_factory, "app", max_concurrent=1, max_params=2_000_000, max_steps=5000)
+    yield a
+    _shutdown(a)
+
+
+@pytest.fixture(scope="module")
+def app2(tmp_path_factory):
+    """Two trainers at once."""
+    a = _launch(tmp_path_factory, "app2", max_concurrent=2, max_params=2_000_000, max_steps=5000)
+    yield a
+    _shutdown(a)
+
+
+def client(app):
+    from gradio_client import Client
+
+    return Client(app.url, verbose=False)
+
+
+def session_of(app, c):
+    return app.store.get(c.session_hash)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def train_args(run_name, max_steps=20, builtin="stories", **over):
+    args = dict(spec_json=TINY, data_source="Built-in", builtin=builtin, files=None, hub_id="", hub_config="",
+                text_column="", tokenizer="char", vocab_size=1024, tokenizer_name="", max_steps=max_steps,
+                batch_size=4, lr=1e-3, max_time=300, seed=1, eval_every=10, run_name=run_name)
+    args.update(over)
+    return list(args.values())
+
+
+def gen_args(model, prompt="The ", max_new=12, temperature=0.8, top_k=50, top_p=1.0, rep=1.0, seed="1"):
+    return [model, prompt, max_new, temperature, top_k, top_p, rep, seed]
+
+
+def wait_for(job, pred, timeout=90.0, what="an update"):
+    """Poll a streaming job until pred(outputs) holds; returns the outputs."""
+    end = time.time() + timeout
+    while time.time() < end:
+        outs = job.outputs()
+        if pred(outs):
+            return outs
+        if job.done():
+            outs = job.outputs()
+            assert pred(outs), f"the stream ended before {what}: {[o[0][:120] for o in outs][-5:]}"
+            return outs
+        time.sleep(0.2)
+    raise AssertionError(f"no {what} within {timeout} s: {[o[0][:120] for o in job.outputs()][-5:]}")
+
+
+def finish(job, timeout=120.0):
+    end = time.time() + timeout
+    while not job.done():
+        assert time.time() < end, f"the stream did not end within {timeout} s"
+        time.sleep(0.2)
+    outs = job.outputs()
+    assert outs, "the stream produced no output"
+    return outs
+
+
+def plot_rows(plot) -> list[dict]:
+    """The points a LinePlot output carries, with a finite loss."""
+    assert isinstance(plot, dict) and "columns" in plot and "data" in plot, plot
+    rows = [dict(zip(plot["columns"], r)) for r in plot["data"]]
+    return [r for r in rows if isinstance(r.get("loss"), (int, float)) and math.isfinite(r["loss"])]
+
+
+def step_of(status: str) -> int | None:
+    import re
+
+    m = re.search(r"Step \*\*(\d+)/", status)
+    return int(m.group(1)) if m else None
+
+
+def assert_clean(msg, *field_words):
+    """A message for the user: no traceback, and it names the field (any of the words, case-insensitive)."""
+    assert isinstance(msg, str) and msg.strip(), f"no message: {msg!r}"
+    msg = html.unescape(msg)  # Markdown outputs are HTML-escaped
+    assert "Traceback" not in msg and 'File "' not in msg, msg
+    if field_words:
+        assert any(w.lower() in msg.lower() for w in field_words), f"{msg!r} does not name {field_words}"
+
+
+def table_rows(df) -> list[dict]:
+    return [dict(zip(df["headers"], r)) for r in df["data"]]
+
+
+def app_still_works(c):
+    ok, summary = c.predict(TINY, api_name="/validate_spec")
+    assert "valid" in ok and "parameters" in summary
+
+
+# ----------------------------------------------------------------------------- 1. the whole flow
+
+_FLOW: dict = {}  # test 1's client and exported run, reused by tests 3 and 4 when it ran
+
+
+def test_full_flow_on_one_client(app, tmp_path):
+    from slm_blocks.checkpoint import latest_checkpoint
+
+    c = client(app)
+    ok, summary = c.predict(TINY, api_name="/validate_spec")
+    assert "valid" in ok and "parameters" in summary
+
+    # train (long enough to stop) and watch the stream: statuses change, the plot fills, a sample appears
+    job = c.submit(*train_args("flow", max_steps=3000), api_name="/train")
+    outs = wait_for(job, lambda o: o and o[-1][2] and any(r["split"] == "validation" for r in plot_rows(o[-1][1]))
+                    and step_of(o[-1][0]), what="a step, a validation point and a sample")
+    statuses = [o[0] for o in outs]
+    assert len(set(statuses)) >= 2, statuses
+    assert all(s.startswith("**flow**") for s in statuses)
+    assert any("Preparing" in s for s in statuses) or statuses[0] != statuses[-1]
+    rows = plot_rows(outs[-1][1])
+    assert {"train", "validation"} <= {r["split"] for r in rows}
+    assert outs[-1][2].startswith("step ") and len(outs[-1][2]) > 10  # "step N:\n<sample text>"
+    assert "loss" in outs[-1][3]  # the log
+
+    # stop from the SAME client while it trains
+    stop_msg = c.predict(api_name="/stop")
+    assert "Stopping" in stop_msg and "flow" in stop_msg
+    outs = finish(job, 60)
+    final = outs[-1][0]
+    assert "Stopped (resumable)" in final, final
+    run = session_of(app, c).runs["flow"]
+    ckpt = latest_checkpoint(run.dir)
+    assert ckpt is not None and (ckpt / "model.safetensors").is_file()
+    stopped_at = int(ckpt.name.split("-")[1])
+    assert 0 < stopped_at < 3000
+    assert c.predict(api_name="/stop") == "Nothing is training in this session."
+
+    # resume for 10 more steps
+    job = c.submit("flow", 10, api_name="/resume")
+    outs = finish(job, 90)
+    assert "Done" in outs[-1][0], outs[-1][0]
+    steps = [s for s in (step_of(o[0]) for o in outs) if s]
+    assert not steps or max(steps) > stopped_at
+    assert int(latest_checkpoint(run.dir).name.split("-")[1]) == stopped_at + 10
+    assert max(r["step"] for r in plot_rows(outs[-1][1])) > stopped_at  # old and new points on one curve
+
+    # generate streams text that starts with the prompt
+    job = c.submit(*gen_args("flow", "Once ", max_new=24), api_name="/generate")
+    outs = finish(job, 60)
+    texts = [o if isinstance(o, str) else o[0] for o in outs]
+    assert len(texts) >= 2, texts  # streamed, not one answer
+    assert all(t.startswith("Once ") for t in texts), texts
+    assert len(texts[-1]) > len("Once ") and "⚠️" not in texts[-1]
+
+    # next-token table: up to 10 tokens, probabilities in [0, 1], sorted, no message
+    df, msg = c.predict("flow", "Once upon a ", api_name="/next_tokens")
+    assert msg == ""
+    rows = table_rows(df)
+    assert 1 <= len(rows) <= 10
+    probs = [r["probability"] for r in rows]
+    assert all(0 <= p <= 1 for p in probs) and probs == sorted(probs, reverse=True) and sum(probs) <= 1.0001
+
+    # attention map: a figure (and no message)
+    fig, msg = c.predict("flow", "Once upon a time", 1, 2, api_name="/attention_map")
+    assert msg == "", msg
+    assert isinstance(fig, dict) and fig.get("type") == "matplotlib" and str(fig.get("plot", "")).startswith("data:image")
+    fig, msg = c.predict("flow", "Once upon a time", 9, 0, api_name="/attention_map")
+    assert fig is None
+    assert_clean(msg, "Layer")
+
+    # compare lists the run
+    table, curves, _, _ = c.predict(False, "step", api_name="/compare")
+    assert [r["run"] for r in table_rows(table)] == ["flow"]
+
+    # export: a verified zip that loads in a fresh process with plain transformers
+    archive, result, card = c.predict("flow", api_name="/export")
+    assert archive and result.startswith("✅") and "GPT2LMHeadModel" in result, result
+    assert "flow" in card and "Traceback" not in card
+    folder = tmp_path / "exported"
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(folder)
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    code = (
+        "import sys, torch\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "m = AutoModelForCausalLM.from_pretrained(sys.argv[1]); t = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+        "ids = t('Once ', return_tensors='pt', add_special_tokens=False)\n"
+        "out = m.generate(**ids, max_new_tokens=16, min_new_tokens=16, do_sample=False, pad_token_id=t.pad_token_id)\n"
+        "print(type(m).__name__, out.shape[1] - ids['input_ids'].shape[1]); print(repr(t.decode(out[0])))\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    p = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=180, env=env,
+                       cwd=str(folder))
+    assert p.returncode == 0, p.stderr[-3000:]
+    first, second = p.stdout.strip().splitlines()[-2:]
+    assert first == "GPT2LMHeadModel 16", p.stdout
+    assert second.startswith("'Once "), second
+
+    _FLOW.update(client=c, run="flow")
+
+
+# ----------------------------------------------------------------------------- 2. isolation and the queue
+
+
+def test_two_sessions_train_concurrently_and_are_isolated(app2):
+    a, b = client(app2), client(app2)
+    assert a.session_hash != b.session_hash
+    job_b = b.submit(*train_args("beta", max_steps=3000), api_name="/train")
+    job_a = a.submit(*train_args("alpha", max_steps=20, builtin="addition"), api_name="/train")
+    outs_a = finish(job_a, 120)
+    assert "Done" in outs_a[-1][0], outs_a[-1][0]
+    assert not any("in line" in o[0] for o in outs_a), "with two trainers the second session must not wait"
+    outs_b = wait_for(job_b, lambda o: o and step_of(o[-1][0]), what="beta's first step")
+    assert not any("in line" in o[0] for o in outs_b)
+    sa, sb = session_of(app2, a), session_of(app2, b)
+    assert not sb.runs["beta"].job.finished, "beta should still be training"
+
+    # A's Stop does not touch B's training
+    assert a.predict(api_name="/stop") == "Nothing is training in this session."
+    time.sleep(1.0)
+    assert not sb.runs["beta"].job.finished
+
+    # A cannot reach B's run by name (and vice versa)
+    out = a.predict(*gen_args("beta"), api_name="/generate")
+    assert_clean(out, "Model")
+    assert out.startswith("⚠️") and "this session" in out
+    df, msg = a.predict("beta", "The ", api_name="/next_tokens")
+    assert not df["data"] and msg.startswith("⚠️")
+    fig, msg = a.predict("beta", "The ", 0, 0, api_name="/attention_map")
+    assert fig is None and msg.startswith("⚠️")
+    archive, msg, card = a.predict("beta", api_name="/export")
+    assert archive is None and card == "" and msg.startswith("❌") and "beta" in msg
+    assert_clean(msg, "Run")
+    status, _, _, _ = a.predict("beta", 10, api_name="/resume")
+    assert status.startswith("❌"), status
+    out = b.predict(*gen_args("alpha"), api_name="/generate")
+    assert out.startswith("⚠️"), out
+
+    # each sees its own runs only (Compare, and the run lists behind the dropdowns)
+    table_a = table_rows(a.predict(False, "step", api_name="/compare")[0])
+    assert [r["run"] for r in table_a] == ["alpha"]
+    assert list(sa.runs) == ["alpha"] and list(sb.runs) == ["beta"]
+    assert sa.root != sb.root and not (sa.root / "runs" / "beta").exists()
+
+    assert "Stopping" in b.predict(api_name="/stop")
+    outs_b = finish(job_b, 60)
+    assert "Stopped (resumable)" in outs_b[-1][0]
+    table_b = table_rows(b.predict(False, "step", api_name="/compare")[0])
+    assert [r["run"] for r in table_b] == ["beta"]
+
+    # A's own model still generates
+    out = a.predict(*gen_args("alpha", "12+", max_new=6, temperature=0), api_name="/generate")
+    assert out.startswith("12+") and "⚠️" not in out
+
+
+def test_second_session_waits_in_line(app):
+    first, second = client(app), client(app)
+    job1 = first.submit(*train_args("first", max_steps=3000), api_name="/train")
+    wait_for(job1, lambda o: o and step_of(o[-1][0]), what="the first session's first step")
+    job2 = second.submit(*train_args("second", max_steps=10), api_name="/train")
+    outs2 = wait_for(job2, lambda o: len(o) >= 1, what="the queued session's first update")
+    assert "number **1** in line" in outs2[0][0], outs2[0][0]
+    time.sleep(1.5)
+    assert "in line" in job2.outputs()[-1][0]  # still waiting while the first trains
+    assert not any("Step" in o[0] for o in job2.outputs())
+
+    assert "Stopping" in first.predict(api_name="/stop")
+    assert "Stopped (resumable)" in finish(job1, 60)[-1][0]
+    outs2 = finish(job2, 120)
+    assert "Done" in outs2[-1][0], outs2[-1][0]
+    assert any("in line" in o[0] for o in outs2) and not any("in line" in o[0] for o in outs2[-1:])
+
+
+# ----------------------------------------------------------------------------- 3. bad inputs
+
+
+@pytest.fixture(scope="module")
+def exported(app):
+    """(client, run name) of a session with an exported run: test 1's, or a quick one."""
+    if _FLOW:
+        return _FLOW["client"], _FLOW["run"]
+    c = client(app)
+    status = c.predict(*train_args("quick", max_steps=10), api_name="/train")[0]
+    assert "Done" in status, status
+    archive, result, _ = c.predict("quick", api_name="/export")
+    assert archive, result
+    return c, "quick"
+
+
+def _bad_spec(mutate) -> str:
+    spec = load_preset("tiny-char").to_dict()
+    mutate(spec)
+    return json.dumps(spec)
+
+
+def test_bad_inputs_come_back_as_messages(app, exported, monkeypatch):
+    c = client(app)
+
+    def set_heads(s):
+        s["blocks"][2]["attention"]["n_heads"] = 7
+
+    def unknown_block(s):
+        s["blocks"].insert(2, {"type": "wormhole"})
+
+    def huge(s):
+        s["d_model"] = 1024
+        s["blocks"][2]["mlp"]["hidden"] = 4096
+
+    # the spec, through /validate_spec and /train
+    for spec_json, words in [(_bad_spec(set_heads), ["n_heads"]), ("{not json", ["JSON"]),
+                             ("", ["JSON", "spec"]), ("[1, 2]", ["spec", "object", "dict"]),
+                             (_bad_spec(unknown_block), ["wormhole", "type"])]:
+        problems, _ = c.predict(spec_json, api_name="/validate_spec")
+        assert_clean(problems, *words)
+        assert "Problems" in problems
+        status, plot, sample, log = c.predict(*train_args("bad", spec_json=spec_json), api_name="/train")
+        assert status.startswith("❌"), status
+        assert_clean(status, *words)
+        assert sample == "" and log == "" and not plot_rows(plot)
+
+    # caps and the other training fields (checked before anything starts)
+    cases = [
+        (dict(spec_json=_bad_spec(huge)), ["Model", "parameters"]),
+        (dict(max_steps=10**6), ["Max steps"]),
+        (dict(max_steps=0), ["Max steps"]),
+        (dict(batch_size=0), ["Batch size"]),
+        (dict(lr=5.0), ["Learning rate"]),
+        (dict(max_time=10**6), ["Max time"]),
+        (dict(eval_every=0), ["Eval every"]),
+        (dict(data_source="Hub", hub_id=""), ["Hub dataset"]),
+        (dict(data_source="Hub", hub_id="   "), ["Hub dataset"]),
+        (dict(data_source="Upload", files=None), ["Upload"]),
+        (dict(tokenizer="pretrained", tokenizer_name=""), ["Pretrained tokenizer"]),
+        (dict(tokenizer="bpe", vocab_size=10), ["BPE vocab size"]),
+    ]
+    for over, words in cases:
+        status, _, _, _ = c.predict(*train_args("bad", **over), api_name="/train")
+        assert status.startswith("❌"), (over, status)
+        assert_clean(status, *words)
+    assert "over this app's cap" in html.unescape(c.predict(*train_args("bad", spec_json=_bad_spec(huge)), api_name="/train")[0])
+    assert session_of(app, c).runs == {}, "a refused training must not create a run"
+
+    # problems only the worker can find: an unknown Hub dataset and an unloadable tokenizer (offline)
+    for over, words in [(dict(data_source="Hub", hub_id="nobody/no-such-dataset-xyz"), ["nobody/no-such-dataset-xyz"]),
+                        (dict(tokenizer="pretrained", tokenizer_name="nobody/no-such-tokenizer"),
+                         ["tokenizer", "nobody/no-such-tokenizer"])]:
+        status = c.predict(*train_args("worker-bad", **over), api_name="/train")[0]
+        assert "❌" in status, status
+        assert_clean(status, *words)
+    app_still_works(c)
+
+    # generate (a session with no runs, then the exported run's session)
+    for model, prompt, words in [("", "The ", ["Model"]), ("nope", "The ", ["Model"]), (None, "The ", ["Model"])]:
+        out = c.predict(*gen_args(model, prompt), api_name="/generate")
+        assert out.startswith("⚠️"), out
+        assert_clean(out, *words)
+    owner, run = exported
+    for over, words in [(dict(prompt=""), ["Prompt"]), (dict(temperature=-1), ["Temperature"]),
+                        (dict(top_p=0), ["Top-p"]), (dict(top_p=1.5), ["Top-p"]), (dict(rep=0), ["Repetition"]),
+                        (dict(max_new="many"), ["Max new tokens"]), (dict(seed="abc"), ["Seed"]),
+                        (dict(model="nope"), ["Model"])]:
+        kw = dict(model=run, prompt="The ")
+        kw.update(over)
+        out = owner.predict(*gen_args(**kw), api_name="/generate")
+        assert out.startswith("⚠️"), (over, out)
+        assert_clean(out, *words)
+    # NaN cannot travel through gradio_client (strict JSON); a raw HTTP caller can send it
+    for index, words in [(3, ["Temperature"]), (2, ["Max new tokens"]), (5, ["Top-p"])]:
+        data = ", ".join("NaN" if i == index else json.dumps(v) for i, v in enumerate(gen_args(run, "The ")))
+        body = f'{{"data": [{data}], "session_hash": {json.dumps(owner.session_hash)}}}'
+        out = _raw_call(app.url, "generate", body)
+        assert "⚠️" in out, (index, out)
+        assert_clean(out, *words)
+    # next tokens / attention with bad inputs
+    df, msg = owner.predict(run, "", api_name="/next_tokens")
+    assert_clean(msg, "Prompt")
+    df, msg = c.predict("nope", "The ", api_name="/next_tokens")
+    assert_clean(msg, "Model")
+    for layer, head, prompt, words in [(0, 99, "The ", ["Head"]), (-1, 0, "The ", ["Layer"]), (0, 0, "", ["Prompt"])]:
+        fig, msg = owner.predict(run, prompt, layer, head, api_name="/attention_map")
+        assert fig is None
+        assert_clean(msg, *words)
+
+    # export / resume / stop before training
+    for name in ["", "nope", None]:
+        archive, msg, card = c.predict(name, api_name="/export")
+        assert archive is None and msg.startswith("❌")
+        assert_clean(msg, "Run")
+    status = c.predict("", 10, api_name="/resume")[0]
+    assert_clean(status, "Resume")
+    assert c.predict(api_name="/stop") == "Nothing is training in this session."
+
+    # push: before export, without a token, with bad repository names
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    msg = c.predict("nope", "me/model", "hf_x", True, api_name="/push")
+    assert_clean(msg, "export")
+    assert msg.startswith("❌")
+    msg = owner.predict(run, "me/model", "", True, api_name="/push")
+    assert msg.startswith("❌")
+    assert_clean(msg, "token")
+    for repo in ["", "a/b/c", "-bad-", "has space/x"]:
+        msg = owner.predict(run, repo, "hf_x", True, api_name="/push")
+        assert msg.startswith("❌"), (repo, msg)
+        assert_clean(msg, "repository")
+
+    # import with nothing
+    msg, _ = c.predict([], api_name="/import_model")
+    assert_clean(msg, "Import")
+
+    app_still_works(c)
+    app_still_works(owner)
+
+
+def _raw_call(url: str, api: str, body: str) -> str:
+    """POST to Gradio's /call API with a hand-written JSON body; the last data or error the stream sends."""
+    import httpx
+
+    r = httpx.post(f"{url}gradio_api/call/{api}", content=body, headers={"content-type": "application/json"},
+                   timeout=30)
+    r.raise_for_status()
+    event_id = r.json()["event_id"]
+    with httpx.stream("GET", f"{url}gradio_api/call/{api}/{event_id}", timeout=60) as s:
+        text = "".join(s.iter_text())
+    last = [line[len("data:"):].strip() for line in text.splitlines() if line.startswith("data:")][-1]
+    value = json.loads(last)
+    if isinstance(value, list):
+        return value[0]
+    return json.dumps(value)
+
+
+# ----------------------------------------------------------------------------- 4. the token stays secret
+
+
+def test_push_token_is_never_shown_logged_or_stored(app, exported, caplog, capfd, monkeypatch):
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    owner, run = exported
+    other = client(app)
+    messages = []
+    for c, name, repo in [(owner, run, "someone/tiny-model"),  # offline: the Hub cannot be reached
+                          (owner, run, "tiny-model"),
+                          (owner, run, "bad/repo/id"), (owner, run, f"x/{CANARY}-"),
+                          (other, "nope", "someone/tiny-model"),
+                          (owner, "nope", "someone/tiny-model")]:
+        msg = c.predict(name, repo, CANARY, False, api_name="/push")
+        messages.append(msg)
+        assert msg.startswith("❌"), msg  # nothing was published
+        assert_clean(msg)
+    # the token also travels in the middle of other text fields without being echoed as a token
+    msg = owner.predict(run, "someone/tiny-model", f"  {CANARY}  ", True, api_name="/push")
+    messages.append(msg)
+    assert "Hub" in messages[0] or "Hugging Face" in messages[0], messages[0]
+    app_still_works(owner)
+
+    for m in messages:
+        assert CANARY not in m, m
+    out, err = capfd.readouterr()
+    assert CANARY not in out and CANARY not in err
+    assert not [r for r in caplog.records if CANARY in r.getMessage() or CANARY in str(r.args)
+                or (r.exc_text and CANARY in r.exc_text)]
+    leaked = [p for p in app.data_dir.rglob("*") if p.is_file() and CANARY.encode() in p.read_bytes()]
+    assert not leaked, leaked
+    mlflow_db = Path(os.environ["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///"))
+    for p in mlflow_db.parent.rglob("*"):
+        assert not (p.is_file() and CANARY.encode() in p.read_bytes()), p
