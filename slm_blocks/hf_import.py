@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from .native import FAMILIES
+from .native import FAMILIES, GPT2_LAYER, GPT2_TOP
 from .spec import ModelSpec
 from .tokenization import load_tokenizer
 
@@ -74,9 +74,9 @@ def spec_from_native_config(cfg: dict) -> ModelSpec:
         if mt == "gemma3_text":
             rope = {"full_attention": rope, "sliding_attention": {"rope_type": "default",
                                                                   "rope_theta": cfg.get("rope_local_base_freq", 10000.0)}}
-    act = cfg.get("hidden_activation" if mt == "gemma3_text" else "hidden_act",
-                  "gelu_pytorch_tanh" if mt == "gemma3_text" else "silu")
-    if act != ("gelu_pytorch_tanh" if mt == "gemma3_text" else "silu") and not (mt == "gemma3_text" and act == "gelu_new"):
+    standard = ("gelu_pytorch_tanh", "gelu_new") if mt == "gemma3_text" else ("silu",)
+    act = cfg.get("hidden_activation" if mt == "gemma3_text" else "hidden_act", standard[0])
+    if act not in standard:
         raise ImportFailed(f"activation {act!r} is not supported for {mt} (only its standard gated activation)")
     if cfg.get("final_logit_softcapping") or cfg.get("attn_logit_softcapping"):
         raise ImportFailed("logit soft-capping has no block in SLM Blocks yet; this checkpoint is not importable")
@@ -123,25 +123,18 @@ def spec_from_native_config(cfg: dict) -> ModelSpec:
 
 
 def _from_gpt2(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {"model.embed_tokens.weight": state["transformer.wte.weight"],
-           "model.embed_positions.weight": state["transformer.wpe.weight"],
-           "model.norm.weight": state["transformer.ln_f.weight"], "model.norm.bias": state["transformer.ln_f.bias"]}
-    if "lm_head.weight" in state:
-        out["lm_head.weight"] = state["lm_head.weight"]
+    """The inverse of native._to_gpt2: split GPT-2's fused c_attn and undo the Conv1D transposes."""
+    out = {ours: state[theirs] for ours, theirs in GPT2_TOP.items() if theirs in state}
     i = 0
     while f"transformer.h.{i}.attn.c_attn.weight" in state:
         h, p = f"transformer.h.{i}.", f"model.layers.{i}."
-        C = state[h + "attn.c_attn.weight"].shape[0]
-        w, b = state[h + "attn.c_attn.weight"].T, state[h + "attn.c_attn.bias"]  # Conv1D stores (in, out)
-        for j, x in enumerate("qkv"):
-            out[p + f"self_attn.{x}_proj.weight"] = w[j * C:(j + 1) * C].contiguous()
-            out[p + f"self_attn.{x}_proj.bias"] = b[j * C:(j + 1) * C].contiguous()
-        for theirs, ours in (("attn.c_proj", "self_attn.o_proj"), ("mlp.c_fc", "mlp.up_proj"),
-                             ("mlp.c_proj", "mlp.down_proj")):
-            out[p + ours + ".weight"] = state[h + theirs + ".weight"].T.contiguous()
-            out[p + ours + ".bias"] = state[h + theirs + ".bias"]
-        for theirs, ours in (("ln_1", "input_layernorm"), ("ln_2", "post_attention_layernorm")):
-            out[p + ours + ".weight"] = state[h + theirs + ".weight"]
+        w, b = state[h + "attn.c_attn.weight"].T, state[h + "attn.c_attn.bias"]  # (3C, C), (3C,)
+        for x, wx, bx in zip("qkv", w.chunk(3), b.chunk(3)):
+            out[p + f"self_attn.{x}_proj.weight"] = wx.contiguous()
+            out[p + f"self_attn.{x}_proj.bias"] = bx.contiguous()
+        for ours, theirs, transposed in GPT2_LAYER:
+            w = state[h + theirs + ".weight"]
+            out[p + ours + ".weight"] = w.T.contiguous() if transposed else w
             out[p + ours + ".bias"] = state[h + theirs + ".bias"]
         i += 1
     return out

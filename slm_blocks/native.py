@@ -131,27 +131,28 @@ def native_state_dict(spec: ModelSpec, family: str, state: dict[str, torch.Tenso
     raise ValueError(f"unknown family {family!r}")
 
 
+# GPT-2's names for ours: (our suffix, GPT-2 suffix, stored transposed because GPT-2 uses Conv1D (in, out))
+GPT2_TOP = {"model.embed_tokens.weight": "transformer.wte.weight",
+            "model.embed_positions.weight": "transformer.wpe.weight",
+            "model.norm.weight": "transformer.ln_f.weight", "model.norm.bias": "transformer.ln_f.bias",
+            "lm_head.weight": "lm_head.weight"}
+GPT2_LAYER = [("self_attn.o_proj", "attn.c_proj", True), ("mlp.up_proj", "mlp.c_fc", True),
+              ("mlp.down_proj", "mlp.c_proj", True), ("input_layernorm", "ln_1", False),
+              ("post_attention_layernorm", "ln_2", False)]
+
+
 def _to_gpt2(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {"transformer.wte.weight": state["model.embed_tokens.weight"],
-           "transformer.wpe.weight": state["model.embed_positions.weight"],
-           "transformer.ln_f.weight": state["model.norm.weight"], "transformer.ln_f.bias": state["model.norm.bias"]}
-    if "lm_head.weight" in state:
-        out["lm_head.weight"] = state["lm_head.weight"]
+    out = {theirs: state[ours] for ours, theirs in GPT2_TOP.items() if ours in state}
     i = 0
     while f"model.layers.{i}.self_attn.q_proj.weight" in state:
         p, h = f"model.layers.{i}.", f"transformer.h.{i}."
-        get = lambda name: state[p + name]  # noqa: E731
-        out[h + "attn.c_attn.weight"] = torch.cat([get(f"self_attn.{x}_proj.weight") for x in "qkv"]).T.contiguous()
-        out[h + "attn.c_attn.bias"] = torch.cat([get(f"self_attn.{x}_proj.bias") for x in "qkv"])
-        out[h + "attn.c_proj.weight"] = get("self_attn.o_proj.weight").T.contiguous()  # Conv1D stores (in, out)
-        out[h + "attn.c_proj.bias"] = get("self_attn.o_proj.bias")
-        out[h + "mlp.c_fc.weight"] = get("mlp.up_proj.weight").T.contiguous()
-        out[h + "mlp.c_fc.bias"] = get("mlp.up_proj.bias")
-        out[h + "mlp.c_proj.weight"] = get("mlp.down_proj.weight").T.contiguous()
-        out[h + "mlp.c_proj.bias"] = get("mlp.down_proj.bias")
-        for ours, theirs in (("input_layernorm", "ln_1"), ("post_attention_layernorm", "ln_2")):
-            out[h + f"{theirs}.weight"] = get(f"{ours}.weight")
-            out[h + f"{theirs}.bias"] = get(f"{ours}.bias")
+        qkv = [state[p + f"self_attn.{x}_proj.weight"] for x in "qkv"]
+        out[h + "attn.c_attn.weight"] = torch.cat(qkv).T.contiguous()
+        out[h + "attn.c_attn.bias"] = torch.cat([state[p + f"self_attn.{x}_proj.bias"] for x in "qkv"])
+        for ours, theirs, transposed in GPT2_LAYER:
+            w = state[p + ours + ".weight"]
+            out[h + theirs + ".weight"] = w.T.contiguous() if transposed else w
+            out[h + theirs + ".bias"] = state[p + ours + ".bias"]
         i += 1
     return out
 

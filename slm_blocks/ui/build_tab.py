@@ -317,37 +317,32 @@ def _global_setter(name: str):
     return set_value
 
 
-def _mover(bid: str, delta: int):
-    def move(spec):
+def _edit(bid: str, change):
+    """An event handler applying change(blocks, i) to a copy of the state, i = the block with this _id."""
+    def apply(spec):
         spec = copy.deepcopy(spec)
         i = _index(spec, bid)
-        j = None if i is None else i + delta
-        if j is not None and 0 <= j < len(spec["blocks"]):
-            spec["blocks"][i], spec["blocks"][j] = spec["blocks"][j], spec["blocks"][i]
+        if i is not None:
+            change(spec["blocks"], i)
         return spec
-    return move
+    return apply
+
+
+def _mover(bid: str, delta: int):
+    def move(blocks, i):
+        if 0 <= i + delta < len(blocks):
+            blocks[i], blocks[i + delta] = blocks[i + delta], blocks[i]
+    return _edit(bid, move)
 
 
 def _duplicator(bid: str):
-    def duplicate(spec):
-        spec = copy.deepcopy(spec)
-        i = _index(spec, bid)
-        if i is not None:
-            twin = copy.deepcopy(spec["blocks"][i])
-            twin["_id"] = uuid.uuid4().hex[:8]
-            spec["blocks"].insert(i + 1, twin)
-        return spec
-    return duplicate
+    def duplicate(blocks, i):
+        blocks.insert(i + 1, {**copy.deepcopy(blocks[i]), "_id": uuid.uuid4().hex[:8]})
+    return _edit(bid, duplicate)
 
 
 def _remover(bid: str):
-    def remove(spec):
-        spec = copy.deepcopy(spec)
-        i = _index(spec, bid)
-        if i is not None:
-            spec["blocks"].pop(i)
-        return spec
-    return remove
+    return _edit(bid, lambda blocks, i: blocks.pop(i))
 
 
 LAYER_TYPES = ("transformer", "attention", "mlp", "norm")
