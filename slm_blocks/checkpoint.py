@@ -64,8 +64,9 @@ def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, rng: dict[
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
+    for stale in root.glob(".tmp-step-*"):  # left by a writer that was killed mid-write (one writer per run)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if getattr(model.config, "tie_word_embeddings", False):

@@ -31,6 +31,14 @@ def _watch_stdin(stop: threading.Event) -> None:
     stop.set()  # the app went away: stop and keep a checkpoint
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    if isinstance(e, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    return oom is not None and isinstance(e, oom)
+
+
 def main(job_file: str) -> int:
     job = json.loads(Path(job_file).read_text())
     stop = threading.Event()
@@ -61,19 +69,22 @@ def main(job_file: str) -> int:
                 tracker = Tracker(run, uri=job.get("mlflow_uri"))
             except Exception as e:  # tracking must never block training
                 emit("warning", step=0, message=f"MLflow tracking is off for this run: {type(e).__name__}: {e}")
+        ok = True
         for event in train(run, stop=stop):
             if tracker:
                 tracker.on_event(event)
             emit(type(event).__name__, **asdict(event))
-        return 0
+            ok = ok and getattr(event, "reason", None) != "error"
+        return 0 if ok else 1
     except (ValueError, FileNotFoundError, FileExistsError) as e:  # user-fixable: the message says how
         emit("error", message=str(e))
         return 2
-    except MemoryError:
-        emit("error", message="out of memory: make the model or the batch smaller (the estimate on the Build tab "
-             "shows training memory)")
-        return 3
-    except Exception as e:  # a bug: short message for the UI, traceback to stderr for the logs
+    except Exception as e:
+        if _out_of_memory(e):  # host RAM (MemoryError) or the GPU's (torch.OutOfMemoryError, a RuntimeError)
+            emit("error", message="out of memory: make the model or the batch smaller (the estimate on the Build "
+                 "tab shows training memory)")
+            return 3
+        # a bug: short message for the UI, traceback to stderr for the logs
         traceback.print_exc()
         emit("error", message=f"training failed ({type(e).__name__}: {e}); the last checkpoint is kept")
         return 1

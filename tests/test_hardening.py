@@ -99,3 +99,17 @@ def test_sampling_settings_are_clamped():
     cfg = Handlers._sampling(max_new_tokens=10**9, temperature=99, top_k=10**6, top_p=1.0, repetition_penalty=1.0,
                              seed=None)
     assert cfg.max_new_tokens == 2000 and cfg.temperature == 10.0 and cfg.top_p is None
+
+
+def test_session_disk_quota_refuses_new_training(tmp_path):
+    store = SessionStore(Limits(data_dir=tmp_path, session_quota_mb=1))
+    session = store.get("quota")
+    (session.root / "uploads").mkdir(parents=True, exist_ok=True)
+    (session.root / "uploads" / "big.txt").write_bytes(b"x" * (2 * 1024 * 1024))
+
+    class Request:
+        session_hash = "quota"
+
+    status, *_ = next(Handlers(store).train(load_preset("tiny-char").to_json(), "Built-in", "stories", None, "", "",
+                                            "", "char", 1024, "", 10, 2, 1e-3, 60, 1, 5, "q", Request()))
+    assert "MB allowed" in status and not session.runs
