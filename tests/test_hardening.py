@@ -113,3 +113,18 @@ def test_session_disk_quota_refuses_new_training(tmp_path):
     status, *_ = next(Handlers(store).train(load_preset("tiny-char").to_json(), "Built-in", "stories", None, "", "",
                                             "", "char", 1024, "", 10, 2, 1e-3, 60, 1, 5, "q", Request()))
     assert "MB allowed" in status and not session.runs
+
+
+def test_dependency_floors_and_no_torch_load():
+    """Floors above known fixed advisories, and nothing in the package unpickles (torch.load / pickle)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    req = (root / "requirements.txt").read_text()
+    assert re.search(r"^torch==2\.(1[0-9]|[2-9][0-9])\.", req, re.M), "torch must be >= 2.10"
+    assert re.search(r"^gradio>=6\.(1[6-9]|[2-9][0-9])", req, re.M), "gradio must be >= 6.16"
+    assert re.search(r"^mlflow>=3\.(8\.[1-9]|9|[1-9][0-9])", req, re.M), "mlflow must be >= 3.8.1"
+    for path in (root / "slm_blocks").rglob("*.py"):
+        text = path.read_text()
+        assert "torch.load(" not in text and "pickle.load" not in text, path

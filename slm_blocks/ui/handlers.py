@@ -75,10 +75,8 @@ class Handlers:
         yield from self._follow(run, job_spec["train"]["max_steps"])
 
     def _follow(self, run: SessionRun, max_steps: int):
-        try:
-            yield from follow(self.store, run.job, max_steps, run.name)
-        except GeneratorExit:  # the page stopped listening: training goes on, Stop ends it
-            raise
+        # if the page stops listening, training goes on: only Stop (or closing the session) ends it
+        yield from follow(self.store, run.job, max_steps, run.name)
 
     def stop(self, request: gr.Request) -> str:
         """Stop this session's running training (a resumable checkpoint is written)."""

@@ -6,7 +6,6 @@ crash in training cannot take it down. These functions are also the /train, /sto
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -182,7 +181,3 @@ def _log_line(e: dict) -> str:
     if kind == "DoneEvent":
         return f"done: {e['message']}"
     return ""
-
-
-def job_summary(job_spec: dict) -> str:
-    return json.dumps({k: job_spec[k] for k in ("data", "tokenizer", "train")}, indent=1)
