@@ -1,5 +1,6 @@
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -27,6 +28,24 @@ def small_spec(dropout: float = 0.0, tie: bool = True, seq: int = 32, d_model: i
                     "mlp": {"activation": "gelu", "hidden": 2 * d_model, "bias": True},
                     "norm": {"kind": "layernorm", "bias": True}},
                    {"type": "final_norm", "norm": {"kind": "layernorm"}}, {"type": "lm_head"}]})
+
+
+@contextmanager
+def running_app(store):
+    """The app launched in-process on a free port; on exit, unfinished trainings are stopped and it closes."""
+    from slm_blocks.ui import build_app
+
+    demo = build_app(store).queue()
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=None, quiet=True)
+    try:
+        yield demo, url
+    finally:
+        for session in list(store.sessions.values()):
+            for r in session.runs.values():
+                if r.job and not r.job.finished:
+                    store.queue.cancel(r.job)
+        store.queue.wait_idle(60)
+        demo.close()
 
 
 @pytest.fixture(scope="session")

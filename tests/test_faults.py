@@ -24,7 +24,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import small_spec
+from conftest import running_app, small_spec
 from slm_blocks import load_preset
 from slm_blocks.checkpoint import STEP_DIR, checkpoint_dirs, latest_checkpoint
 from slm_blocks.jobs import TrainingJob
@@ -388,21 +388,13 @@ def test_session_store_close_stops_running_and_queued_jobs(tmp_path):
 
 @pytest.fixture
 def app(tmp_path, monkeypatch):
-    from slm_blocks.ui import build_app
     from slm_blocks.ui.state import Limits, SessionStore
 
     monkeypatch.setenv("GRADIO_HEARTBEAT_INTERVAL", "0.5")  # a closed client is noticed within a second
     store = SessionStore(Limits(data_dir=tmp_path / "app", max_concurrent=1, max_time_s=300))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'unused.db'}")
-    demo = build_app(store).queue()
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=None, quiet=True)
-    yield demo, url, store
-    for session in list(store.sessions.values()):
-        for r in session.runs.values():
-            if r.job and not r.job.finished:
-                store.queue.cancel(r.job)
-    store.queue.wait_idle(30)
-    demo.close()
+    with running_app(store) as (demo, url):
+        yield demo, url, store
 
 
 def _train_args(name, max_steps):

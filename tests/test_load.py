@@ -26,7 +26,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import small_spec
+from conftest import running_app, small_spec
 
 pytestmark = [pytest.mark.load, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -83,7 +83,6 @@ def gen_args(model, prompt="Once ", max_new=24):
 
 @pytest.fixture
 def app(tmp_path, monkeypatch, mlflow_uri):
-    from slm_blocks.ui import build_app
     from slm_blocks.ui.state import Limits, SessionStore
 
     import torch
@@ -95,15 +94,8 @@ def app(tmp_path, monkeypatch, mlflow_uri):
     torch.set_num_threads(1)  # generation in the app process
     store = SessionStore(Limits(data_dir=tmp_path / "app", max_concurrent=2, max_time_s=300,
                                 max_runs_per_session=1000, max_params=2_000_000))
-    demo = build_app(store).queue()
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=None, quiet=True)
-    yield demo, url, store
-    for session in list(store.sessions.values()):
-        for r in session.runs.values():
-            if r.job and not r.job.finished:
-                store.queue.cancel(r.job)
-    store.queue.wait_idle(60)
-    demo.close()
+    with running_app(store) as (demo, url):
+        yield demo, url, store
     torch.set_num_threads(threads)
 
 
