@@ -59,8 +59,9 @@ class Handlers:
             if len(session.runs) >= self.store.limits.max_runs_per_session:
                 raise UserError(f"This session has {len(session.runs)} runs, the most allowed here; reload the "
                                 "page for a fresh session")
-            if session.disk_mb() > self.store.limits.session_quota_mb:
-                raise UserError(f"This session uses {session.disk_mb():.0f} MB of disk, over the "
+            used_mb = session.disk_mb()  # walks the session folder: once
+            if used_mb > self.store.limits.session_quota_mb:
+                raise UserError(f"This session uses {used_mb:.0f} MB of disk, over the "
                                 f"{self.store.limits.session_quota_mb} MB allowed; reload the page for a fresh session")
             job_spec, _ = make_job(self.store, session, spec_json, data_source, builtin, files, hub_id, hub_config,
                                    text_column, tokenizer, vocab_size, tokenizer_name, max_steps, batch_size, lr,
