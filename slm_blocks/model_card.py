@@ -75,7 +75,7 @@ def write_model_card(folder: Path, spec: ModelSpec, result, card: dict) -> None:
         "from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline",
         f'model = AutoModelForCausalLM.from_pretrained("REPO_OR_FOLDER"{remote})',
         'tokenizer = AutoTokenizer.from_pretrained("REPO_OR_FOLDER")',
-        f'generate = pipeline("text-generation", model=model, tokenizer=tokenizer)',
+        'generate = pipeline("text-generation", model=model, tokenizer=tokenizer)',
         'print(generate("Once upon a time", max_new_tokens=100)[0]["generated_text"])', "```", "",
         "## Format", "",
         f"- Class: `{result.model_class}` — " + ("a native transformers class, no remote code." if result.native else

@@ -44,12 +44,12 @@ class AttentionSpec:
     """Causal self-attention. n_kv_heads < n_heads gives GQA; n_kv_heads = 1 gives MQA."""
 
     n_heads: int = _f(4, lo=1, hi=1024, help="number of query heads")
-    n_kv_heads: int | None = _f(None, lo=1, hi=1024, help="key/value heads (null = n_heads)")
-    head_dim: int | None = _f(None, lo=1, hi=4096, help="size of each head (null = d_model / n_heads)")
+    n_kv_heads: int | None = _f(None, lo=1, hi=1024, help="key/value heads; fewer than heads = GQA, 1 = MQA (empty: same as heads)")
+    head_dim: int | None = _f(None, lo=1, hi=4096, help="size of each head (empty: d_model / heads)")
     qkv_bias: bool = _f(False, help="bias on the q, k and v projections")
     out_bias: bool = _f(False, help="bias on the output projection")
     qk_norm: bool = _f(False, help="RMSNorm each query and key head before attention (Qwen3, Gemma 3)")
-    sliding_window: int | None = _f(None, lo=1, hi=1 << 20, help="attend only to the last N tokens (null = all)")
+    sliding_window: int | None = _f(None, lo=1, hi=1 << 20, help="attend only to the last N tokens (empty: all tokens)")
     dropout: float = _f(0.0, lo=0.0, help="dropout on attention probabilities while training")
 
 
@@ -59,7 +59,7 @@ class MLPSpec:
 
     activation: Literal["gelu", "gelu_tanh", "relu", "silu"] = _f("gelu", help="nonlinearity")
     gated: bool = _f(False, help="multiply by a learned gate (SwiGLU / GeGLU)")
-    hidden: int | None = _f(None, lo=1, hi=1 << 18, help="hidden width (null = 4 * d_model)")
+    hidden: int | None = _f(None, lo=1, hi=1 << 18, help="hidden width (empty: 4 × d_model)")
     bias: bool = _f(False, help="bias on the projections")
 
 
@@ -111,7 +111,7 @@ class AttentionLayerBlock:
 
     type: Literal["attention"] = "attention"
     attention: AttentionSpec = _f(factory=AttentionSpec)
-    norm: NormSpec | None = _f(factory=NormSpec, help="pre-norm (null = none)")
+    norm: NormSpec | None = _f(factory=NormSpec, help="norm before the layer (absent: no norm)")
 
 
 @dataclass
@@ -120,7 +120,7 @@ class MLPLayerBlock:
 
     type: Literal["mlp"] = "mlp"
     mlp: MLPSpec = _f(factory=MLPSpec)
-    norm: NormSpec | None = _f(factory=NormSpec, help="pre-norm (null = none)")
+    norm: NormSpec | None = _f(factory=NormSpec, help="norm before the layer (absent: no norm)")
 
 
 @dataclass

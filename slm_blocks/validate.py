@@ -51,7 +51,7 @@ def validate(spec: ModelSpec) -> list[Problem]:
 
     for i, b in enumerate(spec.blocks):
         if isinstance(b, PositionalBlock) and b.local_rope_theta is not None and b.kind != "rope":
-            add(i, "local_rope_theta", "is only used with kind 'rope'; set it to null")
+            add(i, "local_rope_theta", "is only used with kind 'rope'; leave it empty")
         if isinstance(b, (TransformerBlock, AttentionLayerBlock)):
             _check_attention(spec, i, b.attention, rope, add)
         if isinstance(b, TransformerBlock):
@@ -60,7 +60,7 @@ def validate(spec: ModelSpec) -> list[Problem]:
                     "use 'sequential' or another norm placement")
             if b.full_attention_every is not None and b.attention.sliding_window is None:
                 add(i, "full_attention_every", "only matters with attention.sliding_window; set a window or "
-                    "set this to null")
+                    "leave it empty")
         norm = getattr(b, "norm", None)
         if isinstance(norm, NormSpec) and norm.bias and norm.kind == "rmsnorm":
             add(i, "norm.bias", "RMSNorm has no bias; set bias to false or kind to 'layernorm'")
@@ -109,6 +109,6 @@ def _check_attention(spec: ModelSpec, i: int, a: AttentionSpec, rope: bool, add)
             "use an even head_dim (or change n_heads)")
     if a.sliding_window is not None and a.sliding_window > spec.max_seq_len:
         add(i, "attention.sliding_window", f"window {a.sliding_window} is larger than max_seq_len "
-            f"{spec.max_seq_len}; use at most {spec.max_seq_len} (or null for full attention)")
+            f"{spec.max_seq_len}; use at most {spec.max_seq_len} (or leave it empty for full attention)")
     if a.dropout >= 1:
         add(i, "attention.dropout", f"is {a.dropout}; use a value in [0, 1), e.g. 0.1")

@@ -11,23 +11,18 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 
-CHROMIUM = next((p for p in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")) if p
-                 and Path(p).is_file()), None)
+from browser_util import CHROMIUM, PARAMS, block, field, no_traceback, pick, shot  # noqa: E402
+
 if CHROMIUM is None:
     pytest.skip("chromium is not installed (apt-get install chromium)", allow_module_level=True)
 
 from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
-
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-PARAMS = re.compile(r"([\d.]+\s*[KMGT]?) parameters")
 
 
 @pytest.fixture(scope="module")
@@ -78,18 +73,6 @@ def param_count(page: Page) -> str:
     return m.group(1)
 
 
-def pick(page: Page, label: str, option: str) -> None:
-    """Choose an option of a Gradio dropdown (a custom listbox: click the input, then the option)."""
-    page.get_by_label(label, exact=True).click()
-    page.get_by_role("option", name=option, exact=True).click()
-
-
-def block(page: Page, btype: str):
-    """The editor group of the (single) block of this type."""
-    title = page.locator("strong", has_text=re.compile(rf"^\d+ · {btype}$"))
-    return page.locator(".gr-group:not(:has(.gr-group))", has=title)  # Gradio nests a group in a group
-
-
 def settled(box, quiet_s: float = 1.5, timeout_s: float = 60) -> str:
     """The value of a streaming textbox once it has stopped changing for quiet_s."""
     value, since, deadline = box.input_value(), time.monotonic(), time.monotonic() + timeout_s
@@ -101,17 +84,6 @@ def settled(box, quiet_s: float = 1.5, timeout_s: float = 60) -> str:
         elif time.monotonic() - since >= quiet_s:
             break
     return value
-
-
-def no_traceback(page: Page, where: str) -> None:
-    text = page.evaluate("document.body.textContent")
-    assert "Traceback" not in text, f"a traceback is shown on the page ({where})"
-
-
-def shot(page: Page, tab: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.wait_for_timeout(300)  # let plots and transitions settle
-    page.screenshot(path=str(ARTIFACTS / f"{tab.lower()}.png"), full_page=True)
 
 
 def test_build_train_generate_in_a_browser(page: Page):
@@ -130,7 +102,7 @@ def test_build_train_generate_in_a_browser(page: Page):
     mlp = block(page, "mlp")
     expect(mlp).to_have_count(1)
     expect(mlp.locator("strong")).to_have_text("3 · mlp")  # after the last layer, above final_norm
-    expect(mlp.get_by_label("mlp.hidden (empty = default)")).to_have_value("")  # not 0 (Gradio's Number would)
+    expect(field(mlp, "Hidden width")).to_have_value("")  # not 0 (Gradio's Number would)
     expect(page.locator("strong", has_text=PARAMS).first).not_to_contain_text(f"{before} parameters")
     after = param_count(page)
     assert after != before, f"adding an mlp block left the parameter count at {before}"
@@ -142,19 +114,19 @@ def test_build_train_generate_in_a_browser(page: Page):
     expect(page.get_by_text("2 · mlp", exact=True)).to_have_count(2)  # the editor and the diagram
     assert param_count(page) == after  # moving a block keeps its weights
     transformer = block(page, "transformer")
-    for name in ("attention.head_dim", "attention.sliding_window", "full_attention_every"):
-        expect(transformer.get_by_label(f"{name} (empty = default)")).to_have_value("")  # still "default"
+    for name in ("Head size", "Sliding window", "Full attention every"):
+        expect(field(transformer, name)).to_have_value("")  # still "default"
     clock.lap("mlp block moved up")
 
-    hidden = block(page, "mlp").get_by_label("mlp.hidden (empty = default)")
+    hidden = field(block(page, "mlp"), "Hidden width")
     hidden.fill("256")
     hidden.press("Tab")  # fields apply on blur
     expect(page.locator("strong", has_text=PARAMS).first).not_to_contain_text(f"{after} parameters")
     smaller = param_count(page)
-    assert smaller != after, "mlp.hidden 512 → 256 left the parameter count unchanged"
+    assert smaller != after, "Hidden width 512 → 256 left the parameter count unchanged"
     expect(hidden).to_have_value("256")  # still shown after the editor re-rendered
     expect(page.get_by_text("The spec is valid.")).to_be_visible()
-    clock.lap(f"mlp.hidden set to 256: {smaller} parameters")
+    clock.lap(f"Hidden width set to 256: {smaller} parameters")
     no_traceback(page, "Build")
     shot(page, "Build")
 

@@ -561,7 +561,7 @@ def test_full_attention_every_without_a_window():
     data = base()
     data["blocks"][LAYER]["full_attention_every"] = 2
     p = only_problem(data, LAYER, "full_attention_every")
-    assert "sliding_window" in p.message and "set this to null" in p.message
+    assert "sliding_window" in p.message and "leave it empty" in p.message
 
 
 def test_full_attention_every_with_a_window_is_fine():
@@ -577,7 +577,7 @@ def test_local_rope_theta_without_rope(kind):
     data = base()
     data["blocks"][POS] = {"type": "positional", "kind": kind, "local_rope_theta": 10000.0}
     p = only_problem(data, POS, "local_rope_theta")
-    assert "only used with kind 'rope'" in p.message and "set it to null" in p.message
+    assert "only used with kind 'rope'" in p.message and "leave it empty" in p.message
 
 
 # ----------------------------------------------------------------------------- raw text

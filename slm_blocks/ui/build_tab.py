@@ -119,25 +119,60 @@ def parse_optional_number(text, kind: type):
     return int(v) if kind is int and v.is_integer() else v
 
 
+# Short human labels (unique within a block); a field missing here falls back to its name.
+LABELS = {
+    "vocab_size": "Vocabulary size", "d_model": "Width (d_model)", "max_seq_len": "Context length",
+    "tie_embeddings": "Tie embedding and head", "init_std": "Init std", "dropout": "Dropout",
+    "scale": "Scale by √d_model", "kind": "Kind", "rope_theta": "RoPE base", "local_rope_theta": "RoPE base (window)",
+    "repeat": "Layers (repeat)", "norm_placement": "Norm placement", "residual": "Residual",
+    "full_attention_every": "Full attention every",
+    "attention.n_heads": "Heads", "attention.n_kv_heads": "KV heads", "attention.head_dim": "Head size",
+    "attention.qkv_bias": "q/k/v bias", "attention.out_bias": "Output bias", "attention.qk_norm": "QK-norm",
+    "attention.sliding_window": "Sliding window", "attention.dropout": "Attention dropout",
+    "mlp.activation": "Activation", "mlp.gated": "Gated (GLU)", "mlp.hidden": "Hidden width", "mlp.bias": "MLP bias",
+    "norm.kind": "Norm kind", "norm.eps": "Norm epsilon", "norm.bias": "Norm bias",
+}
+# What an empty optional field means, shown as its placeholder.
+DEFAULTS = {
+    "attention.n_kv_heads": "= heads", "attention.head_dim": "d_model / heads", "attention.sliding_window": "all tokens",
+    "mlp.hidden": "4 × d_model", "local_rope_theta": "= RoPE base", "full_attention_every": "never",
+}
+
+
+def field_label(path: str) -> str:
+    """The label a learner sees for a spec field (the browser tests find fields by it)."""
+    return LABELS.get(path, path.rsplit(".", 1)[-1].replace("_", " ").capitalize())
+
+
+def field_groups(block_type: str) -> list[tuple[str, list]]:
+    """field_widgets grouped by sub-spec ("" = the block's own fields), in declaration order."""
+    groups: dict[str, list] = {}
+    for path, hint, meta in field_widgets(block_type):
+        groups.setdefault(path.split(".")[0] if "." in path else "", []).append((path, hint, meta))
+    return list(groups.items())
+
+
 def make_widget(path: str, hint, meta: dict, value, key: str):
-    label, info = path, meta.get("help") or None
+    """One input for one spec field. Every widget says interactive=True: Gradio 6 makes a component created
+    inside gr.render read-only unless told otherwise (a field that starts with a value looked editable but
+    ignored typing and clicks)."""
+    label, info = field_label(path), meta.get("help") or None
     args = typing.get_args(hint)
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), hint) if optional else hint
+    common = dict(label=label, info=info, key=key, preserved_by_key=None, interactive=True)
     if typing.get_origin(base) is typing.Literal:
-        return gr.Dropdown(list(typing.get_args(base)), value=value, label=label, info=info, key=key,
-                           preserved_by_key=None, min_width=140)
+        return gr.Dropdown(list(typing.get_args(base)), value=value, min_width=140, **common)
     if base is bool:  # in a Column: Gradio 6's Checkbox ignores min_width and gets squeezed in a full Row
         with gr.Column(min_width=140, key=f"col-{key}"):
-            return gr.Checkbox(value=bool(value), label=label, info=info, key=key, preserved_by_key=None)
+            return gr.Checkbox(value=bool(value), **common)
     if optional and base in (int, float):
         # a Textbox, not a Number: Gradio 6's Number shows (and sends back) 0 for an empty value
-        return gr.Textbox(value="" if value is None else str(value), label=label + " (empty = default)", info=info,
-                          placeholder="default", key=key, preserved_by_key=None, min_width=140)
+        return gr.Textbox(value="" if value is None else str(value), placeholder=DEFAULTS.get(path, "default"),
+                          min_width=140, **common)
     if base in (int, float):
-        return gr.Number(value=value, label=label + (" (empty = default)" if optional else ""), info=info,
-                         precision=0 if base is int else None, key=key, preserved_by_key=None, min_width=140)
-    return gr.Textbox(value=value, label=label, key=key, preserved_by_key=None)
+        return gr.Number(value=value, precision=0 if base is int else None, min_width=140, **common)
+    return gr.Textbox(value=value, **common)
 
 
 # ----------------------------------------------------------------------------- views
@@ -233,13 +268,13 @@ def build_tab(spec_state: gr.State, spec_json: gr.Textbox):
                             down = gr.Button("↓", size="sm", min_width=40, scale=0, key=f"down-{bid}")
                             dup = gr.Button("Duplicate", size="sm", scale=0, key=f"dup-{bid}")
                             rm = gr.Button("Remove", size="sm", variant="stop", scale=0, key=f"rm-{bid}")
-                        if btype in BLOCK_TYPES:
-                            with gr.Row(key=f"fields-{bid}"):
-                                for path, hint, meta in field_widgets(btype):
+                        for group, items in (field_groups(btype) if btype in BLOCK_TYPES else []):
+                            with gr.Row(key=f"fields-{bid}-{group}", elem_classes=["field-row"]):
+                                for path, hint, meta in items:
                                     w = make_widget(path, hint, meta, get_path(block, path), key=f"{bid}-{path}")
                                     event = w.blur if isinstance(w, (gr.Number, gr.Textbox)) else w.input
-                                    event(_setter(bid, path, optional_number(hint)), [w, spec_state], spec_state, api_visibility="private",
-                                          show_progress="hidden")
+                                    event(_setter(bid, path, optional_number(hint)), [w, spec_state], spec_state,
+                                          api_visibility="private", show_progress="hidden")
                         mine = [p for p in problems if p.block == i]
                         if mine:
                             gr.Markdown("\n".join(f"⚠️ `{p.field}`: {html.escape(p.message)}" for p in mine),

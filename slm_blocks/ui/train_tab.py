@@ -10,7 +10,6 @@ import shutil
 import time
 from pathlib import Path
 
-import gradio as gr
 import pandas as pd
 
 from .. import ModelSpec, SpecError, estimate

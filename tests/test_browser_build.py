@@ -1,0 +1,116 @@
+"""Every field of every block type, and every global, edited through a real browser page as a learner does
+(type + Tab for numbers and optional numbers, pick for dropdowns, click for checkboxes); after each edit the
+spec JSON on the page must hold the new value. A field that looks editable but ignores input fails here."""
+
+from __future__ import annotations
+
+import math
+import typing
+
+import pytest
+
+pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+from browser_util import (CHROMIUM, block, browser_page, field, launched_app, no_traceback, pick, shot,  # noqa: E402
+                          spec_in_page, wait_for)
+
+if CHROMIUM is None:
+    pytest.skip("chromium is not installed (apt-get install chromium)", allow_module_level=True)
+
+from slm_blocks import BLOCK_TYPES, ModelSpec  # noqa: E402
+from slm_blocks.ui.build_tab import GLOBALS, field_label, field_widgets, get_path  # noqa: E402
+
+JS_ERRORS: list[str] = []
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    with launched_app(tmp_path_factory.mktemp("browser-build")) as url, browser_page(url, JS_ERRORS) as pg:
+        yield pg
+
+
+def new_value(hint, meta, current):
+    """A different valid-looking value for a field (validity of the whole spec does not matter here)."""
+    args = typing.get_args(hint)
+    base = next((a for a in args if a is not type(None)), hint) if type(None) in args else hint
+    if typing.get_origin(base) is typing.Literal:
+        return next(c for c in typing.get_args(base) if c != current)
+    if base is bool:
+        return not current
+    if base is int:
+        hi = meta.get("hi") or 10**6
+        return 2 if current is None else (current + 1 if current + 1 <= hi else current - 1)
+    if base is float:
+        return 500.0 if current is None else (0.1 if current == 0 else current * 2)
+    raise AssertionError(f"no widget kind for {hint}")
+
+
+def same(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return a is not None and b is not None and math.isclose(float(a), float(b), rel_tol=1e-9)
+    return a == b
+
+
+def edit(scope, label: str, hint, value) -> str:
+    """Change one widget through the page; returns the widget kind."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if optional else hint
+    if typing.get_origin(base) is typing.Literal:
+        pick(scope, label, value)
+        return "dropdown"
+    widget = field(scope, label)
+    if base is bool:
+        widget.click()
+        return "checkbox"
+    widget.fill(repr(value) if isinstance(value, float) and value < 1e-3 else str(value))
+    widget.press("Tab")  # numbers apply on blur
+    return "optional number" if optional else "number"
+
+
+def test_every_field_of_every_block_edits_the_spec(page):
+    page.get_by_text("Spec as JSON").click()
+    wait_for(lambda: spec_in_page(page)["blocks"], what="the spec JSON")
+    present = {b["type"] for b in spec_in_page(page)["blocks"]}
+    for btype in BLOCK_TYPES:  # one block of every type on the page
+        if btype not in present:
+            pick(page, "Block type to add", btype)
+            page.get_by_role("button", name="Add block", exact=True).click()
+            wait_for(lambda: btype in [b["type"] for b in spec_in_page(page)["blocks"]], what=f"{btype} added")
+    kinds, edited = set(), 0
+
+    def check(where, get, label, hint, meta):
+        nonlocal edited
+        before = get(spec_in_page(page))
+        value = new_value(hint, meta, before)
+        kinds.add(edit(where, label, hint, value))
+        wait_for(lambda: same(get(spec_in_page(page)), value), what=f"{label!r} to become {value!r} in the spec")
+        edited += 1
+
+    hints = typing.get_type_hints(ModelSpec)
+    meta = {f: ModelSpec.__dataclass_fields__[f].metadata for f in GLOBALS}
+    for name in GLOBALS:
+        check(page, lambda s, n=name: s[n], field_label(name), hints[name], meta[name])
+    for btype in BLOCK_TYPES:
+        for path, hint, fmeta in field_widgets(btype):
+            def get(s, t=btype, p=path):
+                return get_path(next(b for b in s["blocks"] if b["type"] == t), p)
+            check(block(page, btype), get, field_label(path), hint, fmeta)
+    assert kinds == {"number", "optional number", "dropdown", "checkbox"}, kinds
+    assert edited == len(GLOBALS) + sum(len(field_widgets(t)) for t in BLOCK_TYPES)
+    no_traceback(page, "Build")
+    shot(page, "build-all-fields")
+    assert not JS_ERRORS, JS_ERRORS
+
+
+def test_no_field_is_disabled_or_cut_off(page):
+    """Every input of the Build tab accepts input, and no label is wider than its box (cut off)."""
+    report = page.evaluate("""() => Array.from(document.querySelectorAll('input, textarea'))
+        .filter(e => e.offsetParent !== null && !e.closest('[role=tabpanel][hidden]'))
+        .map(e => { const l = e.closest('label') || e.closest('.block');
+                    const s = l && l.querySelector('[data-testid=block-info], span');
+                    return {disabled: e.disabled, label: s ? s.textContent : '',
+                            cut: s ? s.scrollWidth > s.clientWidth + 1 : false}; })""")
+    assert report, "no inputs found"
+    assert not [r for r in report if r["disabled"]], [r["label"] for r in report if r["disabled"]]
+    assert not [r for r in report if r["cut"]], [r["label"] for r in report if r["cut"]]
+
