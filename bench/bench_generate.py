@@ -28,8 +28,8 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from slm_blocks import build_model, load_preset  # noqa: E402
-from slm_blocks.generation import SamplingConfig, StaticCache, _logits, stream_tokens  # noqa: E402
-from slm_blocks.native import to_native  # noqa: E402
+from slm_blocks.model.generation import SamplingConfig, StaticCache, _logits, stream_tokens  # noqa: E402
+from slm_blocks.sharing.native import to_native  # noqa: E402
 
 
 def main() -> None:

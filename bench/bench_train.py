@@ -2,7 +2,7 @@
 
     python bench/bench_train.py [--rounds 3] [--steps 100] [--no-compile]
 
-"ours" is the real `slm_blocks.training.train` generator (accelerate, events, clipping, schedule) on the
+"ours" is the real `slm_blocks.training.loop.train` generator (accelerate, events, clipping, schedule) on the
 block-built model; "plain" is a nanoGPT-style GPT written below in plain PyTorch (fused qkv, SDPA, AdamW)
 with the same shapes, batch (12 x 64), optimizer settings and clipping. Variants alternate within each
 round (rotated order) and the table shows medians, because this machine is noisy: compare ratios, not
@@ -31,10 +31,10 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from slm_blocks import estimate, load_preset  # noqa: E402
-from slm_blocks.data import DataConfig  # noqa: E402
-from slm_blocks.run import TokenizerConfig, open_run, prepare_run  # noqa: E402
-from slm_blocks.train_config import TrainConfig  # noqa: E402
-from slm_blocks.training import StepEvent, get_batch, lr_at, train  # noqa: E402
+from slm_blocks.training.data import DataConfig  # noqa: E402
+from slm_blocks.training.run import TokenizerConfig, open_run, prepare_run  # noqa: E402
+from slm_blocks.training.config import TrainConfig  # noqa: E402
+from slm_blocks.training.loop import StepEvent, get_batch, lr_at, train  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 

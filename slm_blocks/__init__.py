@@ -4,10 +4,10 @@ The engine is importable without Gradio. Heavy modules (torch, transformers) loa
 `build_model`, so `ModelSpec`, validation and `estimate` stay fast for the builder UI.
 """
 
-from .estimate import Estimate, estimate
-from .presets import list_presets, load_preset
-from .spec import BLOCK_TYPES, ModelSpec, block_help
-from .validate import Problem, SpecError
+from .model.estimate import Estimate, estimate
+from .model.presets import list_presets, load_preset
+from .model.spec import BLOCK_TYPES, ModelSpec, block_help
+from .model.validate import Problem, SpecError
 
 __all__ = [
     "BLOCK_TYPES", "Estimate", "ModelSpec", "Problem", "SpecError", "block_help", "build_model", "estimate",
@@ -17,6 +17,6 @@ __all__ = [
 
 def build_model(spec, **config_kwargs):
     """A freshly initialized transformers model (SLMForCausalLM) for a ModelSpec, dict or JSON text."""
-    from .modeling import build_model as _build
+    from .model.modeling import build_model as _build
 
     return _build(spec, **config_kwargs)

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .train_config import TrainConfig
+from .training.config import TrainConfig
 
 TRAIN_FLAGS = {  # --flag -> TrainConfig field, for the hyperparameters a user may override
     "max_steps": int, "max_time": float, "batch_size": int, "seq_len": int, "lr": float, "min_lr_ratio": float,
@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def export_command(args) -> int:
-    from .export import export_run
+    from .sharing.export import export_run
 
     r = export_run(args.run_dir, args.out, overwrite=args.overwrite)
     kind = "native transformers class" if r.native else f"custom code (trust_remote_code=True): {r.why_not_native}"
@@ -78,7 +78,7 @@ def export_command(args) -> int:
 def push_command(args) -> int:
     from huggingface_hub import get_token
 
-    from .hub import push_to_hub
+    from .sharing.hub import push_to_hub
 
     r = push_to_hub(args.export_dir, args.repo_id, get_token(), private=not args.public)
     print(f"published {r.repo_id} ({'private' if r.private else 'public'}): {r.url}")
@@ -86,7 +86,7 @@ def push_command(args) -> int:
 
 
 def _data_config(args):
-    from .data import DataConfig
+    from .training.data import DataConfig
 
     common = dict(text_column=args.text_column, max_chars=args.max_chars)
     if args.hub_dataset:
@@ -103,8 +103,8 @@ def train_command(args) -> int:
     from tqdm import tqdm
 
     from . import ModelSpec, load_preset
-    from .run import TokenizerConfig, open_run, prepare_run
-    from .training import DoneEvent, EvalEvent, SampleEvent, StepEvent, WarningEvent, train
+    from .training.run import TokenizerConfig, open_run, prepare_run
+    from .training.loop import DoneEvent, EvalEvent, SampleEvent, StepEvent, WarningEvent, train
 
     overrides = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
     acc = Accelerator(cpu=overrides.get("device") == "cpu")
@@ -120,7 +120,7 @@ def train_command(args) -> int:
         run.save()  # the new limits (e.g. more steps) are the run's settings from now on
     tracker = None
     if main and not args.no_mlflow:
-        from .tracking import Tracker
+        from .training.tracking import Tracker
 
         tracker = Tracker(run)
     bar = tqdm(total=run.train_config.max_steps, disable=not main, unit="step", dynamic_ncols=True)
@@ -157,8 +157,8 @@ def train_command(args) -> int:
 
 
 def generate_command(args) -> int:
-    from .generation import SamplingConfig, stream_text
-    from .run import open_run
+    from .model.generation import SamplingConfig, stream_text
+    from .training.run import open_run
 
     run = open_run(args.run_dir, load_data=False)
     model = run.load_model()

@@ -60,9 +60,9 @@ def make_run(tmp_path):
     """make_run(name, spec=None, data=None, tokenizer="char", **train) -> a prepared Run in tmp_path/name.
     Defaults: a tiny spec, the first 120k chars of tinyshakespeare (builtin stories if it is missing),
     fp32 on the CPU, no samples, no periodic checkpoints."""
-    from slm_blocks.data import DataConfig
-    from slm_blocks.run import TokenizerConfig, prepare_run
-    from slm_blocks.train_config import TrainConfig
+    from slm_blocks.training.data import DataConfig
+    from slm_blocks.training.run import TokenizerConfig, prepare_run
+    from slm_blocks.training.config import TrainConfig
 
     def make(name="run", spec=None, data=None, tokenizer="char", vocab_size=None, **train):
         if data is None:
@@ -163,11 +163,11 @@ def trained_exports(tmp_path_factory) -> dict:
     import torch
     from safetensors.torch import save_file
 
-    from slm_blocks.data import DataConfig
-    from slm_blocks.export import export_run
-    from slm_blocks.run import TokenizerConfig, open_run, prepare_run
-    from slm_blocks.train_config import TrainConfig
-    from slm_blocks.training import train
+    from slm_blocks.training.data import DataConfig
+    from slm_blocks.sharing.export import export_run
+    from slm_blocks.training.run import TokenizerConfig, open_run, prepare_run
+    from slm_blocks.training.config import TrainConfig
+    from slm_blocks.training.loop import train
 
     root = tmp_path_factory.mktemp("exports")
     data = (DataConfig(source="files", paths=[str(SHAKESPEARE)], max_chars=120_000) if SHAKESPEARE.is_file()

@@ -211,7 +211,7 @@ def test_ddp_checkpoint_keeps_every_ranks_data_stream(ddp_run):
 SKEWED_CLOCK = """
 import os, sys, time, types
 sys.path.insert(0, {root!r})
-import slm_blocks.training as training
+import slm_blocks.training.loop as training
 if os.environ.get("RANK") == "1":  # this rank's clock runs twice as fast as rank 0's
     t0 = time.perf_counter()
     training.time = types.SimpleNamespace(perf_counter=lambda: t0 + 2 * (time.perf_counter() - t0))

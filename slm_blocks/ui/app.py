@@ -9,7 +9,7 @@ import os
 
 import gradio as gr
 
-from ..data import builtin_datasets
+from ..training.data import builtin_datasets
 from .build_tab import build_tab, preset_state, validate_spec
 from .handlers import Handlers
 from .state import Limits, SessionStore

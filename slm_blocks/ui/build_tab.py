@@ -18,7 +18,7 @@ from dataclasses import fields, is_dataclass
 import gradio as gr
 
 from .. import BLOCK_TYPES, ModelSpec, SpecError, block_help, estimate, list_presets, load_preset
-from ..estimate import human
+from ..model.estimate import human
 
 GLOBALS = ("vocab_size", "d_model", "max_seq_len", "tie_embeddings", "init_std", "dropout")
 

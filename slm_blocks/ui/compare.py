@@ -48,7 +48,7 @@ def _session_rows(session, x_axis: str):
 
 
 def _mlflow_rows(uri: str):
-    from ..tracking import metric_history, runs_table
+    from ..training.tracking import metric_history, runs_table
 
     df = runs_table(uri)
     if df.empty:

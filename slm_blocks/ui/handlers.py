@@ -15,8 +15,8 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from ..generation import SamplingConfig, next_token_distribution, stream_text
-from ..jobs import TrainingJob
+from ..model.generation import SamplingConfig, next_token_distribution, stream_text
+from ..training.jobs import TrainingJob
 from .state import SessionRun, SessionStore, safe_filename
 from .train_tab import UserError, follow, loss_frame, make_job
 
@@ -99,7 +99,7 @@ class Handlers:
             if not names:
                 raise UserError("Resume: this session has no run yet; start one with Train")
             run = session.run(run_name or names[-1])
-            from ..checkpoint import latest_checkpoint
+            from ..training.checkpoint import latest_checkpoint
 
             ckpt = latest_checkpoint(run.dir)
             if ckpt is None:
@@ -123,7 +123,7 @@ class Handlers:
 
     # ----------------------------------------------------------------------------- generate
     def _model(self, session, name: str):
-        from ..run import open_run
+        from ..training.run import open_run
 
         if name not in session.models:
             if name in session.runs:
@@ -252,7 +252,7 @@ class Handlers:
     # ----------------------------------------------------------------------------- share
     def export(self, run_name, request: gr.Request):
         """Export a run as a verified Hugging Face folder; returns (zip path, result, card preview)."""
-        from ..export import export_run
+        from ..sharing.export import export_run
 
         session = self.store.get(_sid(request))
         try:
@@ -278,7 +278,7 @@ class Handlers:
         """Push an exported run to the Hub (token from Sign in with HF, the field, or the local login)."""
         from huggingface_hub import get_token
 
-        from ..hub import HubError, push_to_hub
+        from ..sharing.hub import HubError, push_to_hub
 
         session = self.store.get(_sid(request))
         token = (oauth_token.token if oauth_token else None) or (token_text or "").strip() or get_token()
@@ -296,7 +296,7 @@ class Handlers:
 
     def import_folder(self, files, request: gr.Request):
         """Import an exported / native checkpoint (uploaded files of one folder) as a model to generate with."""
-        from ..hf_import import import_hf
+        from ..sharing.importer import import_hf
 
         session = self.store.get(_sid(request))
         try:

@@ -13,8 +13,8 @@ def attention_figure(model, tokenizer, prompt: str, layer: int, head: int):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..attention import Attention, AttentionContext
-    from ..positions import rope_tables
+    from ..model.attention import Attention, AttentionContext
+    from ..model.positions import rope_tables
 
     if not prompt:
         raise ValueError("Prompt: type some text to see what the model attends to")

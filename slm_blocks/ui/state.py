@@ -16,7 +16,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..jobs import TrainingJob, TrainingQueue
+from ..training.jobs import TrainingJob, TrainingQueue
 
 
 def _env_int(name: str, default: int) -> int:

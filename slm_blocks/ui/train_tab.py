@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 
 from .. import ModelSpec, SpecError, estimate
-from ..data import builtin_datasets
-from ..estimate import human
-from ..jobs import TrainingJob
+from ..training.data import builtin_datasets
+from ..model.estimate import human
+from ..training.jobs import TrainingJob
 from .state import SessionStore, safe_name
 
 REFUSED_UPLOADS = {".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".npy", ".npz", ".joblib"}

@@ -1,4 +1,4 @@
-"""Tests for slm_blocks.tokenization: round trips, saved files that plain transformers reads,
+"""Tests for slm_blocks.training.tokenization: round trips, saved files that plain transformers reads,
 exact and fast whole-text encoding, and clear errors."""
 import json
 import os
@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from slm_blocks.data import DataConfig, load_corpus
-from slm_blocks.tokenization import (TOKENIZER_KINDS, build_tokenizer, encode, load_tokenizer,
+from slm_blocks.training.data import DataConfig, load_corpus
+from slm_blocks.training.tokenization import (TOKENIZER_KINDS, build_tokenizer, encode, load_tokenizer,
                                      save_tokenizer)
 
 _REF = Path("/work/shared/data/tinyshakespeare.txt")  # a realistic ~1 MB text; stories if absent
@@ -117,7 +117,7 @@ def test_encode_whole_text_exact(toks, kind):
 
 @pytest.mark.parametrize("kind", ["char", "byte", "bpe"])
 def test_encode_in_small_pieces_matches_whole_text(toks, kind, monkeypatch):
-    import slm_blocks.tokenization as T
+    import slm_blocks.training.tokenization as T
 
     text = "".join(f"line {c}\n  indented, {c}\n\n\tx <|endoftext|>\n \n" for c in "abcdefgh" * 25) + TRICKY
     # a BPE that has learned merges like "\n " which a careless cut would break

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedConfig
 
-from .spec import EmbeddingBlock, FinalNormBlock, LMHeadBlock, ModelSpec, PositionalBlock, TransformerBlock
-from .validate import head_dim
+from ..model.spec import EmbeddingBlock, FinalNormBlock, LMHeadBlock, ModelSpec, PositionalBlock, TransformerBlock
+from ..model.validate import head_dim
 
 FAMILIES = ("gpt2", "llama", "mistral", "qwen3", "gemma3")
 

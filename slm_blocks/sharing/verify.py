@@ -1,7 +1,7 @@
 """Run in a fresh process by export.py: load an exported folder through the Auto classes only, and write
 its logits on a fixed batch and a greedy continuation, so nothing in memory from the export is reused.
 
-    python -m slm_blocks.verify_export EXPORT_DIR INPUTS.safetensors OUTPUTS.safetensors N_NEW [--remote-code]
+    python -m slm_blocks.sharing.verify EXPORT_DIR INPUTS.safetensors OUTPUTS.safetensors N_NEW [--remote-code]
 """
 
 import sys

@@ -10,11 +10,11 @@ from transformers.generation.logits_process import (
 )
 
 from slm_blocks import ModelSpec, build_model, load_preset
-from slm_blocks import generation as G
-from slm_blocks.generation import (
+from slm_blocks.model import generation as G
+from slm_blocks.model.generation import (
     SamplingConfig, StaticCache, generate_text, next_token_distribution, process_logits, stream_text, stream_tokens,
 )
-from slm_blocks.tokenization import build_tokenizer
+from slm_blocks.training.tokenization import build_tokenizer
 
 
 def small(positional="rope", vocab=50, max_seq_len=24, **attention) -> ModelSpec:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 CHROMIUM = next((p for p in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")) if p
                  and Path(p).is_file()), None)
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 PARAMS = re.compile(r"([\d.]+\s*[KMGT]?) parameters")
 
 

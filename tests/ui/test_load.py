@@ -63,7 +63,7 @@ def worker_processes() -> list:
     import psutil
 
     return [p for p in psutil.Process().children(recursive=True)
-            if any("slm_blocks.worker" in part for part in _cmdline(p))]
+            if any("slm_blocks.training.worker" in part for part in _cmdline(p))]
 
 
 def _cmdline(p) -> list[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .spec import ModelSpec
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+PRESETS_DIR = Path(__file__).resolve().parents[2] / "presets"
 
 
 def list_presets() -> dict[str, str]:

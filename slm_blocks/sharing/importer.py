@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from .native import FAMILIES, GPT2_LAYER, GPT2_TOP
-from .spec import ModelSpec
-from .tokenization import load_tokenizer
+from ..model.spec import ModelSpec
+from ..training.tokenization import load_tokenizer
 
 MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "mistral": "mistral", "qwen3": "qwen3", "gemma3_text": "gemma3"}
 
@@ -142,7 +142,7 @@ def _from_gpt2(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def import_hf(folder: str | Path):
     """(model, tokenizer, spec) from an exported or native checkpoint folder; ImportFailed says what fails."""
-    from .modeling import build_model
+    from ..model.modeling import build_model
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():

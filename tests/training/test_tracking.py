@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from slm_blocks.run import open_run
-from slm_blocks.tracking import Tracker, flatten, metric_history, runs_table, tracking_uri
-from slm_blocks.training import EvalEvent, StepEvent, train
+from slm_blocks.training.run import open_run
+from slm_blocks.training.tracking import Tracker, flatten, metric_history, runs_table, tracking_uri
+from slm_blocks.training.loop import EvalEvent, StepEvent, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

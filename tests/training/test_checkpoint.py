@@ -9,8 +9,8 @@ from conftest import small_spec
 from safetensors.torch import load_file
 
 from slm_blocks import build_model
-from slm_blocks.checkpoint import checkpoint_dirs, latest_checkpoint, load_checkpoint, save_checkpoint
-from slm_blocks.training import _make_optimizer
+from slm_blocks.training.checkpoint import checkpoint_dirs, latest_checkpoint, load_checkpoint, save_checkpoint
+from slm_blocks.training.loop import _make_optimizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -97,7 +97,7 @@ def test_only_safetensors_and_json_inside(tmp_path):
 def test_checkpoint_module_never_unpickles():
     import inspect
 
-    import slm_blocks.checkpoint as ck
+    import slm_blocks.training.checkpoint as ck
 
     src = inspect.getsource(ck).split('"""', 2)[2]  # the code, not the docstring that names torch.load
     assert "torch.load" not in src and "pickle" not in src

@@ -19,9 +19,9 @@ import torch
 
 from .checkpoint import latest_checkpoint, load_checkpoint
 from .data import Corpus, DataConfig, check_length, load_corpus
-from .spec import ModelSpec
+from ..model.spec import ModelSpec
 from .tokenization import build_tokenizer, encode, load_tokenizer, save_tokenizer
-from .train_config import TrainConfig
+from .config import TrainConfig
 
 
 @dataclass
@@ -75,7 +75,7 @@ class Run:
                 "eos_token_id": t.eos_token_id, "pad_token_id": t.pad_token_id}
 
     def new_model(self):
-        from .modeling import build_model
+        from ..model.modeling import build_model
 
         return build_model(self.spec, **self.token_ids())
 
@@ -103,7 +103,7 @@ class Run:
     @torch.no_grad()
     def sample(self, model, n_tokens: int, seed: int, prompt: str | None = None) -> str:
         """A sampled continuation (temperature 0.8, top-k 50) that leaves the global RNG untouched."""
-        from .generation import SamplingConfig, generate_text
+        from ..model.generation import SamplingConfig, generate_text
 
         prompt = prompt if prompt is not None else self.train_config.sample_prompt or "\n"
         with torch.random.fork_rng(devices=[]):
@@ -113,7 +113,7 @@ class Run:
     @torch.no_grad()
     def accuracy(self, model, limit: int = 100) -> float:
         """Exact-match accuracy of greedy answers on the algorithmic task's validation problems."""
-        from .generation import SamplingConfig, generate_text
+        from ..model.generation import SamplingConfig, generate_text
 
         examples = self.corpus.eval_examples[:limit]
         right = 0

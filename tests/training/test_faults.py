@@ -2,7 +2,7 @@
 memory, exploding gradients, and a user closing the tab while a training runs and a model is loaded.
 
 Every training here is tiny (preset tiny-char or smaller, builtin stories capped at 100k characters, batch 2,
-one torch thread per worker) and runs in the real `python -m slm_blocks.worker` subprocess unless the test
+one torch thread per worker) and runs in the real `python -m slm_blocks.training.worker` subprocess unless the test
 needs to patch the training code, in which case the worker's `main` runs in-process.
 """
 
@@ -26,8 +26,8 @@ from safetensors.torch import load_file
 
 from conftest import running_app, small_spec
 from slm_blocks import load_preset
-from slm_blocks.checkpoint import STEP_DIR, checkpoint_dirs, latest_checkpoint
-from slm_blocks.jobs import TrainingJob
+from slm_blocks.training.checkpoint import STEP_DIR, checkpoint_dirs, latest_checkpoint
+from slm_blocks.training.jobs import TrainingJob
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -217,9 +217,9 @@ def test_stop_right_after_the_first_step_is_resumable(tmp_path, runner, how):
 
 @pytest.fixture
 def in_process_worker(monkeypatch, capsys):
-    """Run slm_blocks.worker.main in this process: stdin is a pipe that stays open (no stop), SIGTERM's
+    """Run slm_blocks.training.worker.main in this process: stdin is a pipe that stays open (no stop), SIGTERM's
     handler is restored afterwards, and the emitted events are parsed from stdout."""
-    from slm_blocks import worker
+    from slm_blocks.training import worker
 
     r, w = os.pipe()
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.FileIO(r, "r")))
@@ -242,7 +242,7 @@ def in_process_worker(monkeypatch, capsys):
 
 @pytest.mark.parametrize("error", ["MemoryError", "torch.OutOfMemoryError"])
 def test_out_of_memory_is_reported_without_a_traceback(tmp_path, monkeypatch, in_process_worker, error):
-    import slm_blocks.training as training
+    import slm_blocks.training.loop as training
 
     calls = {"n": 0}
     real_loss = training.lm_loss
@@ -298,7 +298,7 @@ def test_max_learning_rate_with_tiny_clip_never_crashes(tmp_path, runner):
 def test_non_finite_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, in_process_worker):
     """Force the loss to NaN from the 8th step on: the guard skips those updates, warns, gives up after
     MAX_BAD_STEPS with DoneEvent(reason "error"), and the last good checkpoint (step 5) is intact and resumes."""
-    import slm_blocks.training as training
+    import slm_blocks.training.loop as training
 
     calls = {"n": 0}
     real_loss = training.lm_loss

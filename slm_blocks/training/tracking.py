@@ -88,7 +88,7 @@ class Tracker:
     def _log_params(self, run) -> None:
         from mlflow.entities import Param
 
-        from .estimate import estimate
+        from ..model.estimate import estimate
 
         params = {**flatten(run.spec.to_dict(), "spec"), **flatten(run.train_config.to_dict(), "train"),
                   **flatten(run.data_config.to_dict(), "data"), **flatten(run.tokenizer_config.to_dict(), "tokenizer"),
@@ -111,7 +111,7 @@ class Tracker:
             self.client.log_batch(self.run_id, metrics=batch)
 
     def on_event(self, event) -> None:
-        from .training import CheckpointEvent, DoneEvent, EvalEvent, SampleEvent, StepEvent, WarningEvent
+        from .loop import CheckpointEvent, DoneEvent, EvalEvent, SampleEvent, StepEvent, WarningEvent
 
         if isinstance(event, StepEvent):
             for key in ("loss", "lr", "grad_norm", "tokens_per_s", "tokens_seen", "elapsed_s"):

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from slm_blocks import BLOCK_TYPES, ModelSpec, Problem, SpecError, list_presets, load_preset  # noqa: E402
-from slm_blocks.spec import MAX_SPEC_BYTES  # noqa: E402
+from slm_blocks.model.spec import MAX_SPEC_BYTES  # noqa: E402
 
 # block indices of BASE
 EMB, POS, LAYER, FINAL, HEAD = 0, 1, 2, 3, 4
@@ -373,7 +373,7 @@ def test_block_without_type():
 
 
 @pytest.mark.parametrize("path", [
-    "os.system", "torch.nn.Linear", "builtins.eval", "slm_blocks.spec.ModelSpec", "__import__",
+    "os.system", "torch.nn.Linear", "builtins.eval", "slm_blocks.model.spec.ModelSpec", "__import__",
     "smtplib.SMTP", "xml.dom.minidom.parseString", "antigravity", "http.server", "subprocess.Popen",
 ])
 def test_dotted_import_path_is_an_unknown_type_and_imports_nothing(path):

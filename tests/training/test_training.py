@@ -8,12 +8,12 @@ import pytest
 import torch
 from conftest import small_spec
 
-import slm_blocks.training as training
+import slm_blocks.training.loop as training
 from slm_blocks import load_preset
-from slm_blocks.checkpoint import checkpoint_dirs, latest_checkpoint, load_checkpoint
-from slm_blocks.data import DataConfig
-from slm_blocks.run import open_run
-from slm_blocks.training import (
+from slm_blocks.training.checkpoint import checkpoint_dirs, latest_checkpoint, load_checkpoint
+from slm_blocks.training.data import DataConfig
+from slm_blocks.training.run import open_run
+from slm_blocks.training.loop import (
     MAX_BAD_STEPS, CheckpointEvent, DoneEvent, EvalEvent, SampleEvent, StepEvent, WarningEvent, lr_at, train,
 )
 

@@ -17,7 +17,7 @@ import uuid
 from collections import deque
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = ("done", "stopped", "error")
 
 
@@ -40,7 +40,7 @@ class TrainingJob:
         job_file.write_text(json.dumps({**self.spec, "run_dir": str(self.run_dir)}))
         log = open(self.run_dir.parent / f".job-{self.id}.log", "w")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "slm_blocks.worker", str(job_file)], cwd=str(ROOT),
+        self.proc = subprocess.Popen([sys.executable, "-m", "slm_blocks.training.worker", str(job_file)], cwd=str(ROOT),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
         self._set("running")
         threading.Thread(target=self._read, args=(on_exit, log, job_file), daemon=True).start()

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from transformers import GenerationConfig
 
 from .native import native_family, to_native
-from .tokenization import save_tokenizer
+from ..training.tokenization import save_tokenizer
 
 LOGIT_TOLERANCE = 1e-4  # fp32
 GREEDY_TOKENS = 32
@@ -48,7 +48,7 @@ class ExportResult:
 
 def _save_custom(model, tmp: Path) -> None:
     """Our own model class with its modeling files copied next to the weights (auto_map in config.json)."""
-    from .modeling import SLMConfig, SLMForCausalLM
+    from ..model.modeling import SLMConfig, SLMForCausalLM
 
     saved = SLMConfig._auto_class, SLMForCausalLM._auto_class
     try:  # registering is class-global: keep it only for this save
@@ -67,10 +67,10 @@ def _verify(model, out: Path, remote_code: bool) -> tuple[float, bool]:
     n_new = min(GREEDY_TOKENS, spec.max_seq_len - prompt.shape[1])
     with tempfile.TemporaryDirectory(prefix="slm-verify-") as d:
         save_file({"ids": ids.clone(), "prompt": prompt.clone()}, Path(d) / "inputs.safetensors")
-        cmd = [sys.executable, "-m", "slm_blocks.verify_export", str(out), str(Path(d) / "inputs.safetensors"),
+        cmd = [sys.executable, "-m", "slm_blocks.sharing.verify", str(out), str(Path(d) / "inputs.safetensors"),
                str(Path(d) / "outputs.safetensors"), str(n_new)] + (["--remote-code"] if remote_code else [])
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                              cwd=str(Path(__file__).resolve().parent.parent))
+                              cwd=str(Path(__file__).resolve().parents[2]))
         if proc.returncode != 0:
             tail = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no output"
             raise ExportError(f"the exported folder did not load in transformers: {tail}")
@@ -88,7 +88,7 @@ def export_hf(model, tokenizer, out_dir: str | Path, *, card: dict | None = None
     """Write `model` (an SLMForCausalLM) + tokenizer as a Hugging Face folder at out_dir; see module doc.
 
     card: facts for the model card (dataset, training settings, metrics, history, license, ...)."""
-    from .model_card import write_model_card
+    from .card import write_model_card
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -132,8 +132,8 @@ def export_hf(model, tokenizer, out_dir: str | Path, *, card: dict | None = None
 
 def export_run(run_dir: str | Path, out_dir: str | Path, **kw) -> ExportResult:
     """Export a run folder's latest checkpoint, with its data, settings and loss history in the card."""
-    from .estimate import estimate
-    from .run import open_run
+    from ..model.estimate import estimate
+    from ..training.run import open_run
 
     run = open_run(run_dir, load_data=False)
     model = run.load_model()

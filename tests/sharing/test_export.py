@@ -16,13 +16,13 @@ from safetensors.torch import load_file
 
 from conftest import EXPORT_GREEDY, EXPORT_PROMPT, export_specs
 from slm_blocks import ModelSpec
-from slm_blocks.estimate import human
-from slm_blocks.export import LOGIT_TOLERANCE, ExportError, export_hf, read_result
-from slm_blocks.tokenization import load_tokenizer
+from slm_blocks.model.estimate import human
+from slm_blocks.sharing.export import LOGIT_TOLERANCE, ExportError, export_hf, read_result
+from slm_blocks.training.tokenization import load_tokenizer
 
 NAMES = list(export_specs())
 CUSTOM = ["alibi", "free-order"]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # Run with `python -I` in an empty folder: only what a user of the exported folder would have.
 CHECKER = r'''
@@ -208,7 +208,7 @@ def test_model_card(name, exports):
     for i, b in enumerate(spec.blocks):
         assert f"| {i} | {b.type} |" in text
     # parameter count: the real number of (unique) parameters of the trained model
-    from slm_blocks.run import open_run
+    from slm_blocks.training.run import open_run
 
     model = open_run(e.run_dir, load_data=False).load_model()
     assert f"{human(sum(p.numel() for p in model.parameters()))} parameters" in text
@@ -236,7 +236,7 @@ def test_model_card(name, exports):
 @pytest.fixture(scope="module")
 def small(exports):
     """The trained tiny-char model and its tokenizer (no new training)."""
-    from slm_blocks.run import open_run
+    from slm_blocks.training.run import open_run
 
     run = open_run(exports["tiny-char"].run_dir, load_data=False)
     return run.load_model(), run.tokenizer
@@ -255,7 +255,7 @@ def _no_verify(monkeypatch, result=(0.0, True)):
             raise result
         return result
 
-    monkeypatch.setattr("slm_blocks.export._verify", fake)
+    monkeypatch.setattr("slm_blocks.sharing.export._verify", fake)
     return calls
 
 

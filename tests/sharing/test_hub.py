@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
 
-from slm_blocks.hub import HubError, PushResult, check_repo_id, push_to_hub
+from slm_blocks.sharing.hub import HubError, PushResult, check_repo_id, push_to_hub
 
 CANARY = "hf_CANARYtoken123456"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class FakeResponse:
@@ -271,7 +271,7 @@ def test_cli_push_bad_repo_id(export_dir, tmp_path):
 LIVE = r'''
 import json, sys
 from huggingface_hub import HfApi
-from slm_blocks.hub import push_to_hub
+from slm_blocks.sharing.hub import push_to_hub
 folder, repo_id, token = sys.argv[1], sys.argv[2], __import__("os").environ["HF_TOKEN"]
 r = push_to_hub(folder, repo_id, token, private=True)
 api = HfApi()
@@ -283,8 +283,8 @@ print(json.dumps({"repo_id": r.repo_id, "files": files, "private": info.private,
 
 def _live_export(folder: Path):
     from slm_blocks import ModelSpec, build_model
-    from slm_blocks.export import export_hf
-    from slm_blocks.tokenization import build_tokenizer
+    from slm_blocks.sharing.export import export_hf
+    from slm_blocks.training.tokenization import build_tokenizer
 
     tok = build_tokenizer("char", "hello world, a tiny test of publishing\n")
     spec = ModelSpec.from_dict({"vocab_size": len(tok), "d_model": 32, "max_seq_len": 48, "blocks": [

@@ -1,6 +1,6 @@
 """A training worker process: prepares (or reopens) a run and trains it, printing one JSON event per line.
 
-    python -m slm_blocks.worker JOB.json
+    python -m slm_blocks.training.worker JOB.json
 
 The app runs every training in its own worker so a crash, an out-of-memory kill or accelerate's
 process-wide state never touches the app or another user's run. Writing "stop" on stdin stops training
@@ -47,10 +47,10 @@ def main(job_file: str) -> int:
     try:
         from .data import DataConfig
         from .run import TokenizerConfig, open_run, prepare_run
-        from .spec import ModelSpec
+        from ..model.spec import ModelSpec
         from .tracking import Tracker
-        from .train_config import TrainConfig
-        from .training import train
+        from .config import TrainConfig
+        from .loop import train
 
         run_dir = Path(job["run_dir"])
         if job.get("resume"):

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 TINY = load_preset("tiny-char").to_json()
 CANARY = "hf_CANARYtokenABC123"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ----------------------------------------------------------------------------- app fixtures
@@ -177,7 +177,7 @@ _FLOW: dict = {}  # test 1's client and exported run, reused by tests 3 and 4 wh
 
 
 def test_full_flow_on_one_client(app, tmp_path):
-    from slm_blocks.checkpoint import latest_checkpoint
+    from slm_blocks.training.checkpoint import latest_checkpoint
 
     c = client(app)
     ok, summary = c.predict(TINY, api_name="/validate_spec")

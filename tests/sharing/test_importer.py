@@ -15,12 +15,12 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from conftest import EXPORT_GREEDY, EXPORT_PROMPT, export_specs
 from slm_blocks import ModelSpec
-from slm_blocks.export import export_hf
-from slm_blocks.hf_import import ImportFailed, import_hf, spec_from_native_config
-from slm_blocks.native import native_family
+from slm_blocks.sharing.export import export_hf
+from slm_blocks.sharing.importer import ImportFailed, import_hf, spec_from_native_config
+from slm_blocks.sharing.native import native_family
 
 NAMES = list(export_specs())
-SRC = Path(__file__).resolve().parents[1] / "slm_blocks"
+SRC = Path(__file__).resolve().parents[2] / "slm_blocks"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -50,7 +50,7 @@ def test_export_import_export_round_trip(name, trained_exports, tmp_path, monkey
     assert torch.equal(logits, refs["logits"]), "the imported model must be the trained model exactly"
     assert torch.equal(greedy, refs["greedy"])
     # export again: identical weights, config, spec and tokenizer (the model card may differ: no history)
-    monkeypatch.setattr("slm_blocks.export._verify", lambda m, out, remote_code: (0.0, True))  # checked above
+    monkeypatch.setattr("slm_blocks.sharing.export._verify", lambda m, out, remote_code: (0.0, True))  # checked above
     r = export_hf(model, tok, tmp_path / "again")
     assert (r.model_class, r.native) == (e.result.model_class, e.result.native)
     a, b = load_file(e.out_dir / "model.safetensors"), load_file(tmp_path / "again" / "model.safetensors")
@@ -113,7 +113,7 @@ def test_poisoned_tokenizer_auto_map_never_runs(trained_exports, tmp_path):
 def test_import_source_never_trusts_remote_code():
     """No call in hf_import.py (or the tokenizer loader it uses) passes trust_remote_code other than False,
     and nothing there unpickles."""
-    for path in (SRC / "hf_import.py", SRC / "tokenization.py"):
+    for path in (SRC / "sharing/importer.py", SRC / "training/tokenization.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Call):
@@ -124,7 +124,7 @@ def test_import_source_never_trusts_remote_code():
                 func = ast.unparse(node.func)
                 assert func not in ("torch.load", "pickle.load", "pickle.loads", "load_state_dict_from_url"), \
                     f"{path.name}:{node.lineno} calls {func}"
-    code = (SRC / "hf_import.py").read_text()
+    code = (SRC / "sharing/importer.py").read_text()
     assert "from_pretrained(" not in code, "hf_import must not load models through transformers' loaders"
 
 

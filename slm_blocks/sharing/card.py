@@ -7,8 +7,8 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from .estimate import estimate, human
-from .spec import ModelSpec
+from ..model.estimate import estimate, human
+from ..model.spec import ModelSpec
 
 
 def _architecture_table(spec: ModelSpec) -> str:

@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from slm_blocks import build_model, load_preset
-from slm_blocks.export import export_hf
-from slm_blocks.hf_import import ImportFailed, import_hf
-from slm_blocks.tokenization import build_tokenizer
+from slm_blocks.sharing.export import export_hf
+from slm_blocks.sharing.importer import ImportFailed, import_hf
+from slm_blocks.training.tokenization import build_tokenizer
 from slm_blocks.ui.handlers import Handlers
 from slm_blocks.ui.state import Limits, SessionStore, safe_filename, safe_name
 from slm_blocks.ui.train_tab import UserError, _uploads
@@ -120,7 +120,7 @@ def test_dependency_floors_and_no_torch_load():
     import re
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     req = (root / "requirements.txt").read_text()
     assert re.search(r"^torch==2\.(1[0-9]|[2-9][0-9])\.", req, re.M), "torch must be >= 2.10"
     assert re.search(r"^gradio>=6\.(1[6-9]|[2-9][0-9])", req, re.M), "gradio must be >= 6.16"

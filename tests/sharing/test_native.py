@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from slm_blocks import ModelSpec, build_model, load_preset
-from slm_blocks.native import native_family, to_native
+from slm_blocks.sharing.native import native_family, to_native
 
 EXPECTED = {"gpt2": "GPT2LMHeadModel", "tiny-char": "GPT2LMHeadModel", "llama": "LlamaForCausalLM",
             "mistral": "MistralForCausalLM", "qwen3": "Qwen3ForCausalLM", "gemma3": "Gemma3ForCausalLM"}

@@ -1,4 +1,4 @@
-"""Tests for slm_blocks.data: every source, the leak-free split, and the errors users will hit."""
+"""Tests for slm_blocks.training.data: every source, the leak-free split, and the errors users will hit."""
 import json
 import os
 import re
@@ -10,8 +10,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pandas as pd
 import pytest
 
-from slm_blocks import data as D
-from slm_blocks.data import Corpus, DataConfig, DataError, builtin_datasets, check_length, load_corpus, split_docs
+from slm_blocks.training import data as D
+from slm_blocks.training.data import Corpus, DataConfig, DataError, builtin_datasets, check_length, load_corpus, split_docs
 
 SHAKESPEARE = Path("/work/shared/data/tinyshakespeare.txt")
 
