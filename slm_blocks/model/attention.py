@@ -61,11 +61,14 @@ class Attention(nn.Module):
 
     def _project(self, x: torch.Tensor, ctx: AttentionContext):
         B, T, C = x.shape
-        # one matmul for q, k and v (three would each pay their own overhead); weights stay separate for export
-        w = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
-        b = None if self.q_proj.bias is None else torch.cat((self.q_proj.bias, self.k_proj.bias, self.v_proj.bias))
-        q, k, v = F.linear(x, w, b).split(
-            (self.q_proj.out_features, self.k_proj.out_features, self.v_proj.out_features), dim=-1)
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        if all(type(p.weight) is nn.Parameter for p in projs):
+            # one matmul for q, k and v (three would each pay their own overhead); weights stay separate for export
+            w = torch.cat([p.weight for p in projs])
+            b = None if self.q_proj.bias is None else torch.cat([p.bias for p in projs])
+            q, k, v = F.linear(x, w, b).split([p.out_features for p in projs], dim=-1)
+        else:  # quantized weights (torchao tensor subclasses, see compress/) cannot be concatenated
+            q, k, v = (p(x) for p in projs)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
         k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
