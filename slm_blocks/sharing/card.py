@@ -56,6 +56,73 @@ def _loss_plot(history: list[dict], path: Path) -> bool:
     return True
 
 
+def _weights_lines(result, quant: dict | None) -> list[str]:
+    if not quant:
+        return [f"- Verified at export: reloaded in a fresh process, max |Δlogits| = {result.max_abs_diff:.2e} "
+                f"(fp32, tolerance 1e-4); 32-token greedy continuation "
+                f"{'identical' if result.greedy_match else 'DIFFERENT'}."]
+    group = f"groups of {quant['group_size']} weights" if quant.get("group_size") else "one scale per output row"
+    return [f"- Weights: **{quant['weights']}** weight-only ({group}) with torchao; embeddings, norms and the LM head "
+            "stay fp32. `config.json` carries the `quantization_config` (TorchAoConfig), so `from_pretrained` needs "
+            "only `pip install torchao`.",
+            f"- Verified at export: reloaded in a fresh process, max |Δlogits| = {result.max_abs_diff:.2e} against "
+            f"the same {quant['weights']} model in SLM Blocks; 32-token greedy continuation "
+            f"{'identical' if result.greedy_match else 'DIFFERENT'}."]
+
+
+def _serve_lines(result, remote: str) -> list[str]:
+    """How to serve the folder behind an OpenAI-style HTTP API (a completion model: no chat template)."""
+    flag = " --trust-remote-code" if remote else ""
+    lines = ["## Serve it", "", "```bash", "# transformers' own server (pip install \"transformers[serving]\")",
+             f"transformers serve REPO_OR_FOLDER{flag} --port 8000", "curl localhost:8000/v1/completions -H "
+             "'Content-Type: application/json' -d '{\"model\": \"REPO_OR_FOLDER\", \"prompt\": \"Once upon a "
+             "time\", \"max_tokens\": 100}'"]
+    if result.native:
+        lines += ["# vLLM (a GPU machine), same API", "vllm serve REPO_OR_FOLDER"]
+    lines += ["```", "", "For llama.cpp and Ollama, export a GGUF file: `python -m slm_blocks export RUN --format gguf "
+              "--out FOLDER` (or the Share tab's *Quantize & deploy*).", ""]
+    return lines
+
+
+def write_gguf_card(folder: Path, spec: ModelSpec, result, card: dict) -> None:
+    """README.md of a GGUF export folder: what the file holds and how to run it with llama.cpp and Ollama."""
+    name = card.get("run_name") or spec.name or "slm-blocks-model"
+    data = ModelCardData(license=card.get("license", "apache-2.0"), pipeline_tag="text-generation",
+                         tags=["slm-blocks", "gguf", "llama.cpp", "small-language-model"])
+    f = result.file
+    final = card.get("final") or {}
+    verified = (f"Verified at export: read back by transformers' GGUF loader in a fresh process, max |Δlogits| = "
+                f"{result.max_abs_diff:.2e} against the same model with the file's rounded weights; 32-token greedy "
+                f"continuation {'identical' if result.greedy_match else 'DIFFERENT'}; tokenizer "
+                f"{'identical' if result.tokenizer_match else 'DIFFERENT'}.") if result.verified else \
+        "Not verified at export."
+    lines = [
+        f"# {name} (GGUF, {result.quant})", "",
+        f"A small language model built with SLM Blocks ({human(card.get('params') or estimate(spec).params)} "
+        f"parameters, `{spec.summary()}`), as one GGUF file for llama.cpp, Ollama and other GGUF runtimes.", "",
+        f"- File: `{f}` — llama.cpp architecture `{result.arch}`, weights {result.quant} (tensor types: "
+        + ", ".join(f"{k} ×{v}" for k, v in result.tensor_types.items()) + f"), context {result.context_length} "
+        "tokens, tokenizer inside (byte-level BPE, no BOS added).",
+        f"- {verified}",
+        *[f"- Note: {n}." for n in result.notes],
+        *([f"- Validation loss of the trained model: {final['val_loss']:.4f} ({final['bits_per_char']:.3f} bits per "
+           "character)."] if final else []), "",
+        "## llama.cpp", "", "```bash",
+        f'llama-cli -m {f} -p "ROMEO:" -n 200 --temp 0.8 -no-cnv      # completion, no chat template',
+        f"llama-server -m {f} --port 8080                            # OpenAI-style /v1/completions", "```", "",
+        "From Python (`pip install llama-cpp-python`):", "", "```python", "from llama_cpp import Llama",
+        f'llm = Llama(model_path="{f}", n_ctx={result.context_length})',
+        'print(llm("ROMEO:", max_tokens=200, temperature=0.8)["choices"][0]["text"])', "```", "",
+        "## Ollama", "", "The `Modelfile` next to the file:", "", "```bash",
+        f"ollama create {Path(f).stem.lower()} -f Modelfile", f'ollama run {Path(f).stem.lower()} "ROMEO:"', "```", "",
+        "## transformers", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        f'model = AutoModelForCausalLM.from_pretrained("FOLDER", gguf_file="{f}")  # dequantized to float',
+        f'tokenizer = AutoTokenizer.from_pretrained("FOLDER", gguf_file="{f}")', "```", "",
+        "## Limitations", "", "A small model trained briefly, for learning and experiments: it is not factual, safe or "
+        "fit for production use.", ""]
+    ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)).save(folder / "README.md")
+
+
 def write_model_card(folder: Path, spec: ModelSpec, result, card: dict) -> None:
     """README.md with metadata (library, pipeline, license, datasets, tags) and the export's verification."""
     dataset = card.get("dataset")
@@ -81,10 +148,9 @@ def write_model_card(folder: Path, spec: ModelSpec, result, card: dict) -> None:
         f"- Class: `{result.model_class}` — " + ("a native transformers class, no remote code." if result.native else
           f"SLM Blocks' own modeling code, included in this folder; load it with `trust_remote_code=True`. "
           f"Why not a native class: {result.why_not_native}."),
-        f"- Verified at export: reloaded in a fresh process, max |Δlogits| = {result.max_abs_diff:.2e} "
-        f"(fp32, tolerance 1e-4); 32-token greedy continuation "
-        f"{'identical' if result.greedy_match else 'DIFFERENT'}.",
+        *_weights_lines(result, card.get("quantization")),
         "- `slm_spec.json` holds the block list, so SLM Blocks can reopen and keep training this model.", "",
+        *_serve_lines(result, remote),
         "## Architecture", "", f"d_model {spec.d_model}, vocabulary {spec.vocab_size}, context {spec.max_seq_len}, "
         f"{'tied' if spec.tie_embeddings else 'untied'} embeddings.", "", _architecture_table(spec), "",
     ]
