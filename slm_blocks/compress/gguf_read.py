@@ -78,7 +78,7 @@ def _patch_config(config, meta: dict) -> None:
 
 def load_gguf(path: str | Path, dtype=torch.float32):
     """(transformers model, tokenizer, metadata) of a GGUF file, read by transformers' own GGUF loader."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     path = Path(path)
     meta = read_metadata(path)
@@ -86,7 +86,8 @@ def load_gguf(path: str | Path, dtype=torch.float32):
     try:
         config = AutoConfig.from_pretrained(folder, gguf_file=name)
         _patch_config(config, meta)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config, dtype=dtype).eval()
+        model = AutoModelForCausalLM.from_pretrained(  # plain float weights, whatever kernels are installed
+            folder, gguf_file=name, config=config, dtype=dtype, quantization_config=GgufConfig(dequantize=True)).eval()
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     except GGUFReadError:
         raise
@@ -94,3 +95,30 @@ def load_gguf(path: str | Path, dtype=torch.float32):
         msg = " ".join(str(e).split())[:200]
         raise GGUFReadError(f"transformers could not load {name} ({type(e).__name__}: {msg})") from None
     return model, tokenizer, meta
+
+
+def import_gguf(path: str | Path):
+    """(model, tokenizer, spec) from a GGUF file of a supported architecture, as an SLMForCausalLM to generate
+    with or keep training; GGUFReadError says why a file cannot be used. Read as transformers reads it, then
+    through the same importer as a transformers folder (weights in safetensors, no code from the file)."""
+    import json
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    from ..sharing.importer import import_hf
+    from ..training.tokenization import save_tokenizer
+
+    native, tokenizer, _ = load_gguf(path)
+    config = native.config.to_dict()
+    config.pop("quantization_config", None)  # the weights below are plain dequantized floats
+    tied = config.get("tie_word_embeddings", False)
+    state = {k: v.contiguous() for k, v in native.state_dict().items() if not (tied and k == "lm_head.weight")}
+    with tempfile.TemporaryDirectory(prefix="slm-gguf-import-") as d:
+        (Path(d) / "config.json").write_text(json.dumps(config))
+        save_file(state, Path(d) / "model.safetensors")
+        save_tokenizer(tokenizer, d)
+        try:
+            return import_hf(d)
+        except ValueError as e:
+            raise GGUFReadError(f"{Path(path).name}: {e}") from None
