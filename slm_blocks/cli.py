@@ -54,10 +54,18 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--repetition-penalty", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=None)
-    e = sub.add_parser("export", help="export a run as a Hugging Face folder (verified before it is written)")
+    g.add_argument("--quant", default="fp32", choices=["fp32", "bf16", "int8", "int4"],
+                   help="weights to generate with (int8 / int4: torchao weight-only)")
+    g.add_argument("--group-size", type=int, default=None, help="int8/int4 group size (default: int8 per row, int4 32)")
+    e = sub.add_parser("export", help="export a run as a Hugging Face folder or a GGUF file (verified before it is "
+                       "written)")
     e.add_argument("run_dir")
     e.add_argument("--out", required=True)
     e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--format", default="hf", choices=["hf", "gguf"],
+                   help="hf: a transformers folder; gguf: one file for llama.cpp / Ollama")
+    e.add_argument("--quant", default=None, help="hf: fp32 (default), int8 or int4; gguf: q8_0 (default) or f16")
+    e.add_argument("--group-size", type=int, default=None, help="hf int8/int4 group size")
     h = sub.add_parser("push", help="upload an exported folder to the Hugging Face Hub")
     h.add_argument("export_dir")
     h.add_argument("--repo-id", required=True, help="'name' or 'user/name'")
@@ -68,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
 def export_command(args) -> int:
     from .sharing.export import export_run
 
+    if args.format == "gguf" or args.quant not in (None, "fp32"):
+        from .compress.cli import export_compressed
+
+        return export_compressed(args)
     r = export_run(args.run_dir, args.out, overwrite=args.overwrite)
     kind = "native transformers class" if r.native else f"custom code (trust_remote_code=True): {r.why_not_native}"
     print(f"exported {r.model_class} ({kind}) to {r.out_dir}\nverified in a fresh process: max |Δlogits| "
@@ -162,6 +174,10 @@ def generate_command(args) -> int:
 
     run = open_run(args.run_dir, load_data=False)
     model = run.load_model()
+    if args.quant != "fp32":
+        from .compress.quantize import quantize_model
+
+        model = quantize_model(model, args.quant, args.group_size)
     cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                          top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
     shown = ""

@@ -197,3 +197,33 @@ def trained_exports(tmp_path_factory) -> dict:
         else:
             os.environ["OMP_NUM_THREADS"] = omp
     return out
+
+
+# ----------------------------------------------------------------------------- a trained tiny-char (compress)
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_char(tmp_path_factory, shakespeare):
+    """The tiny-char preset trained 250 steps on the first 300k chars of tinyshakespeare (one thread, about a
+    minute), shared by every test that needs a model that has learned something (quantization, GGUF, table)."""
+    import torch
+
+    from slm_blocks import load_preset
+    from slm_blocks.training.config import TrainConfig
+    from slm_blocks.training.data import DataConfig
+    from slm_blocks.training.loop import train
+    from slm_blocks.training.run import TokenizerConfig, open_run, prepare_run
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = TrainConfig(max_steps=250, batch_size=16, lr=3e-3, warmup_steps=20, log_every=50, eval_every=250,
+                          eval_batches=4, sample_tokens=0, checkpoint_every=0, device="cpu", precision="fp32", seed=7)
+        run = prepare_run(tmp_path_factory.mktemp("tiny-char") / "run", load_preset("tiny-char"),
+                          DataConfig(source="files", paths=[str(shakespeare)], max_chars=300_000),
+                          TokenizerConfig("char"), cfg)
+        for _ in train(run):
+            pass
+    finally:
+        torch.set_num_threads(threads)
+    return open_run(run.dir)

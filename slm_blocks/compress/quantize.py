@@ -28,6 +28,22 @@ DEFAULT_GROUP = {"int8": None, "int4": 32}  # None = one scale per output row
 GROUP_SIZES = (16, 32, 64, 128, 256)
 
 
+def import_torchao():
+    """Import torchao without its import-time noise on a CPU machine (warnings that its CUDA-only kernel
+    libraries do not load, and a torch pytree deprecation note), which would otherwise greet every CLI run."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        import torchao.quantization  # noqa: F401
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 class QuantizeError(ValueError):
     """A model or setting that cannot be quantized as asked; the message names the layer and the fix."""
 
@@ -73,6 +89,7 @@ def check_quantizable(model: nn.Module, weights: str, group_size: int | None) ->
 
 def torchao_config(weights: str, group_size: int | None):
     """The torchao config for int8 / int4 weight-only quantization (see the module doc for the choice)."""
+    import_torchao()
     from torchao.quantization import Int8WeightOnlyConfig, IntxWeightOnlyConfig, MappingType, PerAxis, PerGroup, PerRow
 
     if weights == "int8":
@@ -94,6 +111,7 @@ def quantize_model(model: nn.Module, weights: str = "int8", group_size: int | No
         return out
     if weights == "bf16":
         return out.to(torch.bfloat16)
+    import_torchao()
     from torchao.quantization import quantize_
 
     names = {n for n, _ in quantizable_layers(out)}

@@ -11,6 +11,7 @@ import gradio as gr
 
 from ..training.data import builtin_datasets
 from .build_tab import build_tab, preset_state, validate_spec
+from .deploy import WEIGHTS, deploy_section
 from .handlers import Handlers
 from .state import Limits, SessionStore
 
@@ -92,6 +93,7 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
                         rep = gr.Slider(1.0, 2.0, 1.0, step=0.05, label="Repetition penalty")
                         # a Textbox: Gradio 6's Number turns empty into 0, which would fix the seed
                         gen_seed = gr.Textbox("", label="Seed (empty = random)", placeholder="random")
+                    weights = gr.Radio(WEIGHTS, value="fp32", label="Weights (int8 / int4: quantized with torchao)")
                     gen_btn = gr.Button("Generate", variant="primary")
                 with gr.Column(scale=2):
                     output = gr.Textbox(label="Output", lines=12)
@@ -142,6 +144,7 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
                                    "(config.json, model.safetensors, tokenizer files)")
             import_btn = gr.Button("Import")
             import_msg = gr.Markdown()
+            deploy_section(store, share_run, model_pick)
 
         # ------------------------------------------------------------------ wiring
         data_source.change(lambda src: [gr.update(visible=src == "Built-in"), gr.update(visible=src == "Upload"),
@@ -165,7 +168,7 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
             refresh.click(h.run_choices, None, target, api_visibility="private")
         # preprocess=False: the handler checks every sampling value itself and names the field (Gradio's own
         # slider bound check would answer an API caller with "Value -1 is less than minimum value 0.")
-        gen_btn.click(h.generate, [model_pick, prompt, max_new, temperature, top_k, top_p, rep, gen_seed], output,
+        gen_btn.click(h.generate, [model_pick, prompt, max_new, temperature, top_k, top_p, rep, gen_seed, weights], output,
                       api_name="generate", concurrency_limit=4, preprocess=False)
         next_btn.click(h.next_tokens, [model_pick, prompt], [next_df, next_msg], api_name="next_tokens")
         attn_btn.click(h.attention_map, [model_pick, prompt, layer, head], [attn_plot, attn_msg],

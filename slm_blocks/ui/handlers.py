@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..model.generation import SamplingConfig, next_token_distribution, stream_text
 from ..training.jobs import TrainingJob
+from .deploy import with_weights
 from .state import SessionRun, SessionStore, safe_filename
 from .train_tab import UserError, follow, loss_frame, make_job
 
@@ -134,7 +135,7 @@ class Handlers:
         return session.models[name]
 
     def generate(self, model_name, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
-                 request: gr.Request):
+                 weights, request: gr.Request):
         """Stream generated text for the prompt from one of this session's models."""
         session = self.store.get(_sid(request))
         try:
@@ -143,6 +144,7 @@ class Handlers:
             if prompt is None or prompt == "":
                 raise UserError("Prompt: type some text to continue (a single newline works too)")
             model, tok = self._load_fresh(session, model_name)
+            model = with_weights(model, weights)  # fp32 / bf16 / int8 / int4 (deploy.py)
             cfg = self._sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
             stop = threading.Event()
             deadline = time.time() + self.store.limits.generate_timeout_s

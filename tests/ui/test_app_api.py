@@ -110,8 +110,8 @@ def train_args(run_name, max_steps=20, builtin="stories", **over):
     return list(args.values())
 
 
-def gen_args(model, prompt="The ", max_new=12, temperature=0.8, top_k=50, top_p=1.0, rep=1.0, seed="1"):
-    return [model, prompt, max_new, temperature, top_k, top_p, rep, seed]
+def gen_args(model, prompt="The ", max_new=12, temperature=0.8, top_k=50, top_p=1.0, rep=1.0, seed="1", weights="fp32"):
+    return [model, prompt, max_new, temperature, top_k, top_p, rep, seed, weights]
 
 
 def wait_for(job, pred, timeout=90.0, what="an update"):

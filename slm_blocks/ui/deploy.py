@@ -1,0 +1,201 @@
+"""Share tab, "Quantize & deploy": the size-speed-quality table of fp32 / bf16 / int8 / int4 / GGUF q8_0 for a
+run, quantized transformers exports, a GGUF download for llama.cpp / Ollama, and GGUF import. Also the
+weights choice the Generate tab passes to /generate (`with_weights`).
+
+Built here so app.py only calls `deploy_section(...)`; the engine is slm_blocks.compress. Endpoints:
+/compare_weights, /export_quantized, /export_gguf, /import_gguf.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import shutil
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from .state import SessionStore, safe_filename
+from .train_tab import UserError
+
+log = logging.getLogger("slm_blocks.app")
+
+WEIGHTS = ["fp32", "bf16", "int8", "int4"]
+TABLE_COLUMNS = ["weights", "file", "tokens/s", "held-out loss", "bits/char", "greedy text", "note"]
+INTRO = """### Quantize & deploy
+Shrink a trained run and see the price: **int8 / int4** keep every Linear weight in 8 or 4 bits (torchao,
+weight-only), **GGUF q8_0** is one file for llama.cpp and Ollama on a laptop CPU. *Compare* measures them all on
+this machine, on the run's own validation text (sizes and speeds as ratios against fp32 of the same call)."""
+
+
+def with_weights(model, weights: str | None):
+    """`model` (fp32, loaded for generation) with its weights in `weights`; variants are made once and kept on
+    the model object itself, so they live exactly as long as the session's model does."""
+    from ..compress.quantize import QuantizeError, quantize_model
+
+    weights = weights or "fp32"
+    if weights not in WEIGHTS:
+        raise UserError(f"Weights: choose one of {', '.join(WEIGHTS)}")
+    if weights == "fp32":
+        return model
+    variants = model.__dict__.setdefault("_slm_weight_variants", {})
+    if weights not in variants:
+        try:
+            variants[weights] = quantize_model(model, weights)
+        except QuantizeError as e:
+            raise UserError(f"Weights: {e}") from None
+    return variants[weights]
+
+
+def _session(store: SessionStore, request: gr.Request | None):
+    return store.get(getattr(request, "session_hash", None) if request is not None else None)
+
+
+def _finished_run(session, run_name):
+    if not run_name:
+        raise UserError("Run: train a model first, then pick it here")
+    run = session.run(run_name)
+    if run.job and not run.job.finished:
+        raise UserError(f"Run: {run_name} is still training; stop it or wait until it finishes")
+    return run
+
+
+def _message(e: Exception) -> str:
+    if isinstance(e, (UserError, ValueError, RuntimeError, FileNotFoundError)):
+        return f"❌ {html.escape(str(e))}"
+    log.exception("deploy: unexpected error")
+    return f"❌ Something went wrong ({type(e).__name__}); the app is still running — try again."
+
+
+def _group(value) -> int | None:
+    if value in (None, "", "default"):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise UserError(f"Group size: pick a number such as 32 (got {value!r})") from None
+
+
+class Deploy:
+    def __init__(self, store: SessionStore):
+        self.store = store
+
+    def compare(self, run_name, group_size, request: gr.Request):
+        """(table, notes) for fp32 / bf16 / int8 / int4 / GGUF q8_0 of one run."""
+        from ..compress.table import run_table, table_rows
+
+        try:
+            run = _finished_run(_session(self.store, request), run_name)
+            rows = run_table(run.dir, group_size=_group(group_size), n_tokens=48, repeats=2)
+            shown = table_rows(rows)
+            notes = "\n".join(f"- **{r['weights']}**: {html.escape(r['note'])}" for r in shown if r["note"])
+            return pd.DataFrame(shown, columns=TABLE_COLUMNS), notes
+        except Exception as e:
+            return pd.DataFrame(columns=TABLE_COLUMNS), _message(e)
+
+    def export_quantized(self, run_name, weights, group_size, request: gr.Request):
+        """A verified int8 / int4 transformers folder (zip) and the result in words."""
+        from ..compress.quant_export import export_run_quantized
+
+        session = _session(self.store, request)
+        try:
+            run = _finished_run(session, run_name)
+            if weights not in ("int8", "int4"):
+                raise UserError("Weights: choose int8 or int4")
+            out = session.root / "exports" / f"{run.name}-{weights}"
+            r = export_run_quantized(run.dir, out, weights, _group(group_size), overwrite=True)
+            archive = shutil.make_archive(str(out), "zip", out)
+            group = f"groups of {r.group_size}" if r.group_size else "per row"
+            return archive, (f"✅ **{r.model_class}** with {weights} weights ({group}), "
+                             f"{r.size_bytes / 2**20:.2f} MiB of weights. Verified in a fresh process: max |Δlogits| "
+                             f"{r.max_abs_diff:.2e} against the {weights} model here, greedy continuation "
+                             f"{'identical' if r.greedy_match else 'different'}. Loads with "
+                             "`AutoModelForCausalLM.from_pretrained(folder)` once `torchao` is installed.")
+        except Exception as e:
+            return None, _message(e)
+
+    def export_gguf(self, run_name, quant, request: gr.Request):
+        """(the .gguf file, the folder with Modelfile and card as zip, the result in words)."""
+        from ..compress.gguf_export import export_run_gguf
+
+        session = _session(self.store, request)
+        try:
+            run = _finished_run(session, run_name)
+            out = session.root / "exports" / f"{run.name}-gguf-{quant}"
+            r = export_run_gguf(run.dir, out, quant or "q8_0", overwrite=True)
+            archive = shutil.make_archive(str(out), "zip", out)
+            notes = "".join(f"\n\nNote: {html.escape(n)}." for n in r.notes)
+            return str(out / r.file), archive, (
+                f"✅ **{r.file}** (llama.cpp architecture `{r.arch}`, {r.quant}, {r.size_bytes / 2**20:.2f} MiB). "
+                f"Read back by transformers' GGUF loader in a fresh process: max |Δlogits| {r.max_abs_diff:.2e}, "
+                f"greedy continuation {'identical' if r.greedy_match else 'different'}, tokenizer "
+                f"{'identical' if r.tokenizer_match else 'different'}.\n\nRun it: `llama-cli -m {r.file} -p \"...\" "
+                f"-no-cnv`, or `ollama create NAME -f Modelfile` with the zip's Modelfile." + notes)
+        except Exception as e:
+            return None, None, _message(e)
+
+    def import_gguf(self, file, request: gr.Request):
+        """Import a .gguf file as a model of this session (for the Generate tab)."""
+        from ..compress.gguf_read import import_gguf
+
+        session = _session(self.store, request)
+        try:
+            if not file:
+                raise UserError("GGUF file: upload a .gguf file first")
+            src = Path(file if isinstance(file, str) else file.name)
+            if src.suffix.lower() != ".gguf":
+                raise UserError(f"GGUF file: {src.name!r} is not a .gguf file")
+            name = session.new_run_name("gguf")
+            folder = session.root / "imports" / name
+            folder.mkdir(parents=True, exist_ok=True)
+            dst = folder / safe_filename(src.name)
+            shutil.copyfile(src, dst)
+            try:
+                model, tok, spec = import_gguf(dst)
+            except Exception:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            session.models[name] = (model, tok)
+            choices = list(session.runs) + [n for n in session.models if n not in session.runs]
+            return (f"✅ Imported as **{name}** ({spec.summary()}); pick it on the Generate tab.",
+                    gr.update(choices=choices, value=name))
+        except Exception as e:
+            return _message(e), gr.update()
+
+
+def deploy_section(store: SessionStore, run_pick: gr.Dropdown, model_pick: gr.Dropdown) -> None:
+    """The "Quantize & deploy" part of the Share tab, with its events (run_pick: the tab's run dropdown;
+    model_pick: the Generate tab's model dropdown, updated by a GGUF import)."""
+    d = Deploy(store)
+    gr.Markdown(INTRO)
+    with gr.Row():
+        group = gr.Dropdown(["default", "16", "32", "64", "128", "256"], value="default",
+                            label="Group size (int8 default: per row; int4 default: 32)")
+        compare_btn = gr.Button("Compare fp32 / bf16 / int8 / int4 / GGUF q8_0")
+    table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, wrap=True)
+    table_msg = gr.Markdown()
+    with gr.Row():
+        with gr.Column():
+            qweights = gr.Radio(["int8", "int4"], value="int8", label="Quantized transformers export")
+            qexport_btn = gr.Button("Export quantized folder")
+            qfile = gr.File(label="Quantized folder (.zip)")
+            qmsg = gr.Markdown()
+        with gr.Column():
+            gquant = gr.Radio(["q8_0", "f16"], value="q8_0", label="GGUF for llama.cpp / Ollama")
+            gexport_btn = gr.Button("Export GGUF")
+            gfile = gr.File(label="GGUF file")
+            gzip = gr.File(label="GGUF + Modelfile + model card (.zip)")
+            gmsg = gr.Markdown()
+    gr.Markdown("### Import a GGUF file")
+    gguf_in = gr.File(label="A .gguf file (GPT-2, Llama, Qwen3 or Gemma 3 architecture)", file_types=[".gguf"])
+    gimport_btn = gr.Button("Import GGUF")
+    gimport_msg = gr.Markdown()
+
+    compare_btn.click(d.compare, [run_pick, group], [table, table_msg], api_name="compare_weights",
+                      concurrency_limit=2)
+    qexport_btn.click(d.export_quantized, [run_pick, qweights, group], [qfile, qmsg], api_name="export_quantized",
+                      concurrency_limit=2)
+    gexport_btn.click(d.export_gguf, [run_pick, gquant], [gfile, gzip, gmsg], api_name="export_gguf",
+                      concurrency_limit=2)
+    gimport_btn.click(d.import_gguf, gguf_in, [gimport_msg, model_pick], api_name="import_gguf")
