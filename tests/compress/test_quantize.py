@@ -25,7 +25,7 @@ def losses(trained_tiny_char):
 
 
 def test_trained_fixture_has_learned(trained_tiny_char, losses):
-    assert losses["fp32"] < 2.3, losses  # uniform over 65 characters would be 4.17
+    assert losses["fp32"] < 2.6, losses  # uniform over 65 characters: 4.17; character frequencies alone: ~3.3
 
 
 def test_int8_loss_within_one_percent(losses):
@@ -85,5 +85,5 @@ def test_group_size_error_when_nothing_fits():
         quantize_model(model, "int4")
     assert "multiples of 32" in str(e.value), e.value
     q = quantize_model(model, "int8")  # per row: any width works
-    x = torch.randint(0, 65, (1, 8))
-    assert math.isfinite(float(q(x).logits.abs().max()))
+    with torch.no_grad():
+        assert math.isfinite(float(q(torch.randint(0, 65, (1, 8))).logits.abs().max()))
