@@ -63,7 +63,7 @@ def _finished_run(session, run_name):
 
 def _message(e: Exception) -> str:
     if isinstance(e, (UserError, ValueError, RuntimeError, FileNotFoundError)):
-        return f"❌ {html.escape(str(e))}"
+        return f"❌ {html.escape(str(e), quote=False)}"
     log.exception("deploy: unexpected error")
     return f"❌ Something went wrong ({type(e).__name__}); the app is still running — try again."
 
@@ -89,7 +89,7 @@ class Deploy:
             run = _finished_run(_session(self.store, request), run_name)
             rows = run_table(run.dir, group_size=_group(group_size), n_tokens=48, repeats=2)
             shown = table_rows(rows)
-            notes = "\n".join(f"- **{r['weights']}**: {html.escape(r['note'])}" for r in shown if r["note"])
+            notes = "\n".join(f"- **{r['weights']}**: {html.escape(r['note'], quote=False)}" for r in shown if r["note"])
             return pd.DataFrame(shown, columns=TABLE_COLUMNS), notes
         except Exception as e:
             return pd.DataFrame(columns=TABLE_COLUMNS), _message(e)
@@ -125,7 +125,7 @@ class Deploy:
             out = session.root / "exports" / f"{run.name}-gguf-{quant}"
             r = export_run_gguf(run.dir, out, quant or "q8_0", overwrite=True)
             archive = shutil.make_archive(str(out), "zip", out)
-            notes = "".join(f"\n\nNote: {html.escape(n)}." for n in r.notes)
+            notes = "".join(f"\n\nNote: {html.escape(n, quote=False)}." for n in r.notes)
             return str(out / r.file), archive, (
                 f"✅ **{r.file}** (llama.cpp architecture `{r.arch}`, {r.quant}, {r.size_bytes / 2**20:.2f} MiB). "
                 f"Read back by transformers' GGUF loader in a fresh process: max |Δlogits| {r.max_abs_diff:.2e}, "
@@ -192,10 +192,11 @@ def deploy_section(store: SessionStore, run_pick: gr.Dropdown, model_pick: gr.Dr
     gimport_btn = gr.Button("Import GGUF")
     gimport_msg = gr.Markdown()
 
+    # preprocess=False: the handlers check every choice themselves and answer with a message naming the field
     compare_btn.click(d.compare, [run_pick, group], [table, table_msg], api_name="compare_weights",
-                      concurrency_limit=2)
+                      concurrency_limit=2, preprocess=False)
     qexport_btn.click(d.export_quantized, [run_pick, qweights, group], [qfile, qmsg], api_name="export_quantized",
-                      concurrency_limit=2)
+                      concurrency_limit=2, preprocess=False)
     gexport_btn.click(d.export_gguf, [run_pick, gquant], [gfile, gzip, gmsg], api_name="export_gguf",
-                      concurrency_limit=2)
+                      concurrency_limit=2, preprocess=False)
     gimport_btn.click(d.import_gguf, gguf_in, [gimport_msg, model_pick], api_name="import_gguf")
