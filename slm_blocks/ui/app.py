@@ -1,6 +1,6 @@
 """The app page: Build → Train → Generate → Compare → Share. Layout and wiring only; behaviour lives in
 handlers.py (per session) and the engine. Named API endpoints: /validate_spec, /train, /stop, /resume,
-/generate, /next_tokens, /export, /push (see README).
+/generate, /next_tokens, /export, /push, and the Share tab's deploy endpoints in deploy.py (see README).
 """
 
 from __future__ import annotations

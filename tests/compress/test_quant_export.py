@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from slm_blocks import ModelSpec, build_model
-from slm_blocks.compress.quant_export import export_quantized, to_bigcode
+from slm_blocks.compress.quant_export import export_quantized, export_run_quantized, to_bigcode
 from slm_blocks.compress.quantize import QuantizeError, quantize_model
 from slm_blocks.model.generation import SamplingConfig, generate_text
 from slm_blocks.sharing.export import ExportError
@@ -46,7 +46,7 @@ def test_trained_model_exports_and_loads_with_plain_transformers(weights, group,
     run = trained_tiny_char
     model = run.load_model()
     out = tmp_path / weights
-    r = export_quantized(model, run.tokenizer, out, weights, group)
+    r = export_run_quantized(run.dir, out, weights, group)  # the run's latest checkpoint, card facts from the run
     assert r.verified and r.greedy_match and r.max_abs_diff <= 1e-4 and r.native, r
     assert r.model_class == "GPTBigCodeForCausalLM"  # GPT-2 with nn.Linear layers, which torchao quantizes
     config = json.loads((out / "config.json").read_text())

@@ -35,9 +35,15 @@ def test_compare_table_lists_every_variant(served):
     assert "q8_0 weights" in notes
 
 
-def test_export_gguf_gives_the_file_and_a_modelfile(served):
+@pytest.fixture(scope="module")
+def exported_gguf(served):
     c, _, _ = served
-    gguf, archive, msg = c.predict("shakespeare", "q8_0", api_name="/export_gguf")
+    return c.predict("shakespeare", "q8_0", api_name="/export_gguf")
+
+
+def test_export_gguf_gives_the_file_and_a_modelfile(served, exported_gguf):
+    c, _, _ = served
+    gguf, archive, msg = exported_gguf
     assert msg.startswith("✅") and "greedy continuation identical" in msg and "tokenizer identical" in msg, msg
     assert Path(gguf).name == "shakespeare-q8_0.gguf" and Path(gguf).stat().st_size > 100_000
     assert Path(archive).suffix == ".zip"
@@ -60,11 +66,11 @@ def test_generate_with_int8_weights_and_bad_weights(served):
     assert bad.startswith("⚠️") and "Weights" in bad, bad
 
 
-def test_import_gguf_good_and_corrupt(served, tmp_path):
+def test_import_gguf_good_and_corrupt(served, exported_gguf, tmp_path):
     from gradio_client import handle_file
 
     c, store, session = served
-    gguf, _, msg = c.predict("shakespeare", "f16", api_name="/export_gguf")
+    gguf, _, msg = exported_gguf
     assert msg.startswith("✅"), msg
     msg, pick = c.predict(handle_file(gguf), api_name="/import_gguf")
     assert msg.startswith("✅ Imported as **gguf") and "transformer×4" in msg, msg
