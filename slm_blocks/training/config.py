@@ -1,78 +1,132 @@
-"""Training hyperparameters as one typed, JSON-serializable record with sensible CPU defaults."""
+"""Training hyperparameters as one typed, JSON-serializable record with sensible CPU defaults.
+
+Each field's metadata (bounds, help, label) is the single source for the CLI flags, the app's form and the
+error messages. Settings left empty (None) are derived here, once, from max_steps / max_time, so the app
+and the CLI train the same run for the same job: see `derived()`.
+"""
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
+
+from .schema import Problem, SettingsError, parse_record, setting
+
+
+@dataclass(frozen=True)
+class Derived:
+    """The intervals a run really uses (every empty setting resolved)."""
+
+    warmup_steps: int
+    log_every: int
+    eval_every: int  # steps, 0 = never
+    eval_every_s: float | None  # and every this many seconds of a time-budgeted run
+    checkpoint_every: int  # steps, 0 = only at the end
+    checkpoint_every_s: float | None
+    sample_tokens: int
 
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 2000
-    batch_size: int = 12
-    seq_len: int | None = None  # None = the spec's max_seq_len
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1  # cosine decays to lr * this
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0  # 0 = no clipping
-    grad_accum: int = 1
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    device: str = "auto"  # auto | cpu
-    compile: bool = False  # torch.compile the model (pays off on GPUs; small CPU models gain ~2% after a long compile)
-    seed: int = 1337
-    log_every: int = 10
-    eval_every: int = 250  # 0 = never
-    eval_batches: int = 20
-    sample_tokens: int = 200  # length of the sample at each eval (0 = none)
-    sample_prompt: str = "\n"
-    checkpoint_every: int = 500  # 0 = only at the end
-    keep_checkpoints: int = 3
-    max_time: float | None = None  # seconds
-    early_stop_patience: int | None = None  # evals without improvement
-    early_stop_min_delta: float = 0.0
+    # --- the common settings (the form shows them first)
+    max_steps: int = setting(2000, lo=1, hi=10**9, advanced=False, label="Max steps",
+                             help="optimizer steps to train for; with a time budget, the most it may take")
+    max_time: float | None = setting(None, lo=0, lo_open=True, hi=10**7, advanced=False, label="Time budget",
+                                     help="time budget in seconds: warmup and decay follow the elapsed share of it",
+                                     derived="no time limit")
+    batch_size: int = setting(12, lo=1, hi=4096, advanced=False, label="Batch size",
+                              help="sequences per step (per device)")
+    lr: float = setting(1e-3, lo=0, lo_open=True, hi=1, advanced=False, label="Learning rate",
+                        help="peak learning rate of AdamW, e.g. 1e-3")
+    seed: int = setting(1337, lo=0, hi=2**31 - 1, advanced=False, label="Seed",
+                        help="same seed, same data and settings: the same run")
+    # --- advanced
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = setting(
+        "auto", label="Precision", help="auto: bf16 on a GPU that supports it, fp32 elsewhere")
+    grad_accum: int = setting(1, lo=1, hi=1024, label="Gradient accumulation",
+                              help="micro-batches per step: a larger effective batch in the same memory")
+    seq_len: int | None = setting(None, lo=2, hi=1 << 20, label="Sequence length",
+                                  help="tokens per training window", derived="the model's context length")
+    warmup_steps: int | None = setting(None, lo=0, hi=10**9, label="Warmup steps",
+                                       help="linear warmup to the peak learning rate",
+                                       derived="min(100, max_steps / 10)")
+    min_lr_ratio: float = setting(0.1, lo=0, hi=1, label="Min learning rate (× peak)",
+                                  help="cosine decay ends at learning rate × this")
+    weight_decay: float = setting(0.1, lo=0, hi=10, label="Weight decay", help="AdamW decay on weight matrices")
+    beta1: float = setting(0.9, lo=0, hi=1, hi_open=True, label="Adam β1", help="momentum of the gradient")
+    beta2: float = setting(0.99, lo=0, hi=1, hi_open=True, label="Adam β2",
+                           help="momentum of the squared gradient")
+    grad_clip: float = setting(1.0, lo=0, hi=1e6, label="Gradient clip", help="max gradient norm (0 = no clipping)")
+    early_stop_patience: int | None = setting(None, lo=1, hi=10**6, label="Early stopping patience",
+                                              help="stop after this many evals without improvement",
+                                              derived="never stop early")
+    early_stop_min_delta: float = setting(0.0, lo=0, hi=100, label="Early stopping min delta",
+                                          help="an eval must beat the best loss by this much to count")
+    eval_every: int | None = setting(None, lo=0, hi=10**9, label="Eval + sample every (steps)",
+                                     help="validation loss and a sample every N steps (0 = never)",
+                                     derived="10 evals per run")
+    eval_batches: int = setting(20, lo=1, hi=10_000, label="Eval batches", help="batches per validation estimate")
+    sample_tokens: int | None = setting(None, lo=0, hi=10_000, label="Sample length (tokens)",
+                                        help="tokens sampled at each eval (0 = none)",
+                                        derived="min(200, 3 × context)")
+    sample_prompt: str = setting("\n", label="Sample prompt", help="text the samples continue")
+    checkpoint_every: int | None = setting(None, lo=0, hi=10**9, label="Checkpoint every (steps)",
+                                           help="resumable checkpoint every N steps (0 = only at the end)",
+                                           derived="4 per run")
+    keep_checkpoints: int = setting(3, lo=1, hi=1000, label="Checkpoints kept", help="newest checkpoints kept")
+    log_every: int | None = setting(None, lo=1, hi=10**9, label="Log every (steps)",
+                                    help="training loss and speed every N steps",
+                                    derived="min(10, max_steps / 50)")
+    device: Literal["auto", "cpu"] = setting("auto", label="Device", help="auto: the GPU when there is one")
+    compile: bool = setting(False, label="torch.compile",
+                            help="compile the model: pays off on GPUs; small CPU models gain ~2% after a long compile")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown training setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**d).validated()
+        """Parse and check; SettingsError (a ValueError) lists every problem, paths relative to the config."""
+        problems: list[Problem] = []
+        cfg = parse_record(cls, d, "", problems)
+        problems += cfg.problems()
+        if problems:
+            raise SettingsError(problems, "training settings")
+        return cfg
+
+    def problems(self, path: str = "") -> list[Problem]:
+        """Cross-field checks (each field's own type and bounds are the parser's)."""
+        p = (path + ".") if path else ""
+        out = []
+        if self.warmup_steps is not None and self.warmup_steps > self.max_steps:
+            out.append(Problem(p + "warmup_steps", f"is {self.warmup_steps}, more than max_steps {self.max_steps}; "
+                               "lower it or leave it empty"))
+        return out
 
     def validated(self) -> "TrainConfig":
-        """Raise ValueError naming the field and the fix for any setting that cannot work."""
-        positive = ("max_steps", "batch_size", "grad_accum", "log_every", "eval_batches")
-        for name in positive:
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a whole number ≥ 1 (got {getattr(self, name)!r})")
-        for name in ("eval_every", "sample_tokens", "checkpoint_every", "keep_checkpoints", "warmup_steps"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ValueError(f"{name} must be a whole number ≥ 0 (got {getattr(self, name)!r})")
-        if self.seq_len is not None and self.seq_len < 1:
-            raise ValueError(f"seq_len must be ≥ 1 or empty for the model's context (got {self.seq_len})")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and 0 < self.lr <= 1):
-            raise ValueError(f"lr must be in (0, 1], e.g. 1e-3 (got {self.lr!r})")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"min_lr_ratio must be in [0, 1] (got {self.min_lr_ratio})")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ValueError("beta1 and beta2 must be in [0, 1), e.g. 0.9 and 0.99")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("weight_decay and grad_clip must be ≥ 0")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be auto, fp32, bf16 or fp16 (got {self.precision!r})")
-        if self.device not in ("auto", "cpu"):
-            raise ValueError(f"device must be auto or cpu (got {self.device!r})")
-        if self.max_time is not None and not self.max_time > 0:
-            raise ValueError(f"max_time must be a positive number of seconds or empty (got {self.max_time})")
-        return self
+        """Check a config built in code (TrainConfig(...)) the way from_dict checks parsed ones."""
+        return type(self).from_dict(self.to_dict())
+
+    # --- what the empty settings mean ----------------------------------------------
+    def warmup(self) -> int:
+        return self.warmup_steps if self.warmup_steps is not None else min(100, self.max_steps // 10)
+
+    def derived(self, max_seq_len: int = 256) -> Derived:
+        """Every interval resolved. With a time budget the evals and checkpoints left empty also happen at
+        fixed shares of the time (a 30-second run gets its 10 evals whatever its speed)."""
+        timed = self.max_time is not None
+        return Derived(
+            warmup_steps=self.warmup(),
+            log_every=self.log_every if self.log_every is not None else max(1, min(10, self.max_steps // 50)),
+            eval_every=self.eval_every if self.eval_every is not None else max(1, self.max_steps // 10),
+            eval_every_s=self.max_time / 10 if timed and self.eval_every is None else None,
+            checkpoint_every=(self.checkpoint_every if self.checkpoint_every is not None
+                              else max(50, self.max_steps // 4)),
+            checkpoint_every_s=self.max_time / 4 if timed and self.checkpoint_every is None else None,
+            sample_tokens=self.sample_tokens if self.sample_tokens is not None else min(200, 3 * max_seq_len),
+        )
 
     def resolved_precision(self, device: torch.device) -> str:
         """auto: bf16 on a GPU that supports it, fp32 elsewhere (on CPU bf16 pays only for wide models)."""

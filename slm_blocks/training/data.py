@@ -7,42 +7,84 @@ DataError with the field to change, because they reach the UI verbatim.
 from __future__ import annotations
 
 import random
+import re
 import unicodedata
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from .schema import Problem, SettingsError, parse_record, setting, short
 
 
 class DataError(ValueError):
     """A problem with the user's data or data settings; the message says what to change."""
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9])?/[A-Za-z0-9_.-]{1,96}$")
+
+
+def is_hub_id(text) -> bool:
+    """`owner/name` and nothing else: no local path (absolute, relative, '~', '..') can pass."""
+    return isinstance(text, str) and bool(HUB_ID.match(text)) and ".." not in text
+
+
 @dataclass
 class DataConfig:
-    source: str = "builtin"  # "builtin" | "files" | "hub"
-    name: str = "stories"  # builtin set: see builtin_datasets()
-    paths: list[str] = field(default_factory=list)  # files or a local dataset folder
-    hub_id: str | None = None
-    hub_config: str | None = None
-    split: str = "train"
-    text_column: str | None = None  # None: "text", else the only string column
-    max_chars: int = 20_000_000  # cap on loaded text; Hub sets are streamed up to it
-    val_fraction: float = 0.1
-    seed: int = 0
+    source: Literal["builtin", "files", "hub"] = setting(
+        "builtin", advanced=False, label="Data", help="builtin: a data set that ships with the app; files: your "
+        "text files; hub: a Hugging Face Hub dataset")
+    name: str = setting("stories", advanced=False, label="Built-in dataset", help="see builtin_datasets()")
+    paths: list[str] = setting(factory=list, label="Files", help="text, jsonl, json, csv, parquet files or a "
+                               "local dataset folder")
+    hub_id: str | None = setting(None, advanced=False, label="Hub dataset id", help="'owner/name' on the Hub",
+                                 derived="none")
+    hub_config: str | None = setting(None, label="Hub config", help="the dataset's configuration, if it has several",
+                                     derived="the default")
+    split: str = setting("train", label="Split", help="which split of the dataset to read")
+    text_column: str | None = setting(None, label="Text column", help="the column that holds the text",
+                                      derived="'text', else the only text column")
+    max_chars: int = setting(20_000_000, lo=1, hi=10**10, label="Max characters",
+                             help="cap on loaded text; Hub sets are streamed up to it")
+    val_fraction: float = setting(0.1, lo=0, hi=1, lo_open=True, hi_open=True, label="Validation share",
+                                  help="share of the documents held out for validation")
+    seed: int = setting(0, lo=0, hi=2**31 - 1, label="Data seed", help="seed of the split (and of built-in data)")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "DataConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise DataError(f"unknown data setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
-        d = dict(d)
-        if "paths" in d:
-            d["paths"] = [str(p) for p in d["paths"] or []]
-        return cls(**d)
+        problems: list[Problem] = []
+        cfg = parse_record(cls, d, "", problems)
+        problems += cfg.problems()
+        if problems:
+            raise DataSettingsError(problems, "data settings")
+        return cfg
+
+    def problems(self, path: str = "", app: bool = False) -> list[Problem]:
+        """Cross-field checks. In the app (`app=True`) data comes only from the upload widget, built-in sets
+        or the Hub: a local path or a path-like Hub id could read other users' files on the server."""
+        at = (lambda name: f"{path}.{name}" if path else name)  # noqa: E731
+        out = []
+        if self.source == "builtin" and self.name not in _BUILTINS:
+            out.append(Problem(at("name"), f"built-in dataset {short(self.name)} is unknown; choose one of: "
+                               f"{', '.join(_BUILTINS)}"))
+        if self.source == "hub":
+            if not (self.hub_id or "").strip():
+                out.append(Problem(at("hub_id"), "is empty: source 'hub' needs a dataset id such as 'owner/name'"))
+            elif app and not is_hub_id(self.hub_id):
+                out.append(Problem(at("hub_id"), f"{short(self.hub_id)} is not a Hub id; use 'owner/name' (local "
+                                   "files: upload them instead)"))
+        if self.source == "files" and not self.paths and not app:
+            out.append(Problem(at("paths"), "is empty: source 'files' needs at least one file; add a path"))
+        if app and self.paths:
+            out.append(Problem(at("paths"), "local paths are not accepted by the app; upload the files with the "
+                               "upload widget (or send them as the files of the /train call)"))
+        return out
+
+
+class DataSettingsError(SettingsError, DataError):
+    """Bad data settings: a SettingsError (every problem, by field) that data code also catches as DataError."""
 
 
 @dataclass
@@ -342,14 +384,11 @@ def split_docs(docs: list[str], val_fraction: float, seed: int) -> tuple[str, st
 
 
 def _validate(cfg: DataConfig) -> None:
-    if cfg.source not in ("builtin", "files", "hub"):
-        raise DataError(f"source '{cfg.source}' is unknown; use 'builtin', 'files' or 'hub'.")
-    if cfg.source == "builtin" and cfg.name not in _BUILTINS:
-        raise DataError(f"built-in dataset '{cfg.name}' is unknown; choose one of: {', '.join(_BUILTINS)}.")
-    if not 0 < cfg.val_fraction < 1:
-        raise DataError(f"val_fraction must be between 0 and 1 (got {cfg.val_fraction}); 0.1 is typical.")
-    if cfg.max_chars <= 0:
-        raise DataError(f"max_chars must be positive (got {cfg.max_chars}).")
+    problems: list[Problem] = []
+    parse_record(DataConfig, cfg.to_dict(), "", problems)  # a config built in code gets the same checks
+    problems += cfg.problems()
+    if problems:
+        raise DataError("; ".join(str(p) for p in problems))
 
 
 def load_corpus(cfg: DataConfig) -> Corpus:

@@ -8,15 +8,74 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from .schema import Problem, SettingsError, parse_record, setting, short
+
 TOKENIZER_KINDS = ("char", "byte", "bpe", "pretrained")
 EOS, PAD, UNK = "<|endoftext|>", "<|pad|>", "<|unk|>"
 SPECIALS = [EOS, PAD, UNK]  # ids 0-2 for char and bpe; 256-258 for byte, so byte ids equal byte values
+BPE_MIN_VOCAB = 256 + len(SPECIALS)  # every byte, then the special tokens: merges come on top
+
+
+@dataclass
+class TokenizerConfig:
+    kind: Literal["char", "byte", "bpe", "pretrained"] = setting(
+        "char", advanced=False, label="Tokenizer", help="char: one token per character · byte: 256 bytes · bpe: "
+        "merges learned on your data · pretrained: an existing tokenizer")
+    vocab_size: int | None = setting(None, lo=BPE_MIN_VOCAB, hi=1 << 20, advanced=False, label="BPE vocab size",
+                                     help="tokens a bpe tokenizer learns (bpe only)", derived="bpe needs a size")
+    name_or_path: str | None = setting(None, advanced=False, label="Pretrained tokenizer",
+                                       help="a Hub id 'owner/name' (the command line also takes a local folder)",
+                                       derived="pretrained needs a name")
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "vocab_size": self.vocab_size, "name_or_path": self.name_or_path}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TokenizerConfig":
+        problems: list[Problem] = []
+        cfg = parse_record(cls, d, "", problems)
+        problems += cfg.problems()
+        if problems:
+            raise SettingsError(problems, "tokenizer settings")
+        return cfg
+
+    def problems(self, path: str = "", app: bool = False) -> list[Problem]:
+        from .data import is_hub_id
+
+        at = (lambda name: f"{path}.{name}" if path else name)  # noqa: E731
+        out = []
+        if self.kind == "bpe" and self.vocab_size is None:
+            out.append(Problem(at("vocab_size"), f"is empty: a bpe tokenizer needs a size, at least {BPE_MIN_VOCAB} "
+                               "(256 bytes + 3 special tokens), e.g. 1024"))
+        if self.kind != "bpe" and self.vocab_size is not None:
+            out.append(Problem(at("vocab_size"), f"is only used by the bpe tokenizer; leave it empty for "
+                               f"{self.kind} (its vocabulary comes from {'the data' if self.kind == 'char' else 'it'})"))
+        if self.kind == "pretrained":
+            name = (self.name_or_path or "").strip()
+            if not name:
+                out.append(Problem(at("name_or_path"), "is empty: a pretrained tokenizer needs a Hub id such as "
+                                   "'openai-community/gpt2'"))
+            elif app and not is_hub_id(name):
+                out.append(Problem(at("name_or_path"), f"{short(name)} is not a Hub id; use 'owner/name', e.g. "
+                                   "'openai-community/gpt2' (the app does not read local folders)"))
+        elif self.name_or_path is not None:
+            out.append(Problem(at("name_or_path"), f"is only used by the pretrained tokenizer; leave it empty for "
+                               f"{self.kind}"))
+        return out
+
+
+def token_ids(tok) -> dict:
+    """bos / eos / pad ids a model config needs (bos falls back to eos: our tokenizers have no separate BOS)."""
+    return {"bos_token_id": tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id,
+            "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -104,9 +163,8 @@ def build_tokenizer(kind: str, text: str | None = None, vocab_size: int | None =
         raise ValueError(f"a '{kind}' tokenizer is built from the training text, but no text was given.")
     if kind == "char":
         return _char(text)
-    low = 256 + len(SPECIALS)
-    if vocab_size is None or vocab_size < low:
-        raise ValueError(f"vocab_size for a 'bpe' tokenizer must be at least {low} (256 bytes + "
+    if vocab_size is None or vocab_size < BPE_MIN_VOCAB:
+        raise ValueError(f"vocab_size for a 'bpe' tokenizer must be at least {BPE_MIN_VOCAB} (256 bytes + "
                          f"{len(SPECIALS)} special tokens); got {vocab_size}.")
     return _bpe(text, vocab_size)
 
