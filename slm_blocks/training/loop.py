@@ -3,10 +3,11 @@
     for event in train(run):          # run = prepare_run(...) or open_run(...)
         print(event)                  # StepEvent, EvalEvent, SampleEvent, CheckpointEvent, WarningEvent, DoneEvent
 
-AdamW with warmup + cosine decay, gradient clipping and accumulation, mixed precision where it pays,
-periodic eval (loss, perplexity, bits per character, exact-match accuracy on algorithmic data), a sample
-at each eval, a guard against non-finite losses, early stopping, max steps and max time. Stopping is
-cooperative (`stop` event) and always leaves a resumable checkpoint; resume is exact step for step.
+AdamW with warmup + cosine decay (schedule.py: over the steps, or over the time budget when there is
+one), gradient clipping and accumulation, mixed precision where it pays, periodic eval (loss, perplexity,
+bits per character, exact-match accuracy on algorithmic data), a sample at each eval, a guard against
+non-finite losses, early stopping, max steps and max time. Stopping is cooperative (`stop` event) and
+always leaves a resumable checkpoint; resume is exact step for step (elapsed time is checkpointed too).
 Runs unchanged under `accelerate launch` / `torchrun` (DDP): rank 0 evaluates, samples and saves.
 """
 
@@ -17,81 +18,22 @@ import math
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .events import CheckpointEvent, DoneEvent, EvalEvent, Event, SampleEvent, StepEvent, WarningEvent, wire_name
 from .run import Run
+from .schedule import Segment, lr_at
 
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before a run gives up (the last good checkpoint stays)
 
 
-# ----------------------------------------------------------------------------- events
-
-
-@dataclass
-class StepEvent:
-    step: int
-    loss: float
-    lr: float
-    grad_norm: float
-    tokens_per_s: float
-    tokens_seen: int
-    elapsed_s: float
-    eta_s: float
-
-
-@dataclass
-class EvalEvent:
-    step: int
-    train_loss: float
-    val_loss: float
-    perplexity: float
-    bits_per_char: float
-    accuracy: float | None  # exact match on algorithmic tasks
-
-
-@dataclass
-class SampleEvent:
-    step: int
-    text: str
-
-
-@dataclass
-class CheckpointEvent:
-    step: int
-    path: str
-
-
-@dataclass
-class WarningEvent:
-    step: int
-    message: str
-
-
-@dataclass
-class DoneEvent:
-    step: int
-    reason: str  # "max_steps" | "max_time" | "early_stop" | "stopped" | "error"
-    message: str
-    checkpoint: str | None
-    best_val_loss: float | None
-
-
-Event = StepEvent | EvalEvent | SampleEvent | CheckpointEvent | WarningEvent | DoneEvent
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def lr_at(step: int, cfg) -> float:
-    """Linear warmup to cfg.lr, then cosine decay to cfg.lr * cfg.min_lr_ratio at cfg.max_steps."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+# the events live in events.py (the app and the worker read them without importing the loop)
+__all__ = ["CheckpointEvent", "DoneEvent", "EvalEvent", "Event", "SampleEvent", "StepEvent", "WarningEvent",
+           "evaluate", "get_batch", "lm_loss", "lr_at", "train"]
 
 
 def get_batch(data: torch.Tensor, batch_size: int, seq_len: int, gen: torch.Generator):
@@ -132,7 +74,7 @@ def train(run: Run, stop: threading.Event | None = None, accelerator=None):
     for event in _train(run, stop, accelerator):
         if isinstance(event, (StepEvent, EvalEvent)) and run.is_main_writer:
             with open(run.dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps({"kind": type(event).__name__[:-5].lower(), **asdict(event)}) + "\n")
+                f.write(json.dumps({"kind": wire_name(event), **asdict(event)}) + "\n")
         yield event
 
 
@@ -140,6 +82,8 @@ def _train(run: Run, stop: threading.Event | None, accelerator):
     from accelerate import Accelerator
 
     cfg, stop = run.train_config, stop or threading.Event()
+    every = cfg.derived(run.spec.max_seq_len)  # the intervals left empty, resolved once
+    segment = Segment.from_dict(run.meta.get("schedule"))
     acc = accelerator or Accelerator(cpu=cfg.device == "cpu")
     device, main = acc.device, acc.is_main_process
     run.is_main_writer = main
@@ -150,7 +94,7 @@ def _train(run: Run, stop: threading.Event | None, accelerator):
     data_gen = torch.Generator().manual_seed(cfg.seed + 1000 * acc.process_index)
     step, tokens_seen, best_val, bad_evals, trainer_state = 0, 0, None, 0, {}
     ckpt = run.latest_checkpoint()
-    if ckpt is not None:  # resume exactly: weights, moments, step, RNG streams
+    if ckpt is not None:  # resume exactly: weights, moments, step, RNG streams, time trained
         trainer_state, rng = load_checkpoint(ckpt, model, optimizer)
         step, tokens_seen = trainer_state["step"], trainer_state["tokens_seen"]
         best_val, bad_evals = trainer_state.get("best_val_loss"), trainer_state.get("bad_evals", 0)
@@ -164,8 +108,12 @@ def _train(run: Run, stop: threading.Event | None, accelerator):
         model = torch.compile(model)
     train_data, seq_len = run.train_tokens, run.seq_len
     tokens_per_step = cfg.batch_size * seq_len * cfg.grad_accum * acc.num_processes
+    elapsed0 = float(trainer_state.get("elapsed_s", 0.0))  # training time before this session
     start, start_step, last_loss, bad_steps = time.perf_counter(), step, float("nan"), 0
     window_t, window_tokens = time.perf_counter(), 0
+    elapsed, last_eval = elapsed0, step
+    next_eval_s = _next_multiple(elapsed0, every.eval_every_s)
+    next_ckpt_s = _next_multiple(elapsed0, every.checkpoint_every_s)
 
     def checkpoint(reason_step: int) -> str | None:
         """Called on every rank (it gathers each rank's data stream); rank 0 writes."""
@@ -177,8 +125,9 @@ def _train(run: Run, stop: threading.Event | None, accelerator):
         rng = {"torch_rng": torch.get_rng_state(),
                **{f"data_rng_{i}": states[i].to(torch.uint8) for i in range(states.shape[0])}}
         state = {"tokens_seen": tokens_seen, "best_val_loss": best_val, "bad_evals": bad_evals,
-                 "last_train_loss": last_loss, "elapsed_s": trainer_state.get("elapsed_s", 0.0) +
-                 time.perf_counter() - start}
+                 "last_train_loss": last_loss, "elapsed_s": elapsed0 + time.perf_counter() - start,
+                 "max_steps": cfg.max_steps, "max_time": cfg.max_time, "schedule": segment.to_dict(),
+                 "lr": lr_at(reason_step, cfg, elapsed, segment)}
         return str(save_checkpoint(run.dir, reason_step, raw, optimizer.optimizer if hasattr(optimizer, "optimizer")
                                    else optimizer, rng, state, keep_last=cfg.keep_checkpoints))
 
@@ -187,23 +136,39 @@ def _train(run: Run, stop: threading.Event | None, accelerator):
         acc.wait_for_everyone()
         return DoneEvent(step, reason, message, path, best_val)
 
+    def eval_events():
+        """Rank 0: validation metrics and a sample; updates the early-stopping state."""
+        nonlocal best_val, bad_evals
+        ev = evaluate(raw, run, device, precision)
+        ev.step, ev.train_loss = step, last_loss
+        yield ev
+        if every.sample_tokens:
+            yield SampleEvent(step, run.sample(raw, every.sample_tokens, seed=cfg.seed + step))
+        if best_val is None or ev.val_loss < best_val - cfg.early_stop_min_delta:
+            best_val, bad_evals = ev.val_loss, 0
+        else:
+            bad_evals += 1
+
     while True:
         if step >= cfg.max_steps:
             yield finish("max_steps", f"reached max_steps {cfg.max_steps}")
             return
-        timed_out = bool(cfg.max_time) and time.perf_counter() - start >= cfg.max_time
+        elapsed = elapsed0 + time.perf_counter() - start
         stopped = stop.is_set()
-        if acc.num_processes > 1:  # every rank must leave at the same step, or DDP deadlocks
-            flags = acc.reduce(torch.tensor([float(timed_out), float(stopped)], device=device), "sum")
-            timed_out, stopped = bool(flags[0] > 0), bool(flags[1] > 0)
+        if acc.num_processes > 1:  # one decision and one clock for every rank, or DDP deadlocks / lrs differ
+            flags = acc.reduce(torch.tensor([float(stopped), elapsed], device=device, dtype=torch.float64), "sum")
+            stopped, elapsed = bool(flags[0] > 0), float(flags[1]) / acc.num_processes
+        timed_out = bool(cfg.max_time) and elapsed >= cfg.max_time
         if timed_out:
+            if main and step > last_eval and (every.eval_every or every.eval_every_s):
+                yield from eval_events()  # a time-budgeted run ends with its final validation loss
             yield finish("max_time", f"reached max_time {cfg.max_time:g} s")
             return
         if stopped:
             yield finish("stopped", "stopped by the user; resume continues from here")
             return
 
-        lr = lr_at(step, cfg)
+        lr = lr_at(step, cfg, elapsed, segment)
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train()
@@ -244,28 +209,24 @@ def _train(run: Run, stop: threading.Event | None, accelerator):
         window_tokens += tokens_per_step
         last_loss = step_loss
 
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
+        if step % every.log_every == 0 or step == cfg.max_steps:
             now = time.perf_counter()
             tps = window_tokens / max(now - window_t, 1e-9)
             window_t, window_tokens = now, 0
-            elapsed = now - start
-            per_step = elapsed / max(step - start_step, 1)
+            run_elapsed = elapsed0 + now - start
+            per_step = (now - start) / max(step - start_step, 1)
             eta = per_step * (cfg.max_steps - step)
             if cfg.max_time:
-                eta = min(eta, max(0.0, cfg.max_time - elapsed))
-            yield StepEvent(step, step_loss, lr, float(grad_norm), tps, tokens_seen, elapsed, eta)
+                eta = min(eta, max(0.0, cfg.max_time - run_elapsed))
+            yield StepEvent(step, step_loss, lr, float(grad_norm), tps, tokens_seen, run_elapsed, eta)
 
-        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+        eval_now = bool(every.eval_every) and (step % every.eval_every == 0 or step == cfg.max_steps)
+        if next_eval_s is not None and elapsed >= next_eval_s:  # `elapsed` is the same on every rank
+            eval_now, next_eval_s = True, _next_multiple(elapsed, every.eval_every_s)
+        if eval_now:
             if main:
-                ev = evaluate(raw, run, device, precision)
-                ev.step, ev.train_loss = step, step_loss
-                yield ev
-                if cfg.sample_tokens:
-                    yield SampleEvent(step, run.sample(raw, cfg.sample_tokens, seed=cfg.seed + step))
-                if best_val is None or ev.val_loss < best_val - cfg.early_stop_min_delta:
-                    best_val, bad_evals = ev.val_loss, 0
-                else:
-                    bad_evals += 1
+                yield from eval_events()
+            last_eval = step
             stop_early = bool(cfg.early_stop_patience) and bad_evals >= cfg.early_stop_patience
             if acc.num_processes > 1:
                 flag = acc.reduce(torch.tensor(float(stop_early), device=device), "sum")
@@ -273,10 +234,18 @@ def _train(run: Run, stop: threading.Event | None, accelerator):
             if stop_early:
                 yield finish("early_stop", f"validation loss did not improve for {cfg.early_stop_patience} evals")
                 return
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+        ckpt_now = bool(every.checkpoint_every) and step % every.checkpoint_every == 0
+        if next_ckpt_s is not None and elapsed >= next_ckpt_s:
+            ckpt_now, next_ckpt_s = True, _next_multiple(elapsed, every.checkpoint_every_s)
+        if ckpt_now and step < cfg.max_steps:
             path = checkpoint(step)
             if path:
                 yield CheckpointEvent(step, path)
+
+
+def _next_multiple(t: float, every: float | None) -> float | None:
+    """The first multiple of `every` seconds after `t` (None when there is no time-based interval)."""
+    return None if not every else (math.floor(t / every) + 1) * every
 
 
 @torch.no_grad()

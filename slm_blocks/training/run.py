@@ -18,20 +18,26 @@ from pathlib import Path
 import torch
 
 from .checkpoint import latest_checkpoint, load_checkpoint
+from .config import TrainConfig
 from .data import Corpus, DataConfig, check_length, load_corpus
 from ..model.spec import ModelSpec
-from .tokenization import build_tokenizer, encode, load_tokenizer, save_tokenizer
-from .config import TrainConfig
+from .tokenization import TokenizerConfig, build_tokenizer, encode, load_tokenizer, save_tokenizer, token_ids
+
+__all__ = ["Run", "TokenizerConfig", "open_run", "prepare_run", "read_history"]
 
 
-@dataclass
-class TokenizerConfig:
-    kind: str = "char"  # char | byte | bpe | pretrained
-    vocab_size: int | None = None  # bpe only
-    name_or_path: str | None = None  # pretrained only
-
-    def to_dict(self) -> dict:
-        return {"kind": self.kind, "vocab_size": self.vocab_size, "name_or_path": self.name_or_path}
+def read_history(run_dir: str | Path) -> list[dict]:
+    """Logged step and eval metrics (metrics.jsonl), the last record per (kind, step): after a resume the
+    steps trained again replace the ones logged before the checkpoint."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    records = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            records[(r["kind"], r["step"])] = r
+    return sorted(records.values(), key=lambda r: (r["step"], r["kind"]))
 
 
 @dataclass
@@ -50,15 +56,7 @@ class Run:
 
     def history(self) -> list[dict]:
         """Logged step and eval metrics (metrics.jsonl), last record per (kind, step) after resumes."""
-        path = self.dir / "metrics.jsonl"
-        if not path.is_file():
-            return []
-        records = {}
-        for line in path.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                records[(r["kind"], r["step"])] = r
-        return sorted(records.values(), key=lambda r: (r["step"], r["kind"]))
+        return read_history(self.dir)
 
     @property
     def seq_len(self) -> int:
@@ -70,9 +68,7 @@ class Run:
         return len(self.val_tokens) / max(1, len(self.corpus.val_text))
 
     def token_ids(self) -> dict:
-        t = self.tokenizer
-        return {"bos_token_id": t.bos_token_id if t.bos_token_id is not None else t.eos_token_id,
-                "eos_token_id": t.eos_token_id, "pad_token_id": t.pad_token_id}
+        return token_ids(self.tokenizer)
 
     def new_model(self):
         from ..model.modeling import build_model
@@ -129,25 +125,45 @@ def _encode_corpus(tokenizer, corpus: Corpus) -> tuple[torch.Tensor, torch.Tenso
 
 
 def prepare_run(out_dir: str | Path, spec: ModelSpec, data: DataConfig, tokenizer: TokenizerConfig,
-                train: TrainConfig) -> Run:
-    """Load the data, build the tokenizer on the training split, size the spec's vocabulary to it, save."""
+                train: TrainConfig, caps=None, status=None) -> Run:
+    """Load the data, build the tokenizer on the training split, size the spec's vocabulary to it, check the
+    model that vocabulary really gives against `caps` (job.Caps: before anything is encoded or allocated),
+    encode, save. `status(text)` hears what it is doing."""
+    say = status or (lambda text: None)
     out = Path(out_dir)
     if latest_checkpoint(out) is not None:
-        raise FileExistsError(f"{out} already holds a trained run; resume it or choose another output folder")
+        raise FileExistsError(f"{out.name} already holds a trained run; resume it or choose another run name")
     train.validated()
+    say("loading the data")
     corpus = load_corpus(data)
+    say("building the tokenizer")
     tok = build_tokenizer(tokenizer.kind, corpus.train_text, tokenizer.vocab_size, tokenizer.name_or_path)
     spec = spec.copy(vocab_size=len(tok))
     spec = ModelSpec.from_dict(spec.to_dict())  # re-validate with the new vocabulary
-    train_tokens, val_tokens = _encode_corpus(tok, corpus)
+    if caps is not None:
+        check_model_caps(spec, train, tokenizer, caps)
     seq_len = train.seq_len or spec.max_seq_len
     if seq_len > spec.max_seq_len:
         raise ValueError(f"seq_len {seq_len} is longer than the model's max_seq_len {spec.max_seq_len}; lower it")
+    say("encoding the data")
+    train_tokens, val_tokens = _encode_corpus(tok, corpus)
     check_length(corpus, len(train_tokens), len(val_tokens), seq_len)
     run = Run(out, spec, train, data, tokenizer, tok, corpus, train_tokens, val_tokens)
     run.save()
     save_tokenizer(tok, out / "tokenizer")
     return run
+
+
+def check_model_caps(spec: ModelSpec, train: TrainConfig, tokenizer: TokenizerConfig, caps) -> None:
+    """JobError when the model with the tokenizer's real vocabulary is over the caps (the message says the
+    vocabulary came from the tokenizer: a char tokenizer over text with many distinct characters, a big BPE
+    vocabulary or a pretrained tokenizer can make a small spec several times bigger)."""
+    from .job import JobError, model_cap_problems
+
+    why = f"with the {tokenizer.kind} tokenizer the vocabulary is {spec.vocab_size:,} tokens, so "
+    problems = model_cap_problems(spec, train, caps, why)
+    if problems:
+        raise JobError(problems)
 
 
 def open_run(run_dir: str | Path, load_data: bool = True, train_overrides: dict | None = None) -> Run:

@@ -9,31 +9,20 @@ run", so several trainings in one app process never write into each other's runs
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import pandas as pd
 
+from .events import CheckpointEvent, DoneEvent, EvalEvent, SampleEvent, StepEvent, WarningEvent
+from .schema import flatten
+
 EXPERIMENT = "slm-blocks"
-_SECRET = re.compile(r"(^|[._-])(hf_?token|token|api_?key|password|auth)$|secret|private_?key|access_?key",
-                     re.IGNORECASE)
+__all__ = ["EXPERIMENT", "Tracker", "flatten", "mark_failed", "metric_history", "runs_table", "tracking_uri"]
 
 
-def tracking_uri(runs_root: str | Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(runs_root).resolve() / 'mlflow.db'}"
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, str]:
-    """{"a": {"b": 1}} -> {"a.b": "1"}; lists are indexed; anything named like a secret is redacted."""
-    out: dict[str, str] = {}
-    items = d.items() if isinstance(d, dict) else enumerate(d)
-    for k, v in items:
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, (dict, list)) and v:
-            out.update(flatten(v, key))
-        else:
-            out[key] = "***" if _SECRET.search(key) else str(v)[:500]
-    return out
+def tracking_uri(root: str | Path) -> str:
+    """MLFLOW_TRACKING_URI when set, else a SQLite store in `root` (the runs folder, or the app's data dir)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
 
 
 def _client(uri: str):
@@ -111,8 +100,6 @@ class Tracker:
             self.client.log_batch(self.run_id, metrics=batch)
 
     def on_event(self, event) -> None:
-        from .loop import CheckpointEvent, DoneEvent, EvalEvent, SampleEvent, StepEvent, WarningEvent
-
         if isinstance(event, StepEvent):
             for key in ("loss", "lr", "grad_norm", "tokens_per_s", "tokens_seen", "elapsed_s"):
                 self._metric("train_loss" if key == "loss" else key, getattr(event, key), event.step)
@@ -139,9 +126,31 @@ class Tracker:
             self.client.set_terminated(self.run_id, status)
 
     def fail(self, message: str) -> None:
-        self.flush()
-        self.client.set_tag(self.run_id, "slm.error", message[:500])
-        self.client.set_terminated(self.run_id, "FAILED")
+        """Training raised: the MLflow run is FAILED (never left RUNNING), with the message as a tag."""
+        try:
+            self.flush()
+        finally:
+            mark_failed(self.uri, self.run_id, message, client=self.client)
+
+    def stopped(self, message: str) -> None:
+        try:
+            self.flush()
+        finally:
+            self.client.set_tag(self.run_id, "slm.end_reason", "stopped")
+            self.client.set_terminated(self.run_id, "KILLED")
+
+
+def mark_failed(uri: str, run_id: str, message: str, client=None) -> bool:
+    """End a RUNNING MLflow run as FAILED (e.g. its worker was killed); True when it was marked."""
+    client = client or _client(uri)
+    try:
+        if client.get_run(run_id).info.status != "RUNNING":
+            return False
+        client.set_tag(run_id, "slm.error", message[:500])
+        client.set_terminated(run_id, "FAILED")
+        return True
+    except Exception:  # the store is gone or the run was deleted: nothing left to mark
+        return False
 
 
 # ----------------------------------------------------------------------------- comparing runs
