@@ -1,8 +1,8 @@
-"""Training jobs for the app: each runs in a worker process (worker.py), behind a queue with a concurrency limit.
+"""Trainings queued by the app: each runs in a worker process (worker.py), behind a queue with a concurrency limit.
 
 The queue is shared by all users of one app process (it holds no user data, only whose turn it is); each
-job belongs to one session. A job's events arrive on a reader thread and are kept in `job.events`, so a
-UI generator can follow them without blocking other users.
+entry belongs to one session. An entry's events arrive on a reader thread, decoded into typed events
+(events.py), and are kept in `entry.events`, so a UI generator can follow them without blocking other users.
 """
 
 from __future__ import annotations
@@ -11,67 +11,111 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections import deque
 from pathlib import Path
 
+from .events import DoneEvent, ErrorEvent, Event, StepEvent, decode
+from .job import Caps, Job
+
 ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = ("done", "stopped", "error")
 
 
-class TrainingJob:
-    def __init__(self, spec: dict, run_dir: str | Path):
+class QueuedTraining:
+    """One training in the queue: a new run (`job`) or a resume of `run_dir` (job None, `resume=True`)."""
+
+    def __init__(self, job: Job | None, run_dir: str | Path, *, resume: bool = False, extra_steps: int = 0,
+                 train_overrides: dict | None = None, caps: Caps | None = None, mlflow_uri: str | None = None,
+                 track: bool = True, max_steps: int | None = None, max_time: float | None = None):
         self.id = uuid.uuid4().hex[:12]
-        self.spec = spec  # the worker's job description (see worker.py)
+        self.job, self.resume, self.extra_steps, self.caps = job, resume, extra_steps, caps
+        self.train_overrides = train_overrides
+        self.mlflow_uri, self.track = mlflow_uri, track
         self.run_dir = Path(run_dir)
-        self.events: list[dict] = []
+        # the limits it trains to, for progress and the queue's wait estimate (a resume learns them when ready)
+        self.max_steps = max_steps or (job.train.max_steps if job else 0)
+        self.max_time = max_time if max_time is not None else (job.train.max_time if job else None)
+        self.events: list[Event] = []
+        self.carried = 0  # events copied from the run's earlier trainings (a resume continues their curves)
         self.status = "queued"  # queued | running | done | stopped | error
         self.message = ""
         self.proc: subprocess.Popen | None = None
         self.changed = threading.Condition()
         self.stop_requested = False
+        self.started_at: float | None = None
+
+    def work(self) -> dict:
+        """What the worker reads (see worker.py)."""
+        return {"job": self.job.to_dict() if self.job else None, "run_dir": str(self.run_dir), "resume": self.resume,
+                "extra_steps": self.extra_steps, "train_overrides": self.train_overrides, "caps": self.caps.to_dict() if self.caps else None,
+                "mlflow": self.track, "mlflow_uri": self.mlflow_uri}
 
     # --- lifecycle -----------------------------------------------------------------
     def _start(self, on_exit) -> None:
         self.run_dir.parent.mkdir(parents=True, exist_ok=True)
-        job_file = self.run_dir.parent / f".job-{self.id}.json"
-        job_file.write_text(json.dumps({**self.spec, "run_dir": str(self.run_dir)}))
+        work_file = self.run_dir.parent / f".job-{self.id}.json"
+        work_file.write_text(json.dumps(self.work()))
         log = open(self.run_dir.parent / f".job-{self.id}.log", "w")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "slm_blocks.training.worker", str(job_file)], cwd=str(ROOT),
+        # an empty working directory: a Hub id like 'owner/name' can never resolve to a folder on the server
+        cwd = tempfile.mkdtemp(prefix=f".cwd-{self.id}-", dir=self.run_dir.parent)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
+               "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+        self.proc = subprocess.Popen([sys.executable, "-m", "slm_blocks.training.worker", str(work_file)], cwd=cwd,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+        self.started_at = time.time()
         self._set("running")
-        threading.Thread(target=self._read, args=(on_exit, log, job_file), daemon=True).start()
+        threading.Thread(target=self._read, args=(on_exit, log, work_file, cwd), daemon=True).start()
         if self.stop_requested:
             self.stop()
 
-    def _read(self, on_exit, log, job_file: Path) -> None:
+    def _read(self, on_exit, log, work_file: Path, cwd: str) -> None:
+        from .events import ReadyEvent
+
         for line in self.proc.stdout:
             try:
-                event = json.loads(line)
+                event = decode(json.loads(line))
             except ValueError:
-                continue
+                continue  # not an event (a library printing to stdout)
             with self.changed:
                 self.events.append(event)
-                kind = event.get("event")
-                if kind == "DoneEvent":
-                    reason = event.get("reason")
-                    self.status = "error" if reason == "error" else ("stopped" if reason == "stopped" else "done")
-                    self.message = event.get("message", "")
-                elif kind == "error":
-                    self.status, self.message = "error", event.get("message", "")
+                if isinstance(event, ReadyEvent):
+                    self.max_steps, self.max_time = event.max_steps, event.max_time
+                elif isinstance(event, DoneEvent):
+                    self.status = {"error": "error", "stopped": "stopped"}.get(event.reason, "done")
+                    self.message = event.message
+                elif isinstance(event, ErrorEvent):
+                    self.status, self.message = "error", event.message
                 self.changed.notify_all()
         rc = self.proc.wait()
         log.close()
-        job_file.unlink(missing_ok=True)
+        work_file.unlink(missing_ok=True)
+        try:
+            os.rmdir(cwd)
+        except OSError:
+            pass
         if self.status == "running":  # no final event: the worker died (killed, out of memory)
-            self._set("error", f"the training worker exited unexpectedly (code {rc}); the last checkpoint is kept "
-                      "and you can resume")
+            message = (f"the training worker exited unexpectedly (code {rc}); the last checkpoint is kept and you "
+                       "can resume")
+            self._mark_failed_in_mlflow(message)
+            self._set("error", message)
         else:
             self._set(self.status, self.message)
         on_exit(self)
+
+    def _mark_failed_in_mlflow(self, message: str) -> None:
+        """A killed worker could not end its MLflow run: end it here, so it never stays RUNNING."""
+        try:
+            run_id = json.loads((self.run_dir / "run.json").read_text()).get("mlflow_run_id")
+        except (OSError, ValueError):
+            return
+        if run_id and self.track:
+            from .tracking import mark_failed, tracking_uri
+
+            mark_failed(self.mlflow_uri or tracking_uri(self.run_dir.parent), run_id, message)
 
     def _set(self, status: str, message: str | None = None) -> None:
         with self.changed:
@@ -104,52 +148,85 @@ class TrainingJob:
     def finished(self) -> bool:
         return self.status in TERMINAL
 
+    def expected_seconds(self) -> tuple[float | None, bool]:
+        """(seconds this training will still take, whether that is only its time budget, an upper bound):
+        from its speed so far when it has one. None when it has neither speed nor budget."""
+        if self.finished:
+            return 0.0, False
+        steps = [e for e in self.events if isinstance(e, StepEvent)]
+        if steps:
+            return steps[-1].eta_s, False
+        return self.max_time, True
+
 
 class TrainingQueue:
     """At most `max_running` workers at once; the rest wait in order and can see their place in line."""
 
     def __init__(self, max_running: int = 1):
         self.max_running = max(1, max_running)
-        self.waiting: deque[TrainingJob] = deque()
-        self.running: set[TrainingJob] = set()
+        self.waiting: deque[QueuedTraining] = deque()
+        self.running: set[QueuedTraining] = set()
         self.lock = threading.Lock()
 
-    def submit(self, job: TrainingJob) -> TrainingJob:
+    def submit(self, entry: QueuedTraining) -> QueuedTraining:
         with self.lock:
-            self.waiting.append(job)
+            self.waiting.append(entry)
         self._dispatch()
-        return job
+        return entry
 
-    def position(self, job: TrainingJob) -> int:
+    def position(self, entry: QueuedTraining) -> int:
         """1-based place in line, 0 when running or finished."""
         with self.lock:
-            return list(self.waiting).index(job) + 1 if job in self.waiting else 0
+            return list(self.waiting).index(entry) + 1 if entry in self.waiting else 0
 
-    def cancel(self, job: TrainingJob) -> None:
+    def estimated_wait(self, entry: QueuedTraining) -> tuple[float | None, bool]:
+        """(seconds until `entry` can start, whether that is an upper bound from time budgets). None when a
+        training ahead has neither a speed yet nor a time budget."""
         with self.lock:
-            if job in self.waiting:
-                self.waiting.remove(job)
-                job._set("stopped", "removed from the queue before it started")
+            if entry not in self.waiting:
+                return 0.0, False
+            waiting = list(self.waiting)
+            ahead, running = waiting[:waiting.index(entry)], list(self.running)
+        slots, bound = [], False
+        for e in running + ahead:
+            need, is_bound = e.expected_seconds()
+            if need is None:
+                return None, False
+            bound = bound or is_bound
+            if e in running:
+                slots.append(need)
+            else:  # a waiting one takes the slot that frees first
+                slots += [0.0] * (self.max_running - len(slots))
+                slots.sort()
+                slots[0] += need
+        slots += [0.0] * (self.max_running - len(slots))
+        return min(slots), bound
+
+    def cancel(self, entry: QueuedTraining) -> None:
+        with self.lock:
+            if entry in self.waiting:
+                self.waiting.remove(entry)
+                entry._set("stopped", "removed from the queue before it started")
                 return
-        job.stop()
+        entry.stop()
 
     def _dispatch(self) -> None:
         with self.lock:
             starting = []
             while self.waiting and len(self.running) < self.max_running:
-                job = self.waiting.popleft()
-                self.running.add(job)
-                starting.append(job)
-        for job in starting:
+                entry = self.waiting.popleft()
+                self.running.add(entry)
+                starting.append(entry)
+        for entry in starting:
             try:
-                job._start(self._finished)
+                entry._start(self._finished)
             except OSError as e:
-                job._set("error", f"could not start a training worker: {e}")
-                self._finished(job)
+                entry._set("error", f"could not start a training worker: {e}")
+                self._finished(entry)
 
-    def _finished(self, job: TrainingJob) -> None:
+    def _finished(self, entry: QueuedTraining) -> None:
         with self.lock:
-            self.running.discard(job)
+            self.running.discard(entry)
         self._dispatch()
 
     def wait_idle(self, timeout: float = 60) -> bool:

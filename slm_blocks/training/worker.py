@@ -1,6 +1,9 @@
-"""A training worker process: prepares (or reopens) a run and trains it, printing one JSON event per line.
+"""A training worker process: runs the driver on one job file, writing one encoded event per line to stdout.
 
-    python -m slm_blocks.training.worker JOB.json
+    python -m slm_blocks.training.worker WORK.json
+
+WORK.json = {"job": <Job.to_dict()> | null, "run_dir": ..., "resume": false, "extra_steps": 0,
+             "train_overrides": null, "caps": <Caps.to_dict()> | null, "mlflow": true, "mlflow_uri": ...}
 
 The app runs every training in its own worker so a crash, an out-of-memory kill or accelerate's
 process-wide state never touches the app or another user's run. Writing "stop" on stdin stops training
@@ -13,13 +16,13 @@ import json
 import signal
 import sys
 import threading
-import traceback
-from dataclasses import asdict
 from pathlib import Path
 
+from .events import ErrorEvent, encode
 
-def emit(kind: str, **data) -> None:
-    sys.stdout.write(json.dumps({"event": kind, **data}) + "\n")
+
+def emit(event) -> None:
+    sys.stdout.write(json.dumps(encode(event)) + "\n")
     sys.stdout.flush()
 
 
@@ -31,63 +34,24 @@ def _watch_stdin(stop: threading.Event) -> None:
     stop.set()  # the app went away: stop and keep a checkpoint
 
 
-def _out_of_memory(e: BaseException) -> bool:
-    if isinstance(e, MemoryError):
-        return True
-    torch = sys.modules.get("torch")
-    oom = getattr(torch, "OutOfMemoryError", None) or getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
-    return oom is not None and isinstance(e, oom)
-
-
-def main(job_file: str) -> int:
-    job = json.loads(Path(job_file).read_text())
+def main(work_file: str) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     threading.Thread(target=_watch_stdin, args=(stop,), daemon=True).start()
     try:
-        from .data import DataConfig
-        from .run import TokenizerConfig, open_run, prepare_run
-        from ..model.spec import ModelSpec
-        from .tracking import Tracker
-        from .config import TrainConfig
-        from .loop import train
+        from .driver import drive
+        from .job import Caps, Job
 
-        run_dir = Path(job["run_dir"])
-        if job.get("resume"):
-            emit("status", message="reopening the run")
-            run = open_run(run_dir, train_overrides=job.get("train_overrides"))
-            run.save()  # the new step limit is the run's setting from now on
-        else:
-            emit("status", message="loading data and building the tokenizer")
-            run = prepare_run(run_dir, ModelSpec.from_dict(job["spec"]), DataConfig.from_dict(job["data"]),
-                              TokenizerConfig(**job["tokenizer"]), TrainConfig.from_dict(job["train"]))
-        emit("ready", vocab_size=run.spec.vocab_size, train_tokens=len(run.train_tokens),
-             val_tokens=len(run.val_tokens), data=run.corpus.name, max_steps=run.train_config.max_steps)
-        tracker = None
-        if job.get("mlflow", True):
-            try:
-                tracker = Tracker(run, uri=job.get("mlflow_uri"))
-            except Exception as e:  # tracking must never block training
-                emit("warning", step=0, message=f"MLflow tracking is off for this run: {type(e).__name__}: {e}")
-        ok = True
-        for event in train(run, stop=stop):
-            if tracker:
-                tracker.on_event(event)
-            emit(type(event).__name__, **asdict(event))
-            ok = ok and getattr(event, "reason", None) != "error"
-        return 0 if ok else 1
-    except (ValueError, FileNotFoundError, FileExistsError) as e:  # user-fixable: the message says how
-        emit("error", message=str(e))
+        work = json.loads(Path(work_file).read_text())
+        job = Job.from_dict(work["job"]) if work.get("job") is not None else None
+        caps = Caps(**work["caps"]) if work.get("caps") else None
+    except Exception as e:  # a malformed work file is the app's bug, but it still gets a message, not silence
+        emit(ErrorEvent(f"the training job could not be read ({type(e).__name__}: {str(e)[:300]})"))
         return 2
-    except Exception as e:
-        if _out_of_memory(e):  # host RAM (MemoryError) or the GPU's (torch.OutOfMemoryError, a RuntimeError)
-            emit("error", message="out of memory: make the model or the batch smaller (the estimate on the Build "
-                 "tab shows training memory)")
-            return 3
-        # a bug: short message for the UI, traceback to stderr for the logs
-        traceback.print_exc()
-        emit("error", message=f"training failed ({type(e).__name__}: {e}); the last checkpoint is kept")
-        return 1
+    return drive(job, work["run_dir"], emit=emit, resume=bool(work.get("resume")),
+                 extra_steps=int(work.get("extra_steps") or 0), train_overrides=work.get("train_overrides"),
+                 caps=caps, stop=stop,
+                 track=work.get("mlflow", True), mlflow_uri=work.get("mlflow_uri"))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,11 @@ from safetensors.torch import load_file
 from conftest import running_app, small_spec
 from slm_blocks import load_preset
 from slm_blocks.training.checkpoint import STEP_DIR, checkpoint_dirs, latest_checkpoint
-from slm_blocks.training.jobs import TrainingJob
+from slm_blocks.training.events import (
+    CheckpointEvent, DoneEvent, ErrorEvent, StepEvent, WarningEvent, decode,
+)
+from slm_blocks.training.job import Job
+from slm_blocks.training.jobs import QueuedTraining
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -47,26 +51,33 @@ def _one_thread_workers(monkeypatch):
 
 
 def job_spec(max_steps=20, spec=None, **train) -> dict:
+    """A worker's work description for a new run (see worker.py)."""
     cfg = dict(max_steps=max_steps, batch_size=2, lr=1e-3, warmup_steps=2, log_every=1, eval_every=0,
                eval_batches=1, sample_tokens=0, checkpoint_every=5, device="cpu", precision="fp32", seed=7,
                max_time=120)
     cfg.update(train)
-    return {"spec": (spec or load_preset("tiny-char")).to_dict(), "data": dict(DATA), "tokenizer": dict(TOKENIZER),
-            "train": cfg, "mlflow": False}
+    job = Job.from_dict({"spec": (spec or load_preset("tiny-char")).to_dict(), "data": dict(DATA),
+                         "tokenizer": dict(TOKENIZER), "train": cfg})
+    return {"job": job, "mlflow": False}
 
 
 def resume_spec(max_steps: int) -> dict:
-    return {"resume": True, "train_overrides": {"max_steps": max_steps}, "mlflow": False}
+    return {"job": None, "resume": True, "train_overrides": {"max_steps": max_steps}, "mlflow": False}
+
+
+def entry(work: dict, run_dir: Path) -> QueuedTraining:
+    return QueuedTraining(work["job"], run_dir, resume=work.get("resume", False),
+                          train_overrides=work.get("train_overrides"), track=work["mlflow"])
 
 
 class Runner:
-    """Runs TrainingJobs directly (no queue) and makes sure none outlives the test."""
+    """Runs QueuedTrainings directly (no queue) and makes sure none outlives the test."""
 
     def __init__(self):
-        self.jobs: list[TrainingJob] = []
+        self.jobs: list[QueuedTraining] = []
 
-    def start(self, spec: dict, run_dir: Path) -> TrainingJob:
-        job = TrainingJob(spec, run_dir)
+    def start(self, spec: dict, run_dir: Path) -> QueuedTraining:
+        job = entry(spec, run_dir)
         job.exited = threading.Event()
         job._start(lambda j: j.exited.set())
         self.jobs.append(job)
@@ -84,7 +95,7 @@ def runner():
     r.close()
 
 
-def wait_until(job: TrainingJob, pred, timeout=60.0, what="an event"):
+def wait_until(job: QueuedTraining, pred, timeout=60.0, what="an event"):
     """Follow job.events until pred(events) holds (returns the events) or the job ends without it."""
     end = time.time() + timeout
     while time.time() < end:
@@ -96,11 +107,11 @@ def wait_until(job: TrainingJob, pred, timeout=60.0, what="an event"):
         job.wait_for_change(len(events), timeout=0.5)
     events = list(job.events)
     assert pred(events), (f"no {what} within {timeout} s: status {job.status!r} {job.message!r}, "
-                          f"events {[e.get('event') for e in events][-10:]}")
+                          f"events {[type(e).__name__ for e in events][-10:]}")
     return events
 
 
-def finish(job: TrainingJob, timeout=90.0) -> list[dict]:
+def finish(job: QueuedTraining, timeout=90.0) -> list[dict]:
     end = time.time() + timeout
     while not job.finished or not job.exited.is_set():
         assert time.time() < end, f"the job did not end within {timeout} s ({job.status}, {job.events[-3:]})"
@@ -110,7 +121,7 @@ def finish(job: TrainingJob, timeout=90.0) -> list[dict]:
 
 
 def kinds(events, kind):
-    return [e for e in events if e.get("event") == kind]
+    return [e for e in events if isinstance(e, kind)]
 
 
 def step_of_dir(path: Path) -> int:
@@ -143,7 +154,7 @@ def assert_checkpoints_complete(run_dir: Path) -> list[int]:
 def test_worker_killed_mid_training_keeps_checkpoints_and_resumes(tmp_path, runner):
     run_dir = tmp_path / "runs" / "killed"
     job = runner.start(job_spec(max_steps=100_000, checkpoint_every=5), run_dir)
-    events = wait_until(job, lambda ev: len(kinds(ev, "CheckpointEvent")) >= 2, what="two checkpoints")
+    events = wait_until(job, lambda ev: len(kinds(ev, CheckpointEvent)) >= 2, what="two checkpoints")
     assert job.status == "running"
     pid = job.proc.pid
     os.kill(pid, signal.SIGKILL)
@@ -154,7 +165,7 @@ def test_worker_killed_mid_training_keeps_checkpoints_and_resumes(tmp_path, runn
     assert "traceback" not in msg
     assert job.proc.returncode == -signal.SIGKILL
     assert not list(run_dir.parent.glob(f".job-{job.id}.json")), "the job file must be removed"
-    last_step_seen = max(e["step"] for e in kinds(job.events, "StepEvent"))
+    last_step_seen = max(e.step for e in kinds(job.events, StepEvent))
     assert last_step_seen < 100_000
 
     # a kill can land in the middle of a checkpoint write: simulate the half-written folder it leaves
@@ -173,11 +184,11 @@ def test_worker_killed_mid_training_keeps_checkpoints_and_resumes(tmp_path, runn
     resumed = runner.start(resume_spec(resume_from + 10), run_dir)
     events = finish(resumed)
     assert resumed.status == "done", (resumed.status, resumed.message, events[-3:])
-    step_events = kinds(events, "StepEvent")
-    assert step_events[0]["step"] == resume_from + 1, step_events[:2]
-    assert step_events[-1]["step"] == resume_from + 10
-    assert kinds(events, "DoneEvent")[-1]["step"] == resume_from + 10
-    assert all(math.isfinite(e["loss"]) for e in step_events)
+    step_events = kinds(events, StepEvent)
+    assert step_events[0].step == resume_from + 1, step_events[:2]
+    assert step_events[-1].step == resume_from + 10
+    assert kinds(events, DoneEvent)[-1].step == resume_from + 10
+    assert all(math.isfinite(e.loss) for e in step_events)
     assert resume_from + 10 in assert_checkpoints_complete(run_dir)
     assert resumed.proc.returncode == 0
 
@@ -189,7 +200,7 @@ def test_worker_killed_mid_training_keeps_checkpoints_and_resumes(tmp_path, runn
 def test_stop_right_after_the_first_step_is_resumable(tmp_path, runner, how):
     run_dir = tmp_path / "runs" / f"stop-{how}"
     job = runner.start(job_spec(max_steps=100_000, checkpoint_every=0), run_dir)
-    wait_until(job, lambda ev: kinds(ev, "StepEvent"), what="the first step")
+    wait_until(job, lambda ev: kinds(ev, StepEvent), what="the first step")
     if how == "stdin":
         job.stop()  # what the Stop button does
     else:
@@ -197,18 +208,18 @@ def test_stop_right_after_the_first_step_is_resumable(tmp_path, runner, how):
     events = finish(job, 60)
     assert job.status == "stopped", (job.status, job.message, events[-3:])
     assert job.proc.returncode == 0
-    done = kinds(events, "DoneEvent")[-1]
-    stop_step = done["step"]
-    assert done["reason"] == "stopped" and done["checkpoint"]
-    assert 1 <= stop_step == max(e["step"] for e in kinds(events, "StepEvent"))
+    done = kinds(events, DoneEvent)[-1]
+    stop_step = done.step
+    assert done.reason == "stopped" and done.checkpoint
+    assert 1 <= stop_step == max(e.step for e in kinds(events, StepEvent))
     assert latest_checkpoint(run_dir).name == f"step-{stop_step:06d}"
-    assert Path(done["checkpoint"]) == latest_checkpoint(run_dir)
+    assert Path(done.checkpoint) == latest_checkpoint(run_dir)
     assert assert_checkpoints_complete(run_dir) == [stop_step]
 
     resumed = runner.start(resume_spec(stop_step + 5), run_dir)
     events = finish(resumed)
     assert resumed.status == "done", (resumed.status, resumed.message)
-    steps = [e["step"] for e in kinds(events, "StepEvent")]
+    steps = [e.step for e in kinds(events, StepEvent)]
     assert steps == list(range(stop_step + 1, stop_step + 6)), steps
 
 
@@ -228,11 +239,12 @@ def in_process_worker(monkeypatch, capsys):
     def run(spec: dict, run_dir: Path) -> tuple[int, list[dict], str]:
         job_file = run_dir.parent / "job.json"
         job_file.parent.mkdir(parents=True, exist_ok=True)
-        job_file.write_text(json.dumps({**spec, "run_dir": str(run_dir)}))
+        work = {**spec, "job": spec["job"].to_dict() if spec.get("job") else None, "run_dir": str(run_dir)}
+        job_file.write_text(json.dumps(work))
         capsys.readouterr()
         rc = worker.main(str(job_file))
         out, err = capsys.readouterr()
-        events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        events = [decode(json.loads(line)) for line in out.splitlines() if line.startswith("{")]
         return rc, events, err
 
     yield run
@@ -260,9 +272,9 @@ def test_out_of_memory_is_reported_without_a_traceback(tmp_path, monkeypatch, in
                                         tmp_path / "runs" / "oom")
     assert rc != 0
     assert calls["n"] > 3
-    errors = kinds(events, "error")
-    assert len(errors) == 1 and events[-1]["event"] == "error", [e["event"] for e in events]
-    msg = errors[0]["message"]
+    errors = kinds(events, ErrorEvent)
+    assert len(errors) == 1 and isinstance(events[-1], ErrorEvent), [type(e).__name__ for e in events]
+    msg = errors[0].message
     assert "memory" in msg.lower(), msg
     assert "Traceback" not in msg and 'File "' not in msg and "\n" not in msg, msg
     # the advice a user can act on, whatever kind of out-of-memory it was
@@ -281,18 +293,18 @@ def test_max_learning_rate_with_tiny_clip_never_crashes(tmp_path, runner):
     job = runner.start(job_spec(max_steps=40, lr=1.0, grad_clip=0.01, warmup_steps=0, checkpoint_every=5), run_dir)
     events = finish(job)
     assert job.proc.returncode == 0, job.proc.returncode  # the worker did not crash
-    assert not kinds(events, "error"), kinds(events, "error")
-    done = kinds(events, "DoneEvent")
-    assert len(done) == 1, [e["event"] for e in events]
-    assert all(math.isfinite(e["loss"]) and math.isfinite(e["grad_norm"]) for e in kinds(events, "StepEvent"))
-    if done[0]["reason"] == "error":
-        assert job.status == "error" and kinds(events, "WarningEvent")
+    assert not kinds(events, ErrorEvent), kinds(events, ErrorEvent)
+    done = kinds(events, DoneEvent)
+    assert len(done) == 1, [type(e).__name__ for e in events]
+    assert all(math.isfinite(e.loss) and math.isfinite(e.grad_norm) for e in kinds(events, StepEvent))
+    if done[0].reason == "error":
+        assert job.status == "error" and kinds(events, WarningEvent)
         assert "non-finite" in job.message and "checkpoint" in job.message
     else:
-        assert job.status == "done" and done[0]["reason"] == "max_steps", done
+        assert job.status == "done" and done[0].reason == "max_steps", done
     assert assert_checkpoints_complete(run_dir)
-    print(f"\nlr 1.0, clip 0.01: {done[0]['reason']} at step {done[0]['step']}, "
-          f"{len(kinds(events, 'WarningEvent'))} warnings, last loss {kinds(events, 'StepEvent')[-1]['loss']:.3f}")
+    print(f"\nlr 1.0, clip 0.01: {done[0].reason} at step {done[0].step}, "
+          f"{len(kinds(events, WarningEvent))} warnings, last loss {kinds(events, StepEvent)[-1].loss:.3f}")
 
 
 def test_non_finite_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, in_process_worker):
@@ -312,33 +324,33 @@ def test_non_finite_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, mon
     run_dir = tmp_path / "runs" / "nan"
     rc, events, err = in_process_worker(job_spec(max_steps=50, spec=small_spec(), checkpoint_every=5), run_dir)
     assert rc == 1, err[-2000:]  # ended by the guard: an error exit, the events say why
-    warnings = kinds(events, "WarningEvent")
-    assert len(warnings) == training.MAX_BAD_STEPS and all("non-finite" in w["message"] for w in warnings)
-    done = kinds(events, "DoneEvent")
-    assert len(done) == 1 and done[0]["reason"] == "error" and done[0]["step"] == 7, done
-    assert "last good checkpoint is kept" in done[0]["message"]
+    warnings = kinds(events, WarningEvent)
+    assert len(warnings) == training.MAX_BAD_STEPS and all("non-finite" in w.message for w in warnings)
+    done = kinds(events, DoneEvent)
+    assert len(done) == 1 and done[0].reason == "error" and done[0].step == 7, done
+    assert "last good checkpoint is kept" in done[0].message
     assert assert_checkpoints_complete(run_dir) == [5]
 
     # what the app shows for that event stream
-    job = TrainingJob({}, run_dir)
+    job = QueuedTraining(None, run_dir, resume=True)
     job.status = "running"
-    for e in events:  # the same mapping as TrainingJob._read
-        if e["event"] == "DoneEvent":
-            job.status = "error" if e["reason"] == "error" else e["reason"]
+    for e in events:  # the same mapping as QueuedTraining._read
+        if isinstance(e, DoneEvent):
+            job.status = "error" if e.reason == "error" else e.reason
     assert job.status == "error"
 
     # lower the learning rate and resume from step 5 (the patch is gone: the loss is finite again)
     monkeypatch.setattr(training, "lm_loss", real_loss)
     rc, events, err = in_process_worker(resume_spec(12), run_dir)
     assert rc == 0, err[-2000:]
-    assert [e["step"] for e in kinds(events, "StepEvent")] == list(range(6, 13))
-    assert kinds(events, "DoneEvent")[-1]["reason"] == "max_steps"
+    assert [e.step for e in kinds(events, StepEvent)] == list(range(6, 13))
+    assert kinds(events, DoneEvent)[-1].reason == "max_steps"
 
 
 # ----------------------------------------------------------------------------- 5. session cleanup
 
 
-def _worker_gone(job: TrainingJob, timeout: float) -> bool:
+def _worker_gone(job: QueuedTraining, timeout: float) -> bool:
     end = time.time() + timeout
     while time.time() < end:
         if job.proc is not None and job.proc.poll() is not None:
@@ -356,12 +368,12 @@ def test_session_store_close_stops_running_and_queued_jobs(tmp_path):
     a, b = store.get("sess-a"), store.get("sess-b")
     run_a = SessionRun("a", a.root / "runs" / "a")
     run_b = SessionRun("b", b.root / "runs" / "b")
-    run_a.job = store.queue.submit(TrainingJob(job_spec(max_steps=100_000, checkpoint_every=0), run_a.dir))
-    run_b.job = store.queue.submit(TrainingJob(job_spec(max_steps=10), run_b.dir))
+    run_a.job = store.queue.submit(entry(job_spec(max_steps=100_000, checkpoint_every=0), run_a.dir))
+    run_b.job = store.queue.submit(entry(job_spec(max_steps=10), run_b.dir))
     a.runs["a"], b.runs["b"] = run_a, run_b
     a.models["fake"] = (object(), object())
     try:
-        wait_until(run_a.job, lambda ev: kinds(ev, "StepEvent"), what="A's first step")
+        wait_until(run_a.job, lambda ev: kinds(ev, StepEvent), what="A's first step")
         assert run_b.job.status == "queued" and store.queue.position(run_b.job) == 1
 
         store.close("sess-b")
@@ -422,7 +434,7 @@ def test_closing_the_client_stops_training_frees_models_and_deletes_files(app, t
     stream = c.submit(*_train_args("second", 20_000), api_name="/train")
     end = time.time() + 60
     while not ("second" in session.runs and session.runs["second"].job.status == "running"
-               and kinds(session.runs["second"].job.events, "StepEvent")):
+               and kinds(session.runs["second"].job.events, StepEvent)):
         assert time.time() < end and not stream.done(), \
             f"the second run did not start: {[o[0][:100] for o in stream.outputs()][-3:]}"
         time.sleep(0.2)
