@@ -1,6 +1,7 @@
 """The app page: Build → Train → Generate → Compare → Share. Layout and wiring only; behaviour lives in
-handlers.py (per session) and the engine. Named API endpoints: /validate_spec, /train, /stop, /resume,
-/generate, /next_tokens, /export, /push, and the Share tab's deploy endpoints in deploy.py (see README).
+handlers.py (per session) and the engine. Named API endpoints: /validate_spec, /preview, /train, /stop,
+/resume, /sample_at, /generate, /next_tokens, /export, /push, and the Share tab's deploy endpoints in deploy.py
+(see README).
 """
 
 from __future__ import annotations
@@ -9,11 +10,11 @@ import os
 
 import gradio as gr
 
-from ..training.data import builtin_datasets
 from .build_tab import build_tab, preset_state, validate_spec
 from .deploy import WEIGHTS, deploy_section
 from .handlers import Handlers
 from .state import Limits, SessionStore
+from .train_form import VISIBILITY, build_form, collect, paths, visibility
 
 INTRO = """# 🧱 SLM Blocks
 Build a small language model from blocks, train it and watch it learn, play with it, compare runs, and share
@@ -36,46 +37,35 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
         with gr.Tab("Train"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    run_name = gr.Textbox("my-first-model", label="Run name")
-                    data_source = gr.Radio(["Built-in", "Upload", "Hub"], value="Built-in", label="Data")
-                    builtin = gr.Dropdown(list(builtin_datasets()), value="stories", label="Built-in dataset",
-                                          info=" · ".join(f"{k}: {v}" for k, v in builtin_datasets().items()))
-                    files = gr.File(file_count="multiple", label="Upload text data (.txt .md .jsonl .json .csv "
-                                    ".parquet)", file_types=[".txt", ".md", ".jsonl", ".json", ".csv", ".parquet"],
-                                    visible=False)
-                    with gr.Row(visible=False) as hub_row:
-                        hub_id = gr.Textbox(label="Hub dataset id", placeholder="user/dataset")
-                        hub_config = gr.Textbox(label="Config (optional)")
-                    text_column = gr.Textbox(label="Text column (optional)", visible=False)
-                    tokenizer = gr.Radio(["char", "byte", "bpe", "pretrained"], value="char", label="Tokenizer",
-                                         info="char: one token per character · byte: 256 bytes · bpe: learned "
-                                              "merges · pretrained: an existing tokenizer")
-                    with gr.Row():
-                        vocab_size = gr.Number(1024, label="BPE vocab size", precision=0, visible=False)
-                        tokenizer_name = gr.Textbox(label="Pretrained tokenizer (Hub id or folder)", visible=False)
-                    with gr.Accordion("Hyperparameters", open=True):
-                        with gr.Row():
-                            max_steps = gr.Number(1000, label="Max steps", precision=0)
-                            batch_size = gr.Number(12, label="Batch size", precision=0)
-                            lr = gr.Number(1e-3, label="Learning rate")
-                        with gr.Row():
-                            max_time = gr.Number(min(600, store.limits.max_time_s), label="Max time (s)")
-                            seed = gr.Number(1337, label="Seed", precision=0)
-                            eval_every = gr.Number(100, label="Eval + sample every (steps)", precision=0)
+                    form = build_form(store.limits)
+                    job_box = gr.JSON(visible=False)  # the job the form describes: the /train payload
+                    preview_md = gr.Markdown("Pick data and a tokenizer to see what this run will train.",
+                                             elem_id="train-preview")
                     with gr.Row():
                         start = gr.Button("Start training", variant="primary")
                         stop = gr.Button("Stop", variant="stop")
                     with gr.Row():
                         resume_run = gr.Dropdown([], label="Run to resume", allow_custom_value=True)
-                        extra_steps = gr.Number(500, label="Extra steps", precision=0)
+                        extra_steps = gr.Number(500, label="Extra steps", precision=0,
+                                                info="added to the run's total; the learning rate continues "
+                                                     "from where it was")
                         resume = gr.Button("Resume")
                 with gr.Column(scale=2):
-                    status = gr.Markdown("Ready. Pick data and press **Start training**.")
-                    plot = gr.LinePlot(x="step", y="loss", color="split", title="Loss (train and validation)",
-                                       height=300)
-                    sample = gr.Textbox(label="Latest sample", lines=8, max_lines=12)
-                    log = gr.Textbox(label="Log", lines=8, max_lines=12, autoscroll=True)
-                    stop_msg = gr.Markdown()
+                    status = gr.Markdown("Ready. Pick data and press **Start training**.", elem_id="train-status")
+                    stop_msg = gr.Markdown(elem_id="train-stop-msg")
+                    with gr.Row():
+                        with gr.Column(scale=3):
+                            plot = gr.LinePlot(x="step", y="loss", color="split", title="Loss (train and validation)",
+                                               height=300)
+                        with gr.Column(scale=2):
+                            timeline = gr.Slider(0, 1, value=0, step=1, label="Sample timeline (step)",
+                                                 info="every eval's sample: drag to watch gibberish turn into words",
+                                                 visible=False, interactive=True, elem_id="sample-timeline")
+                            timeline_text = gr.Textbox(label="Sample at that step", lines=8, max_lines=12,
+                                                       elem_id="sample-at-step")
+                            sample_run = gr.Textbox(visible=False)  # /sample_at's run name (API only)
+                    sample = gr.Textbox(label="Latest sample", lines=6, max_lines=10)
+                    log = gr.Textbox(label="Log", lines=8, max_lines=12, autoscroll=True, elem_id="train-log")
 
         with gr.Tab("Generate"):
             with gr.Row():
@@ -147,23 +137,39 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
             deploy_section(store, share_run, model_pick)
 
         # ------------------------------------------------------------------ wiring
-        data_source.change(lambda src: [gr.update(visible=src == "Built-in"), gr.update(visible=src == "Upload"),
-                                        gr.update(visible=src == "Hub"), gr.update(visible=src != "Built-in")],
-                           data_source, [builtin, files, hub_row, text_column], api_visibility="private")
-        tokenizer.change(lambda t: [gr.update(visible=t == "bpe"), gr.update(visible=t == "pretrained")],
-                         tokenizer, [vocab_size, tokenizer_name], api_visibility="private")
+        form_paths = paths()
+        form_inputs = [spec_json] + [form[p] for p in form_paths]
+        show = [form[p] for p in VISIBILITY]
+        for trigger in (form["data.source"], form["tokenizer.kind"]):
+            trigger.change(visibility, [form["data.source"], form["tokenizer.kind"]], show, api_visibility="private")
         spec_json.change(validate_spec, spec_json, [api_problems, api_summary], api_name="validate_spec")
-        train_inputs = [spec_json, data_source, builtin, files, hub_id, hub_config, text_column, tokenizer,
-                        vocab_size, tokenizer_name, max_steps, batch_size, lr, max_time, seed, eval_every, run_name]
-        train_outputs = [status, plot, sample, log]
+        train_outputs = [status, plot, sample, log, timeline]
         run_lists = [resume_run, model_pick, share_run]
-        start.click(h.train, train_inputs, train_outputs, api_name="train", concurrency_limit=None) \
+        # the preview follows the choices that change what is trained (the slow part is cached per data choice);
+        # the public /preview endpoint first, so that it keeps its name
+        spec_json.change(collect, form_inputs, job_box, api_visibility="private") \
+            .then(h.preview, [job_box, form["files"]], preview_md, api_name="preview")
+        for path in ("data.source", "data.name", "data.hub_id", "tokenizer.kind", "tokenizer.vocab_size",
+                     "tokenizer.name_or_path", "train.max_steps", "train.max_time", "train.batch_size"):
+            form[path].change(collect, form_inputs, job_box, api_visibility="private") \
+                .then(h.preview, [job_box, form["files"]], preview_md, api_visibility="private")
+        form["files"].change(collect, form_inputs, job_box, api_visibility="private") \
+            .then(h.preview, [job_box, form["files"]], preview_md, api_visibility="private")
+        start.click(lambda: "", None, stop_msg, api_visibility="private")  # no "Stopping …" from an earlier run
+        start.click(collect, form_inputs, job_box, api_visibility="private") \
+            .then(h.train, [job_box, form["files"]], train_outputs, api_name="train", concurrency_limit=None) \
             .then(h.run_choices, None, resume_run, api_visibility="private") \
             .then(h.run_choices, None, model_pick, api_visibility="private") \
             .then(h.run_choices, None, share_run, api_visibility="private")
         start.click(h.run_choices, None, model_pick, api_visibility="private")
         stop.click(h.stop, None, stop_msg, api_name="stop")
-        resume.click(h.resume, [resume_run, extra_steps], train_outputs, api_name="resume", concurrency_limit=None)
+        resume.click(lambda: "", None, stop_msg, api_visibility="private")
+        # preprocess=False: text, lists or 1e400 as extra steps get a message naming the field, not Gradio's own
+        resume.click(h.resume, [resume_run, extra_steps], train_outputs, api_name="resume", concurrency_limit=None,
+                     preprocess=False)
+        timeline.change(h.timeline_sample, timeline, timeline_text, api_visibility="private", preprocess=False)
+        sample_run.submit(h.sample_at, [sample_run, timeline], timeline_text, api_name="sample_at",  # API only
+                          preprocess=False)
         for target in run_lists:
             refresh.click(h.run_choices, None, target, api_visibility="private")
         # preprocess=False: the handler checks every sampling value itself and names the field (Gradio's own

@@ -16,10 +16,14 @@ import gradio as gr
 import pandas as pd
 
 from ..model.generation import SamplingConfig, next_token_distribution, stream_text
-from ..training.jobs import TrainingJob
+from ..training.events import EvalEvent, SampleEvent, StepEvent
+from ..training.job import Job, JobError
+from ..training.jobs import QueuedTraining
+from ..training.schema import parse_number, short
 from .deploy import with_weights
 from .state import SessionRun, SessionStore, safe_filename
-from .train_tab import UserError, follow, loss_frame, make_job
+from .train_tab import follow, job_problems, loss_frame, preview_markdown, sample_at, scrub
+from .uploads import UserError, copy_data_uploads, refuse_pickle
 
 log = logging.getLogger("slm_blocks.app")
 
@@ -30,9 +34,16 @@ def _sid(request: gr.Request | None) -> str | None:
 
 def _friendly(e: Exception) -> str:
     if isinstance(e, (UserError, ValueError, FileNotFoundError, FileExistsError, RuntimeError)):
-        return str(e)
+        return scrub(str(e))
     log.exception("unexpected error")
     return f"Something went wrong ({type(e).__name__}); the app is still running — try again."
+
+
+def _train_error(e: Exception) -> str:
+    """A refused /train or /resume as the status line: every job problem by field, else one message."""
+    if isinstance(e, JobError):
+        return job_problems(e)
+    return f"❌ {html.escape(_friendly(e))}"
 
 
 class Handlers:
@@ -49,36 +60,59 @@ class Handlers:
         return next((r for r in reversed(list(session.runs.values())) if r.job and not r.job.finished), None)
 
     # ----------------------------------------------------------------------------- train / stop / resume
-    def train(self, spec_json, data_source, builtin, files, hub_id, hub_config, text_column, tokenizer, vocab_size,
-              tokenizer_name, max_steps, batch_size, lr, max_time, seed, eval_every, run_name,
-              request: gr.Request):
-        """Start training and stream (status, loss curve, sample, log) until it ends."""
+    TRAIN_OUTPUTS = 5  # status, loss curve, latest sample, log, sample timeline
+
+    def _refused(self, message: str):
+        return message, loss_frame([]), "", "", gr.update(visible=False)
+
+    def parse_job(self, payload, session) -> Job:
+        """The /train payload (a job object or its JSON text) checked as an app job against this app's caps."""
+        if isinstance(payload, (str, bytes)):
+            job = Job.from_json(payload, context="app", caps=self.store.limits.caps())
+        else:
+            job = Job.from_dict(payload, context="app", caps=self.store.limits.caps())
+        if job.train.max_time is None:  # every app run has a time budget: the app's limit
+            job.train.max_time = float(self.store.limits.max_time_s)
+        return job
+
+    def train(self, job_payload, files, request: gr.Request):
+        """Start training the job (JSON; data files optional) and stream (status, loss curve, sample, log,
+        timeline) until it ends."""
+        from ..training.driver import growth_hook
+
         session = self.store.get(_sid(request))
         try:
-            if self._active(session):
-                raise UserError("A training of this session is already running; stop it first")
-            if len(session.runs) >= self.store.limits.max_runs_per_session:
-                raise UserError(f"This session has {len(session.runs)} runs, the most allowed here; reload the "
-                                "page for a fresh session")
-            used_mb = session.disk_mb()  # walks the session folder: once
-            if used_mb > self.store.limits.session_quota_mb:
-                raise UserError(f"This session uses {used_mb:.0f} MB of disk, over the "
-                                f"{self.store.limits.session_quota_mb} MB allowed; reload the page for a fresh session")
-            job_spec, _ = make_job(self.store, session, spec_json, data_source, builtin, files, hub_id, hub_config,
-                                   text_column, tokenizer, vocab_size, tokenizer_name, max_steps, batch_size, lr,
-                                   max_time, seed, eval_every)
-            name = session.new_run_name(run_name or "run")
-            run = SessionRun(name, session.root / "runs" / name)
-            run.job = self.store.queue.submit(TrainingJob(job_spec, run.dir))
-            session.runs[name] = run
+            job = self.parse_job(job_payload, session)
+            growth_hook(job)
+            with session.lock:  # one start at a time per session: never two trainings on one run folder
+                if self._active(session):
+                    raise UserError("A training of this session is already running; stop it first")
+                if len(session.runs) >= self.store.limits.max_runs_per_session:
+                    raise UserError(f"This session has {len(session.runs)} runs, the most allowed here; reload the "
+                                    "page for a fresh session")
+                used_mb = session.disk_mb()  # walks the session folder: once
+                if used_mb > self.store.limits.session_quota_mb:
+                    raise UserError(f"This session uses {used_mb:.0f} MB of disk, over the "
+                                    f"{self.store.limits.session_quota_mb} MB allowed; reload the page for a fresh "
+                                    "session")
+                if job.data.source == "files":
+                    job.data.paths = copy_data_uploads(files, session.root / "uploads",
+                                                       self.store.limits.max_upload_mb)
+                elif files:
+                    raise UserError("Upload: files were given but the data source is "
+                                    f"{job.data.source!r}; choose Upload (data.source 'files') to train on them")
+                name = session.new_run_name(job.run_name)
+                job.run_name = name
+                run = SessionRun(name, session.root / "runs" / name)
+                run.job = QueuedTraining(job, run.dir, caps=self.store.limits.caps(),
+                                         mlflow_uri=self.store.mlflow_uri)
+                session.runs[name] = run
+                session.followed = name
+                self.store.queue.submit(run.job)
         except Exception as e:
-            yield f"❌ {html.escape(_friendly(e))}", loss_frame([]), "", ""
+            yield self._refused(_train_error(e))
             return
-        yield from self._follow(run, job_spec["train"]["max_steps"])
-
-    def _follow(self, run: SessionRun, max_steps: int):
-        # if the page stops listening, training goes on: only Stop (or closing the session) ends it
-        yield from follow(self.store, run.job, max_steps, run.name)
+        yield from follow(self.store, run.job, run.name)
 
     def stop(self, request: gr.Request) -> str:
         """Stop this session's running training (a resumable checkpoint is written)."""
@@ -87,40 +121,113 @@ class Handlers:
         if run is None:
             return "Nothing is training in this session."
         self.store.queue.cancel(run.job)
-        return f"Stopping **{run.name}** after the current step; a resumable checkpoint is kept."
+        return f"Stopping **{html.escape(run.name)}** after the current step; a resumable checkpoint is kept."
 
     def resume(self, run_name, extra_steps, request: gr.Request):
-        """Continue a stopped or finished run from its last checkpoint (optionally to more steps)."""
+        """Continue a stopped or finished run from its last checkpoint; `extra_steps` more steps are added to
+        its total and the learning rate continues from where it was. Called with raw values (preprocess off):
+        every input is checked here and named in the message."""
         session = self.store.get(_sid(request))
-        empty = loss_frame([])
         try:
-            if self._active(session):
-                raise UserError("A training of this session is already running; stop it first")
-            names = list(session.runs)
-            if not names:
-                raise UserError("Resume: this session has no run yet; start one with Train")
-            run = session.run(run_name or names[-1])
-            from ..training.checkpoint import latest_checkpoint
-
-            ckpt = latest_checkpoint(run.dir)
-            if ckpt is None:
-                raise UserError(f"Resume: {run.name} has no checkpoint yet; train it first")
-            prev = run.job.spec if run.job else {}
-            max_steps = int((prev.get("train") or {}).get("max_steps", 0))
-            step = int(ckpt.name.split("-")[1])
-            if extra_steps:
-                max_steps = min(step + int(extra_steps), self.store.limits.max_steps)
-            if step >= max_steps:
-                raise UserError(f"Resume: {run.name} already reached its {max_steps} steps; add extra steps")
-            spec = {"resume": True, "train_overrides": {"max_steps": max_steps}, "mlflow_uri": self.store.mlflow_uri}
-            old_events = run.job.events if run.job else []
-            run.job = self.store.queue.submit(TrainingJob(spec, run.dir))
-            run.job.events[:0] = [e for e in old_events if e.get("event") in ("StepEvent", "EvalEvent")
-                                  and e["step"] <= step]
+            if run_name is not None and not isinstance(run_name, str):
+                raise UserError(f"Run to resume: must be a run name, got {short(run_name)}")
+            ok, extra, why = parse_number(extra_steps, int, optional=True)
+            if not ok:
+                raise UserError(f"Extra steps: {why}")
+            extra = extra or 0
+            if extra < 0:
+                raise UserError(f"Extra steps: is {extra}; use 0 (continue to the run's total) or more")
+            with session.lock:
+                if self._active(session):
+                    raise UserError("A training of this session is already running; stop it first")
+                names = list(session.runs)
+                if not names:
+                    raise UserError("Resume: this session has no run yet; start one with Train")
+                run = session.run(run_name or names[-1])
+                entry = self._resume_entry(run, extra)
+                old = run.job.events if run.job else []
+                keep = [e for e in old if isinstance(e, (StepEvent, EvalEvent, SampleEvent))
+                        and e.step <= entry.resume_step]
+                entry.events[:0], entry.carried = keep, len(keep)
+                run.job = entry
+                session.followed = run.name
+                self.store.queue.submit(entry)
         except Exception as e:
-            yield f"❌ {html.escape(_friendly(e))}", empty, "", ""
+            yield self._refused(_train_error(e))
             return
-        yield from self._follow(run, max_steps)
+        yield from follow(self.store, run.job, run.name)
+
+    def _resume_entry(self, run: SessionRun, extra: int) -> QueuedTraining:
+        import json
+
+        from ..training.checkpoint import latest_checkpoint
+
+        ckpt = latest_checkpoint(run.dir)
+        if ckpt is None:
+            raise UserError(f"Resume: {run.name} has no checkpoint yet; train it first")
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        train = json.loads((run.dir / "run.json").read_text())["train"]
+        step, elapsed = state["step"], float(state.get("elapsed_s", 0.0))
+        max_steps, max_time = train["max_steps"] + extra, train.get("max_time")
+        if max_steps > self.store.limits.max_steps:
+            room = max(0, self.store.limits.max_steps - train["max_steps"])
+            raise UserError(f"Extra steps: {run.name} would have {max_steps:,} steps in all; this app allows at "
+                            f"most {self.store.limits.max_steps:,} (use at most {room:,} extra steps)")
+        if extra == 0 and step >= train["max_steps"]:
+            raise UserError(f"Resume: {run.name} already reached its {train['max_steps']:,} steps; add extra steps")
+        if extra == 0 and max_time and elapsed >= max_time:
+            raise UserError(f"Resume: {run.name} already used its time budget; add extra steps (they come with a "
+                            "fresh budget of the same length)")
+        if extra and max_time:
+            from ..training.schedule import Segment
+
+            seg = Segment.from_dict(json.loads((run.dir / "run.json").read_text()).get("schedule"))
+            max_time = elapsed + (max_time - seg.start_elapsed)
+        entry = QueuedTraining(None, run.dir, resume=True, extra_steps=extra, caps=self.store.limits.caps(),
+                               mlflow_uri=self.store.mlflow_uri, max_steps=max_steps, max_time=max_time)
+        entry.resume_step = step
+        return entry
+
+    def sample_at(self, run_name, step, request: gr.Request) -> str:
+        """The sample a run took at (or just before) `step`: the Train tab's timeline."""
+        session = self.store.get(_sid(request))
+        if not isinstance(run_name, str) or run_name not in session.runs:
+            return "Pick one of this session's runs."
+        ok, number, _ = parse_number(step, int, optional=True)
+        job = session.runs[run_name].job
+        return sample_at(job.events if job else [], number if ok else None)
+
+    def timeline_sample(self, step, request: gr.Request) -> str:
+        """The timeline slider moved: the sample of the run the Train tab follows."""
+        session = self.store.get(_sid(request))
+        return self.sample_at(session.followed, step, request) if session.followed else ""
+
+    def preview(self, job_payload, files, request: gr.Request) -> str:
+        """What Start would train: the model with the tokenizer's real vocabulary, tokens per parameter, ETA."""
+        from ..training.preview import preview_run, session_speed
+
+        session = self.store.get(_sid(request))
+        try:
+            job = self.parse_job(job_payload, session)
+            if job.data.source == "files":
+                if not files:
+                    return "Upload data files to see what this run will train."
+                job.data.paths = copy_data_uploads(files, session.root / "uploads",
+                                                   self.store.limits.max_upload_mb)
+            speed = session_speed([(r.dir, r.job.events) for r in reversed(list(session.runs.values())) if r.job])
+            p = preview_run(job, session.preview_cache, speed)
+            from ..training.run import check_model_caps
+
+            try:  # the caps on the model the tokenizer's vocabulary really gives, as the worker will check them
+                check_model_caps(job.spec.copy(vocab_size=p.vocab_size), job.train, job.tokenizer,
+                                 self.store.limits.caps())
+            except JobError as e:
+                return preview_markdown(p, job) + "\n\n" + job_problems(e)
+            return preview_markdown(p, job)
+        except JobError as e:
+            return job_problems(e)
+        except Exception as e:
+            return f"⚠️ {html.escape(_friendly(e))}"
 
     # ----------------------------------------------------------------------------- generate
     def _model(self, session, name: str):
@@ -310,8 +417,7 @@ class Handlers:
             folder.mkdir(parents=True, exist_ok=True)
             for f in files:
                 src = Path(f if isinstance(f, str) else f.name)
-                if src.suffix.lower() in (".bin", ".pt", ".pth", ".pkl", ".ckpt"):
-                    raise UserError(f"Import: {src.name!r} is a pickle file; only safetensors weights are loaded")
+                refuse_pickle(src, "Import")
                 shutil.copyfile(src, folder / safe_filename(src.name))
             model, tok, spec = import_hf(folder)
             if tok is None:

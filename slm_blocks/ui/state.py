@@ -16,7 +16,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..training.jobs import TrainingJob, TrainingQueue
+from ..training.job import Caps
+from ..training.jobs import QueuedTraining, TrainingQueue
 
 
 def _env_int(name: str, default: int) -> int:
@@ -39,6 +40,7 @@ class Limits:
     max_runs_per_session: int = 10
     generate_timeout_s: int = 60
     session_quota_mb: int = 1024  # disk per session (runs, uploads, exports)
+    max_train_mb: int = 8192  # training memory of one run, from the estimate (weights, grads, AdamW, activations)
 
     @classmethod
     def from_env(cls) -> "Limits":
@@ -50,7 +52,13 @@ class Limits:
                    max_upload_mb=_env_int("SLM_MAX_UPLOAD_MB", cls.max_upload_mb),
                    max_runs_per_session=_env_int("SLM_MAX_RUNS_PER_SESSION", cls.max_runs_per_session),
                    generate_timeout_s=_env_int("SLM_GENERATE_TIMEOUT", cls.generate_timeout_s),
-                   session_quota_mb=_env_int("SLM_SESSION_QUOTA_MB", cls.session_quota_mb))
+                   session_quota_mb=_env_int("SLM_SESSION_QUOTA_MB", cls.session_quota_mb),
+                   max_train_mb=_env_int("SLM_MAX_TRAIN_MB", cls.max_train_mb))
+
+    def caps(self) -> Caps:
+        """The limits a training job is checked against (before it starts, and on the real vocabulary)."""
+        return Caps(max_params=self.max_params, max_train_mb=self.max_train_mb, max_steps=self.max_steps,
+                    max_time_s=self.max_time_s)
 
 
 def safe_name(text: str, fallback: str = "run") -> str:
@@ -74,7 +82,7 @@ def safe_filename(name: str) -> str:
 class SessionRun:
     name: str
     dir: Path
-    job: TrainingJob | None = None
+    job: QueuedTraining | None = None
 
 
 @dataclass
@@ -84,7 +92,9 @@ class Session:
     runs: dict[str, SessionRun] = field(default_factory=dict)
     models: dict[str, tuple] = field(default_factory=dict)  # name -> (model, tokenizer), loaded for generation
     exports: dict[str, Path] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one training start at a time per session
+    preview_cache: dict = field(default_factory=dict)
+    followed: str = ""  # the run the Train tab follows (the last one started or resumed)  # (data, tokenizer) choice -> vocabulary and token counts
 
     def new_run_name(self, wanted: str) -> str:
         base = safe_name(wanted, "run")
@@ -142,4 +152,6 @@ class SessionStore:
 
     @property
     def mlflow_uri(self) -> str:
-        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(self.limits.data_dir / 'mlflow.db').resolve()}"
+        from ..training.tracking import tracking_uri
+
+        return tracking_uri(self.limits.data_dir)

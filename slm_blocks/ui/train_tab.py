@@ -1,115 +1,49 @@
-"""Train tab: data, tokenizer and hyperparameters; Start streams status, loss curves and samples; Stop / Resume.
+"""Train tab views: what the learner sees of a training, computed from its typed events.
 
-Training runs in a worker process behind the shared queue (jobs.py), so the app stays responsive and a
-crash in training cannot take it down. These functions are also the /train, /stop and /resume API.
+Training runs in a worker process behind the shared queue (training/jobs.py); these functions only read the
+events it sends (training/events.py) and turn them into the status line with progress and time-budget bars,
+the loss curve, the latest sample, the sample timeline, the log and the preview shown before Start.
 """
 
 from __future__ import annotations
 
-import shutil
+import html
+import math
+import re
 import time
-from pathlib import Path
 
+import gradio as gr
 import pandas as pd
 
-from .. import ModelSpec, SpecError, estimate
-from ..training.data import builtin_datasets
 from ..model.estimate import human
-from ..training.jobs import TrainingJob
-from .state import SessionStore, safe_name
+from ..training.events import (
+    CheckpointEvent, DoneEvent, ErrorEvent, EvalEvent, ReadyEvent, SampleEvent, StatusEvent, StepEvent, WarningEvent,
+)
+from ..training.job import JobError
+from ..training.jobs import QueuedTraining
+from ..training.preview import CHINCHILLA_TOKENS_PER_PARAM, RunPreview
+from .train_form import field_name
+from .uploads import UserError  # noqa: F401  (re-exported: handlers raise it for the Train tab)
 
-REFUSED_UPLOADS = {".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".npy", ".npz", ".joblib"}
-DATA_UPLOADS = {".txt", ".md", ".jsonl", ".json", ".csv", ".parquet"}
-
-
-class UserError(ValueError):
-    """A problem the user can fix; shown as is."""
-
-
-def _uploads(store: SessionStore, session, files) -> list[str]:
-    if not files:
-        raise UserError("Upload: no file was given; choose one or more .txt/.md/.jsonl/.json/.csv/.parquet files")
-    out_dir = session.root / "uploads"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for f in files if isinstance(files, list) else [files]:
-        src = Path(f if isinstance(f, str) else getattr(f, "name", f))
-        ext = src.suffix.lower()
-        if ext in REFUSED_UPLOADS:
-            raise UserError(f"Upload: {src.name!r} is a pickle/binary weights file; only text data files are "
-                            "accepted here (and model weights only as safetensors)")
-        if ext not in DATA_UPLOADS:
-            raise UserError(f"Upload: {src.name!r} has an unsupported type; use .txt, .md, .jsonl, .json, .csv "
-                            "or .parquet")
-        if src.stat().st_size > store.limits.max_upload_mb * 1024 * 1024:
-            raise UserError(f"Upload: {src.name!r} is larger than {store.limits.max_upload_mb} MB; use a smaller "
-                            "file or a Hub dataset")
-        dest = out_dir / (safe_name(src.stem, "data") + ext)
-        shutil.copyfile(src, dest)
-        paths.append(str(dest))
-    return paths
+_ABS_PATH = re.compile(r"(?<![\w.])/(?:[^\s/'\"]+/)+([^\s/'\"]*)")
 
 
-def make_job(store: SessionStore, session, spec_json: str, data_source: str, builtin: str, files, hub_id: str,
-             hub_config: str, text_column: str, tokenizer: str, vocab_size, tokenizer_name: str, max_steps,
-             batch_size, lr, max_time, seed, eval_every) -> tuple[dict, str]:
-    """Check every input and build the worker's job description; UserError names the field and the fix."""
-    try:
-        spec = ModelSpec.from_json(spec_json or "")
-    except SpecError as e:
-        raise UserError("The model spec has problems (see the Build tab):\n" + "\n".join(f"- {p}" for p in e.problems))
-    lim = store.limits
-    params = estimate(spec).params
-    if params > lim.max_params:
-        raise UserError(f"Model: {human(params)} parameters is over this app's cap of {human(lim.max_params)}; "
-                        "make d_model or the number of layers smaller")
-    if data_source == "Built-in":
-        if builtin not in builtin_datasets():
-            raise UserError(f"Built-in dataset: choose one of {', '.join(builtin_datasets())}")
-        data = {"source": "builtin", "name": builtin}
-    elif data_source == "Upload":
-        data = {"source": "files", "paths": _uploads(store, session, files), "text_column": text_column or None}
-    elif data_source == "Hub":
-        if not (hub_id or "").strip():
-            raise UserError("Hub dataset: enter a dataset id such as 'user/dataset'")
-        data = {"source": "hub", "hub_id": hub_id.strip(), "hub_config": (hub_config or "").strip() or None,
-                "text_column": (text_column or "").strip() or None, "max_chars": 5_000_000}
-    else:
-        raise UserError("Data source: choose Built-in, Upload or Hub")
-
-    def number(value, name, lo, hi, integer=True):
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            raise UserError(f"{name}: enter a number between {lo} and {hi}") from None
-        if not (lo <= v <= hi):
-            raise UserError(f"{name}: {value} is outside {lo}…{hi}")
-        return int(v) if integer else v
-
-    tok = {"kind": tokenizer, "vocab_size": None, "name_or_path": None}
-    if tokenizer == "bpe":
-        tok["vocab_size"] = number(vocab_size, "BPE vocab size", 259, 65536)
-    elif tokenizer == "pretrained":
-        if not (tokenizer_name or "").strip():
-            raise UserError("Pretrained tokenizer: enter a Hub id or a local folder")
-        tok["name_or_path"] = tokenizer_name.strip()
-    elif tokenizer not in ("char", "byte"):
-        raise UserError("Tokenizer: choose char, byte, bpe or pretrained")
-    steps = number(max_steps, "Max steps", 1, lim.max_steps)
-    train = {"max_steps": steps, "batch_size": number(batch_size, "Batch size", 1, 512),
-             "lr": number(lr, "Learning rate", 1e-6, 1.0, integer=False), "seed": number(seed, "Seed", 0, 2**31 - 1),
-             "max_time": number(max_time or lim.max_time_s, "Max time (s)", 1, lim.max_time_s, integer=False),
-             "eval_every": number(eval_every, "Eval every", 1, 100_000), "warmup_steps": min(100, steps // 10),
-             "log_every": max(1, min(10, steps // 50)), "checkpoint_every": max(50, steps // 4),
-             "sample_tokens": min(200, spec.max_seq_len * 3)}
-    return {"spec": spec.to_dict(), "data": data, "tokenizer": tok, "train": train,
-            "mlflow_uri": store.mlflow_uri}, spec.summary()
+def scrub(message: str) -> str:
+    """A message without absolute server paths (a folder shows as its last part) and never huge."""
+    text = _ABS_PATH.sub(lambda m: m.group(1) or "…", str(message))
+    return text if len(text) <= 2000 else text[:2000] + " …"
 
 
-def loss_frame(events: list[dict]) -> pd.DataFrame:
-    rows = [{"step": e["step"], "loss": e["loss"], "split": "train"} for e in events if e.get("event") == "StepEvent"]
-    rows += [{"step": e["step"], "loss": e["val_loss"], "split": "validation"} for e in events
-             if e.get("event") == "EvalEvent"]
+def job_problems(e: JobError) -> str:
+    """Every problem of a job, each naming its field as the form labels it and the fix."""
+    lines = [f"- {field_name(p.path)}: {html.escape(scrub(p.message))}" if p.path else
+             f"- {html.escape(scrub(p.message))}" for p in e.problems]
+    return "❌ The training job has problems:\n" + "\n".join(lines)
+
+
+def loss_frame(events: list) -> pd.DataFrame:
+    rows = [{"step": e.step, "loss": e.loss, "split": "train"} for e in events if isinstance(e, StepEvent)]
+    rows += [{"step": e.step, "loss": e.val_loss, "split": "validation"} for e in events if isinstance(e, EvalEvent)]
     # Gradio's plot fixes its axis types and colour domain from the first frame it draws: keep the columns
     # numeric even when empty, and give both splits a row from the start (loss NaN: not drawn)
     first = min((r["step"] for r in rows), default=0)
@@ -118,65 +52,154 @@ def loss_frame(events: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["step", "loss", "split"]).astype({"step": "int64", "loss": "float64"})
 
 
-def progress_html(done: int, total: int) -> str:
-    pct = 100 * done / max(total, 1)
-    return (f"<div style='background:#e5e7eb;border-radius:6px;height:12px'><div style='background:#22c55e;"
-            f"width:{pct:.1f}%;height:12px;border-radius:6px'></div></div>")
+def bar(fraction: float, label: str, color: str = "#22c55e") -> str:
+    pct = 100 * min(1.0, max(0.0, fraction))
+    return (f"<div title='{html.escape(label)}' style='display:flex;align-items:center;gap:8px;margin:2px 0'>"
+            f"<small style='min-width:7.5em'>{html.escape(label)}</small><div style='flex:1;background:#e5e7eb;"
+            f"border-radius:6px;height:12px'><div style='background:{color};width:{pct:.1f}%;height:12px;"
+            f"border-radius:6px'></div></div></div>")
 
 
-def describe(job: TrainingJob, position: int, max_steps: int) -> str:
-    """Status markdown from the latest events: queue place, step, loss, tokens/s, ETA, final message."""
-    steps = [e for e in job.events if e.get("event") == "StepEvent"]
-    evals = [e for e in job.events if e.get("event") == "EvalEvent"]
-    if job.status == "queued":
-        return f"⏳ Waiting for a free trainer: you are number **{position}** in line."
-    if job.status == "error":
-        return f"❌ {job.message}"
-    if job.status in ("done", "stopped"):
-        head = "✅ Done" if job.status == "done" else "⏸️ Stopped (resumable)"
-        last = f" · val loss {evals[-1]['val_loss']:.3f}, {evals[-1]['bits_per_char']:.3f} bits/char" if evals else ""
-        return f"{head}: {job.message}{last}"
-    if not steps:
-        status = next((e["message"] for e in reversed(job.events) if e.get("event") == "status"), "starting")
-        return f"🔄 Preparing: {status}…"
+def duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def queue_line(position: int, wait: tuple[float | None, bool]) -> str:
+    seconds, upper = wait
+    est = ("estimated wait unknown (the trainings ahead have no time budget yet)" if seconds is None else
+           "starting in a moment" if seconds < 5 else
+           f"estimated wait {'at most ' if upper else '≈ '}{duration(seconds)}")
+    return f"⏳ Waiting for a free trainer: you are number **{position}** in line · {est}."
+
+
+def describe(entry: QueuedTraining, position: int = 0, wait: tuple[float | None, bool] = (None, False)) -> str:
+    """Status markdown from the latest events: queue place and wait, step, loss, speed, ETA, progress bars."""
+    events = entry.events
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    evals = [e for e in events if isinstance(e, EvalEvent)]
+    if entry.status == "queued":
+        return queue_line(position, wait)
+    if entry.status == "error":
+        return f"❌ {html.escape(scrub(entry.message))}"
+    val = f" · val loss {evals[-1].val_loss:.3f}, {evals[-1].bits_per_char:.3f} bits/char" if evals else ""
+    if entry.status in ("done", "stopped"):
+        head = "✅ Done" if entry.status == "done" else "⏸️ Stopped (resumable)"
+        return f"{head}: {html.escape(scrub(entry.message))}{val}" + _bars(entry, steps[-1] if steps else None)
+    if not any(isinstance(e, StepEvent) for e in events[entry.carried:]):
+        status = next((e.message for e in reversed(events) if isinstance(e, StatusEvent)), "starting")
+        return f"🔄 Preparing: {html.escape(status)}…"
     s = steps[-1]
-    val = f" · val loss {evals[-1]['val_loss']:.3f}" if evals else ""
-    acc = f" · accuracy {evals[-1]['accuracy']:.0%}" if evals and evals[-1].get("accuracy") is not None else ""
-    return (f"🏃 Step **{s['step']}/{max_steps}** · loss {s['loss']:.3f}{val}{acc} · lr {s['lr']:.2e} · "
-            f"{s['tokens_per_s']:,.0f} tokens/s · ETA {s['eta_s']:.0f} s\n\n" + progress_html(s["step"], max_steps))
+    acc = f" · accuracy {evals[-1].accuracy:.0%}" if evals and evals[-1].accuracy is not None else ""
+    return (f"🏃 Step **{s.step}/{entry.max_steps}** · loss {s.loss:.3f}{val}{acc} · lr {s.lr:.2e} · "
+            f"{s.tokens_per_s:,.0f} tokens/s · ETA {duration(s.eta_s)}" + _bars(entry, s))
 
 
-def follow(store: SessionStore, job: TrainingJob, max_steps: int, run_name: str):
-    """Yield (status, plot frame, sample, log) as the job's events arrive, throttled to ~2 updates/s."""
-    seen, last_yield = 0, 0.0
+def _bars(entry: QueuedTraining, s: StepEvent | None) -> str:
+    if s is None:
+        return ""
+    out = "\n\n" + bar(s.step / max(1, entry.max_steps), f"steps {s.step}/{entry.max_steps}")
+    if entry.max_time:
+        out += bar(s.elapsed_s / entry.max_time, f"time {duration(s.elapsed_s)} / {duration(entry.max_time)}",
+                   "#3b82f6")
+    return out
+
+
+def log_line(e) -> str:
+    if isinstance(e, StepEvent):
+        return f"step {e.step:>6} loss {e.loss:.4f} lr {e.lr:.2e} grad {e.grad_norm:.2f}"
+    if isinstance(e, EvalEvent):
+        return f"eval {e.step:>6} val {e.val_loss:.4f} ppl {e.perplexity:.2f} bpc {e.bits_per_char:.3f}"
+    if isinstance(e, StatusEvent):
+        return f"status: {e.message}"
+    if isinstance(e, (WarningEvent, ErrorEvent)):
+        return f"{'warning' if isinstance(e, WarningEvent) else 'error'}: {scrub(e.message)}"
+    if isinstance(e, ReadyEvent):
+        return (f"data {e.data}: {e.train_tokens:,} training tokens, vocabulary {e.vocab_size:,}, "
+                f"{human(e.params)} parameters")
+    if isinstance(e, CheckpointEvent):
+        return f"checkpoint at step {e.step}"
+    if isinstance(e, DoneEvent):
+        return f"done: {scrub(e.message)}"
+    return ""
+
+
+def log_text(events: list, last: int = 200) -> str:
+    """The newest `last` lines, oldest first (the log box scrolls to follow the newest)."""
+    return "\n".join(line for line in map(log_line, events[-last:]) if line)
+
+
+def samples(events: list) -> list[SampleEvent]:
+    """One sample per step (the newest when a resume repeated a step), oldest first."""
+    by_step = {e.step: e for e in events if isinstance(e, SampleEvent)}
+    return [by_step[k] for k in sorted(by_step)]
+
+
+def sample_at(events: list, step) -> str:
+    """The sample the timeline shows at `step`: the newest one at or before it (the first when before all)."""
+    found = samples(events)
+    if not found:
+        return "No samples yet: one is taken at every eval."
+    step = found[-1].step if step is None else step
+    pick = next((s for s in reversed(found) if s.step <= step), found[0])
+    val = {e.step: e.val_loss for e in events if isinstance(e, EvalEvent)}.get(pick.step)
+    loss = f", val loss {val:.3f}" if val is not None and math.isfinite(val) else ""
+    return f"step {pick.step}{loss} ({found.index(pick) + 1} of {len(found)}):\n{pick.text}"
+
+
+def timeline_update(events: list):
+    """The timeline slider's range follows the samples; its value stays where the learner put it."""
+    found = samples(events)
+    if not found:
+        return gr.update(visible=False)
+    lo, hi = found[0].step, found[-1].step
+    return gr.update(visible=True, minimum=lo, maximum=max(hi, lo + 1))
+
+
+def follow(store, entry: QueuedTraining, run_name: str):
+    """Yield (status, loss frame, latest sample, log, timeline) as events arrive, ~2 updates/s at most."""
+    seen, last_yield = -1, 0.0
     while True:
-        job.wait_for_change(seen, timeout=1.0)
-        events = job.events
+        entry.wait_for_change(max(seen, 0), timeout=1.0)
+        events = list(entry.events)
         now = time.time()
-        if len(events) != seen and (now - last_yield > 0.5 or job.finished) or job.status == "queued":
-            seen = len(events)
-            last_yield = now
-            samples = [e for e in events if e.get("event") == "SampleEvent"]
-            sample = f"step {samples[-1]['step']}:\n{samples[-1]['text']}" if samples else ""
-            log = "\n".join(_log_line(e) for e in events[-200:] if _log_line(e))
-            yield (f"**{run_name}** — " + describe(job, store.queue.position(job), max_steps), loss_frame(events),
-                   sample, log)
-        if job.finished and seen == len(job.events):
+        if (len(events) != seen and (now - last_yield > 0.5 or entry.finished)) or entry.status == "queued":
+            seen, last_yield = len(events), now
+            found = samples(events)
+            latest = f"step {found[-1].step}:\n{found[-1].text}" if found else ""
+            status = describe(entry, store.queue.position(entry), store.queue.estimated_wait(entry))
+            yield (f"**{html.escape(run_name)}** — " + status, loss_frame(events), latest, log_text(events),
+                   timeline_update(events))
+        if entry.finished and seen == len(entry.events):
             return
 
 
-def _log_line(e: dict) -> str:
-    kind = e.get("event")
-    if kind == "StepEvent":
-        return f"step {e['step']:>6} loss {e['loss']:.4f} lr {e['lr']:.2e} grad {e['grad_norm']:.2f}"
-    if kind == "EvalEvent":
-        return f"eval {e['step']:>6} val {e['val_loss']:.4f} ppl {e['perplexity']:.2f} bpc {e['bits_per_char']:.3f}"
-    if kind in ("status", "warning", "error"):
-        return f"{kind}: {e.get('message')}"
-    if kind == "ready":
-        return f"data {e['data']}: {e['train_tokens']:,} training tokens, vocabulary {e['vocab_size']}"
-    if kind == "CheckpointEvent":
-        return f"checkpoint at step {e['step']}"
-    if kind == "DoneEvent":
-        return f"done: {e['message']}"
-    return ""
+def preview_markdown(p: RunPreview, job) -> str:
+    """The Train tab's "what you are about to train" box."""
+    t = job.train
+    changed = "" if p.params == p.spec_params else f" (the Build tab's {human(p.spec_params)} assumes its own " \
+        f"vocabulary; training uses the tokenizer's)"
+    ratio = p.tokens_per_param
+    verdict = ("far below it: the model will be undertrained for its size (fine for a first look)" if ratio < 2 else
+               "below it: more steps or a smaller model would use this budget better" if ratio < 10 else
+               "around it" if ratio <= 40 else "above it: a bigger model could use this much data")
+    ends = (f"the time budget ({duration(t.max_time)}) ends it at about step {p.steps:,} of {t.max_steps:,}"
+            if p.ends_by == "time" else f"{t.max_steps:,} steps")
+    return "\n".join("- " + line for line in [
+        f"**Architecture**: {html.escape(p.summary)}",
+        f"**{human(p.params)} parameters** with the {html.escape(job.tokenizer.kind)} tokenizer's "
+        f"{p.vocab_size:,}-token vocabulary{changed} · training memory ≈ {human(p.train_bytes, 'B')}",
+        f"**Data**: {html.escape(p.data.name)}: {human(p.data.train_tokens)} training tokens, "
+        f"{human(p.data.val_tokens)} validation tokens",
+        f"**This run**: {ends} × {p.tokens_per_step:,} tokens = {human(p.tokens)} tokens "
+        f"(**{ratio:.2g} tokens per parameter**, {p.epochs:.2g} passes over the data) · **ETA ≈ {duration(p.eta_s)}** "
+        f"(from {p.speed_from})",
+        f"Chinchilla rule of thumb: a compute-optimal model sees about {CHINCHILLA_TOKENS_PER_PARAM} training "
+        f"tokens per parameter; this run is {verdict}.",
+    ])
