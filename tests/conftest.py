@@ -30,6 +30,17 @@ def small_spec(dropout: float = 0.0, tie: bool = True, seq: int = 32, d_model: i
                    {"type": "final_norm", "norm": {"kind": "layernorm"}}, {"type": "lm_head"}]})
 
 
+def app_job(run_name: str, max_steps: int, spec=None, builtin: str = "stories", **train) -> dict:
+    """A /train payload: `spec` (a ModelSpec, JSON text or preset name; default tiny-char) on a built-in data set
+    with the char tokenizer, batch 4, an eval every 10 steps, a 300 s budget; `train` overrides settings."""
+    if spec is not None and not isinstance(spec, str):
+        spec = spec.to_dict()
+    return {"spec": "tiny-char" if spec is None else spec, "data": {"source": "builtin", "name": builtin},
+            "tokenizer": {"kind": "char"}, "run_name": run_name,
+            "train": {"max_steps": max_steps, "batch_size": 4, "lr": 1e-3, "max_time": 300, "seed": 1,
+                      "eval_every": 10, **train}}
+
+
 @contextmanager
 def running_app(store):
     """The app launched in-process on a free port; on exit, unfinished trainings are stopped and it closes."""

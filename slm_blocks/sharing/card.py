@@ -9,27 +9,16 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from ..model.estimate import estimate, human
 from ..model.spec import ModelSpec
+from ..training.schema import flatten
 
 
 def _architecture_table(spec: ModelSpec) -> str:
     rows = ["| # | block | settings |", "|---|---|---|"]
     for i, b in enumerate(spec.blocks):
         d = b.__dict__ if not hasattr(b, "to_dict") else b.to_dict()
-        settings = ", ".join(f"{k}={v}" for k, v in _flat(d).items() if k != "type")
+        settings = ", ".join(f"{k}={v}" for k, v in flatten(d, redact=False, skip_none=True).items() if k != "type")
         rows.append(f"| {i} | {b.type} | {settings or '—'} |")
     return "\n".join(rows)
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if hasattr(v, "__dataclass_fields__"):
-            v = v.__dict__
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        elif v is not None:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _loss_plot(history: list[dict], path: Path) -> bool:

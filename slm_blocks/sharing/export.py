@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from transformers import GenerationConfig
 
 from .native import native_family, to_native
-from ..training.tokenization import save_tokenizer
+from ..training.tokenization import save_tokenizer, token_ids
 
 LOGIT_TOLERANCE = 1e-4  # fp32
 GREEDY_TOKENS = 32
@@ -96,8 +96,7 @@ def export_hf(model, tokenizer, out_dir: str | Path, *, card: dict | None = None
     model = model.float().eval()
     spec = model.config.model_spec()
     family, why = native_family(spec)
-    ids = {"bos_token_id": tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id,
-           "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    ids = token_ids(tokenizer)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-export-", dir=out.parent))
     try:

@@ -51,8 +51,8 @@ class QueuedTraining:
     def work(self) -> dict:
         """What the worker reads (see worker.py)."""
         return {"job": self.job.to_dict() if self.job else None, "run_dir": str(self.run_dir), "resume": self.resume,
-                "extra_steps": self.extra_steps, "train_overrides": self.train_overrides, "caps": self.caps.to_dict() if self.caps else None,
-                "mlflow": self.track, "mlflow_uri": self.mlflow_uri}
+                "extra_steps": self.extra_steps, "train_overrides": self.train_overrides,
+                "caps": self.caps.to_dict() if self.caps else None, "mlflow": self.track, "mlflow_uri": self.mlflow_uri}
 
     # --- lifecycle -----------------------------------------------------------------
     def _start(self, on_exit) -> None:

@@ -56,8 +56,9 @@ class TokenizerConfig:
             out.append(Problem(at("vocab_size"), f"is empty: a bpe tokenizer needs a size, at least {BPE_MIN_VOCAB} "
                                "(256 bytes + 3 special tokens), e.g. 1024"))
         if self.kind != "bpe" and self.vocab_size is not None:
+            source = "the data" if self.kind == "char" else "the tokenizer itself"
             out.append(Problem(at("vocab_size"), f"is only used by the bpe tokenizer; leave it empty for "
-                               f"{self.kind} (its vocabulary comes from {'the data' if self.kind == 'char' else 'it'})"))
+                               f"{self.kind} (its vocabulary comes from {source})"))
         if self.kind == "pretrained":
             name = (self.name_or_path or "").strip()
             if not name:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import html
 import json
-import math
 import typing
 import uuid
 from dataclasses import fields, is_dataclass
@@ -19,6 +18,8 @@ import gradio as gr
 
 from .. import BLOCK_TYPES, ModelSpec, SpecError, block_help, estimate, list_presets, load_preset
 from ..model.estimate import human
+from ..model.spec import MAX_SPEC_BYTES
+from ..training.schema import parse_number
 
 GLOBALS = ("vocab_size", "d_model", "max_seq_len", "tie_embeddings", "init_std", "dropout")
 
@@ -107,16 +108,8 @@ def optional_number(hint) -> type | None:
 
 def parse_optional_number(text, kind: type):
     """'' -> None, '12' -> 12; anything else is returned as typed so validation names the field."""
-    text = "" if text is None else str(text).strip()
-    if not text:
-        return None
-    try:
-        v = float(text)
-    except ValueError:
-        return text
-    if not math.isfinite(v):
-        return text
-    return int(v) if kind is int and v.is_integer() else v
+    ok, value, _ = parse_number(text, kind, optional=True)
+    return value if ok else text
 
 
 # Short human labels (unique within a block); a field missing here falls back to its name.
@@ -399,8 +392,8 @@ def _adder(block_type: str, spec):
 
 def _apply_json(text: str, spec):
     try:
-        if len((text or "").encode()) > 64 * 1024:
-            raise ValueError("the JSON is larger than 64 KB; a spec is a short object")
+        if len((text or "").encode()) > MAX_SPEC_BYTES:
+            raise ValueError(f"the JSON is larger than {MAX_SPEC_BYTES // 1024} KB; a spec is a short object")
         data = json.loads(text or "")
         if not isinstance(data, dict):
             raise ValueError("the JSON must be an object with 'blocks'")
@@ -416,7 +409,7 @@ def _apply_json(text: str, spec):
 def _upload_json(file, spec):
     try:
         with open(file if isinstance(file, str) else file.name, "rb") as f:
-            raw = f.read(64 * 1024 + 1)
+            raw = f.read(MAX_SPEC_BYTES + 1)
         return _apply_json(raw.decode("utf-8"), spec)
     except UnicodeDecodeError:
         return spec, "⚠️ The file is not UTF-8 text; upload a .json spec."

@@ -1,6 +1,6 @@
 """Compare tab data: a table of runs, overlaid loss curves and loss vs parameters, as pandas frames.
 
-This session's runs come from their own folders (metrics.jsonl); "everyone's runs" come from the MLflow
+This session's runs come from their own folders (run.read_history); "everyone's runs" come from the MLflow
 store the whole app shares (a class comparing notes), read through tracking.py.
 """
 
@@ -11,18 +11,18 @@ import json
 import pandas as pd
 
 from .. import ModelSpec, estimate
+from ..training.run import read_history
 
 
 def _session_rows(session, x_axis: str):
     table, curves = [], []
     for name, r in session.runs.items():
-        record_path, metrics = r.dir / "run.json", r.dir / "metrics.jsonl"
+        record_path = r.dir / "run.json"
         if not record_path.is_file():
             continue
         record = json.loads(record_path.read_text())
         spec = ModelSpec.from_dict(record["spec"])
-        history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] \
-            if metrics.is_file() else []
+        history = read_history(r.dir)  # one record per (kind, step): a resume's repeated steps replace the old
         steps = {h["step"]: h for h in history if h["kind"] == "step"}
         evals = [h for h in history if h["kind"] == "eval"]
         last_step = max(steps) if steps else 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import html
 import logging
-import math
 import shutil
 import threading
 import time
@@ -276,15 +275,10 @@ class Handlers:
     @staticmethod
     def _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed) -> SamplingConfig:
         def num(v, name, default=None):
-            if v is None or v == "":
-                return default
-            try:
-                v = float(v)
-            except (TypeError, ValueError):
-                raise UserError(f"{name}: enter a number") from None
-            if math.isnan(v):
-                raise UserError(f"{name}: enter a number (got NaN)")
-            return v
+            ok, v, why = parse_number(v, float, optional=True)
+            if not ok:
+                raise UserError(f"{name}: {why}")
+            return default if v is None else v
 
         n = int(min(max(num(max_new_tokens, "Max new tokens", 100), 1), 2000))
         t = num(temperature, "Temperature", 0.8)

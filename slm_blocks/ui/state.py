@@ -93,8 +93,8 @@ class Session:
     models: dict[str, tuple] = field(default_factory=dict)  # name -> (model, tokenizer), loaded for generation
     exports: dict[str, Path] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)  # one training start at a time per session
-    preview_cache: dict = field(default_factory=dict)
-    followed: str = ""  # the run the Train tab follows (the last one started or resumed)  # (data, tokenizer) choice -> vocabulary and token counts
+    preview_cache: dict = field(default_factory=dict)  # (data, tokenizer) choice -> vocabulary and token counts
+    followed: str = ""  # the run the Train tab follows (the last one started or resumed)
 
     def new_run_name(self, wanted: str) -> str:
         base = safe_name(wanted, "run")

@@ -23,7 +23,6 @@ from ..training.job import JobError
 from ..training.jobs import QueuedTraining
 from ..training.preview import CHINCHILLA_TOKENS_PER_PARAM, RunPreview
 from .train_form import field_name
-from .uploads import UserError  # noqa: F401  (re-exported: handlers raise it for the Train tab)
 
 _ABS_PATH = re.compile(r"(?<![\w.])/(?:[^\s/'\"]+/)+([^\s/'\"]*)")
 

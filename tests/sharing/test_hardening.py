@@ -13,7 +13,7 @@ from slm_blocks.sharing.importer import ImportFailed, import_hf
 from slm_blocks.training.tokenization import build_tokenizer
 from slm_blocks.ui.handlers import Handlers
 from slm_blocks.ui.state import Limits, SessionStore, safe_filename, safe_name
-from slm_blocks.ui.train_tab import UserError, _uploads
+from slm_blocks.ui.uploads import UserError, copy_data_uploads
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,10 @@ def test_names_are_made_safe(name):
 def test_pickle_uploads_refused_and_uploads_stay_in_the_session(tmp_path):
     store = SessionStore(Limits(data_dir=tmp_path, max_upload_mb=1))
     session = store.get("s1")
+
+    def _uploads(store, session, files):
+        return copy_data_uploads(files, session.root / "uploads", store.limits.max_upload_mb)
+
     for ext in (".pt", ".bin", ".pkl"):
         f = tmp_path / f"weights{ext}"
         f.write_bytes(b"\x80\x04junk")
@@ -110,8 +114,9 @@ def test_session_disk_quota_refuses_new_training(tmp_path):
     class Request:
         session_hash = "quota"
 
-    status, *_ = next(Handlers(store).train(load_preset("tiny-char").to_json(), "Built-in", "stories", None, "", "",
-                                            "", "char", 1024, "", 10, 2, 1e-3, 60, 1, 5, "q", Request()))
+    job = {"spec": load_preset("tiny-char").to_json(), "run_name": "q",
+           "train": {"max_steps": 10, "batch_size": 2, "max_time": 60, "eval_every": 5}}
+    status, *_ = next(Handlers(store).train(job, None, Request()))
     assert "MB allowed" in status and not session.runs
 
 

@@ -24,7 +24,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import running_app, small_spec
+from conftest import app_job, running_app, small_spec
 from slm_blocks import load_preset
 from slm_blocks.training.checkpoint import STEP_DIR, checkpoint_dirs, latest_checkpoint
 from slm_blocks.training.events import (
@@ -411,7 +411,7 @@ def app(tmp_path, monkeypatch):
 
 def _train_args(name, max_steps):
     spec = small_spec(seq=32, d_model=32, layers=1).to_json()
-    return [spec, "Built-in", "stories", None, "", "", "", "char", 1024, "", max_steps, 2, 1e-3, 300, 1, 1000, name]
+    return [app_job(name, max_steps, spec=spec, batch_size=2, eval_every=1000), None]
 
 
 def test_closing_the_client_stops_training_frees_models_and_deletes_files(app, tmp_path):

@@ -26,6 +26,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from conftest import app_job
 from slm_blocks import load_preset
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -102,12 +103,16 @@ def session_of(app, c):
 # ----------------------------------------------------------------------------- helpers
 
 
-def train_args(run_name, max_steps=20, builtin="stories", **over):
-    args = dict(spec_json=TINY, data_source="Built-in", builtin=builtin, files=None, hub_id="", hub_config="",
-                text_column="", tokenizer="char", vocab_size=1024, tokenizer_name="", max_steps=max_steps,
-                batch_size=4, lr=1e-3, max_time=300, seed=1, eval_every=10, run_name=run_name)
-    args.update(over)
-    return list(args.values())
+def train_args(run_name, max_steps=20, builtin="stories", files=None, spec=TINY, data=None, tokenizer=None,
+               **train):
+    """/train's two inputs: the job (tiny-char on a built-in set, char tokenizer, batch 4) and the data files.
+    `data` / `tokenizer` replace those parts of the job; other keywords are training settings."""
+    job = app_job(run_name, max_steps, spec=spec, builtin=builtin, **train)
+    if data is not None:
+        job["data"] = data
+    if tokenizer is not None:
+        job["tokenizer"] = tokenizer
+    return [job, files]
 
 
 def gen_args(model, prompt="The ", max_new=12, temperature=0.8, top_k=50, top_p=1.0, rep=1.0, seed="1", weights="fp32"):
@@ -209,14 +214,18 @@ def test_full_flow_on_one_client(app, tmp_path):
     assert 0 < stopped_at < 3000
     assert c.predict(api_name="/stop") == "Nothing is training in this session."
 
-    # resume for 10 more steps
+    # resume with 10 extra steps: they add to the run's total (3000 + 10); stop it again after a few steps
     job = c.submit("flow", 10, api_name="/resume")
-    outs = finish(job, 90)
-    assert "Done" in outs[-1][0], outs[-1][0]
-    steps = [s for s in (step_of(o[0]) for o in outs) if s]
-    assert not steps or max(steps) > stopped_at
-    assert int(latest_checkpoint(run.dir).name.split("-")[1]) == stopped_at + 10
+    outs = wait_for(job, lambda o: o and (step_of(o[-1][0]) or 0) > stopped_at + 2, what="steps after the resume")
+    assert "/3010**" in outs[-1][0], outs[-1][0]
+    assert not any("Stopped" in o[0] for o in outs), "a status of the earlier stop lingered into the resumed run"
+    assert "Stopping" in c.predict(api_name="/stop")
+    outs = finish(job, 60)
+    assert "Stopped (resumable)" in outs[-1][0], outs[-1][0]
+    resumed_at = int(latest_checkpoint(run.dir).name.split("-")[1])
+    assert resumed_at > stopped_at + 2
     assert max(r["step"] for r in plot_rows(outs[-1][1])) > stopped_at  # old and new points on one curve
+    assert min(r["step"] for r in plot_rows(outs[-1][1])) < stopped_at
 
     # generate streams text that starts with the prompt
     job = c.submit(*gen_args("flow", "Once ", max_new=24), api_name="/generate")
@@ -304,7 +313,7 @@ def test_two_sessions_train_concurrently_and_are_isolated(app2):
     archive, msg, card = a.predict("beta", api_name="/export")
     assert archive is None and card == "" and msg.startswith("❌") and "beta" in msg
     assert_clean(msg, "Run")
-    status, _, _, _ = a.predict("beta", 10, api_name="/resume")
+    status = a.predict("beta", 10, api_name="/resume")[0]
     assert status.startswith("❌"), status
     out = b.predict(*gen_args("alpha"), api_name="/generate")
     assert out.startswith("⚠️"), out
@@ -386,40 +395,88 @@ def test_bad_inputs_come_back_as_messages(app, exported, monkeypatch):
         problems, _ = c.predict(spec_json, api_name="/validate_spec")
         assert_clean(problems, *words)
         assert "Problems" in problems
-        status, plot, sample, log = c.predict(*train_args("bad", spec_json=spec_json), api_name="/train")
+        status, plot, sample, log, _ = c.predict(*train_args("bad", spec=spec_json), api_name="/train")
         assert status.startswith("❌"), status
         assert_clean(status, *words)
+        assert "Model spec" in html.unescape(status)  # the field as the learner sees it
         assert sample == "" and log == "" and not plot_rows(plot)
 
-    # caps and the other training fields (checked before anything starts)
+    # caps and the other training fields (checked before anything starts), each named as the form labels it
     cases = [
-        (dict(spec_json=_bad_spec(huge)), ["Model", "parameters"]),
+        (dict(spec=_bad_spec(huge)), ["Model spec", "parameters"]),
         (dict(max_steps=10**6), ["Max steps"]),
         (dict(max_steps=0), ["Max steps"]),
         (dict(batch_size=0), ["Batch size"]),
         (dict(lr=5.0), ["Learning rate"]),
-        (dict(max_time=10**6), ["Max time"]),
-        (dict(eval_every=0), ["Eval every"]),
-        (dict(data_source="Hub", hub_id=""), ["Hub dataset"]),
-        (dict(data_source="Hub", hub_id="   "), ["Hub dataset"]),
-        (dict(data_source="Upload", files=None), ["Upload"]),
-        (dict(tokenizer="pretrained", tokenizer_name=""), ["Pretrained tokenizer"]),
-        (dict(tokenizer="bpe", vocab_size=10), ["BPE vocab size"]),
+        (dict(max_time=10**6), ["Time budget"]),
+        (dict(eval_every=-1), ["Eval + sample every"]),
+        (dict(warmup_steps="soon"), ["Warmup steps"]),
+        (dict(max_steps="many"), ["Max steps"]),
+        (dict(batch_size=[4]), ["Batch size"]),
+        (dict(lr={"peak": 1}), ["Learning rate"]),
+        (dict(precision="fp8"), ["Precision"]),
+        (dict(data={"source": "hub", "hub_id": ""}), ["Hub dataset id"]),
+        (dict(data={"source": "hub", "hub_id": "   "}), ["Hub dataset id"]),
+        (dict(data={"source": "hub", "hub_id": "../../etc"}), ["Hub dataset id", "not a Hub id"]),
+        (dict(data={"source": "hub", "hub_id": "/etc/passwd"}), ["Hub dataset id", "not a Hub id"]),
+        (dict(data={"source": "files", "paths": ["/etc/passwd"]}), ["Files", "upload"]),
+        (dict(data={"source": "files"}), ["Upload"]),
+        (dict(data={"source": "builtin", "name": "poems"}), ["Built-in dataset"]),
+        (dict(tokenizer={"kind": "pretrained", "name_or_path": ""}), ["Pretrained tokenizer"]),
+        (dict(tokenizer={"kind": "pretrained", "name_or_path": "/home/user/tok"}), ["Pretrained tokenizer", "Hub id"]),
+        (dict(tokenizer={"kind": "pretrained", "name_or_path": "./tok"}), ["Pretrained tokenizer", "Hub id"]),
+        (dict(tokenizer={"kind": "bpe", "vocab_size": 10}), ["BPE vocab size"]),
+        (dict(tokenizer={"kind": "bpe"}), ["BPE vocab size"]),
     ]
     for over, words in cases:
-        status, _, _, _ = c.predict(*train_args("bad", **over), api_name="/train")
+        status, _, _, _, _ = c.predict(*train_args("bad", **over), api_name="/train")
         assert status.startswith("❌"), (over, status)
         assert_clean(status, *words)
-    assert "over this app's cap" in html.unescape(c.predict(*train_args("bad", spec_json=_bad_spec(huge)), api_name="/train")[0])
+        assert str(app.data_dir) not in status and "/tmp/" not in status, status  # no server path comes back
+    status = html.unescape(c.predict(*train_args("bad", spec=_bad_spec(huge)), api_name="/train")[0])
+    assert "over this app's cap" in status
+    # several problems at once, each with its field
+    status = html.unescape(c.predict(*train_args("bad", max_steps=0, lr=5.0, batch_size="x"), api_name="/train")[0])
+    assert all(w in status for w in ("Max steps", "Learning rate", "Batch size")), status
+    # the payload itself: JSON text works as well as an object; junk gets a message
+    for payload, words in [("{not json", ["JSON"]), ("[1, 2]", ["object"]), (json.dumps({"trian": {}}), ["trian"]),
+                           ("x" * 200_000, ["64 KB"])]:
+        status = c.predict(payload, None, api_name="/train")[0]
+        assert status.startswith("❌"), status
+        assert_clean(status, *words)
+        assert len(status) < 2000, "a huge payload must not be echoed back"
     assert session_of(app, c).runs == {}, "a refused training must not create a run"
+    # not available yet: starting from weights and distillation are refused before anything starts
+    for key, value in (("init_from", "someone/model"), ("teacher", {"source": "someone/model"})):
+        job = train_args("bad")[0]
+        job[key] = value
+        status = c.predict(job, None, api_name="/train")[0]
+        assert_clean(status, "not available yet")
+    assert session_of(app, c).runs == {}
+
+    # numbers that cannot travel through gradio_client (1e400 reads as infinity): a raw HTTP caller gets a message
+    body = ('{"data": [{"spec": "tiny-char", "train": {"lr": 1e400, "max_steps": 1e400}}, null], '
+            f'"session_hash": {json.dumps(c.session_hash)}}}')
+    status = _raw_call(app.url, "train", body)
+    assert_clean(status, "Learning rate", "finite")
+    assert "Max steps" in html.unescape(status)
+    # /resume's extra steps: text, a list, a fraction, a negative or 1e400 name the field
+    for extra in ('"many"', "[1, 2]", "2.5", "-3", "1e400"):
+        body = f'{{"data": ["nope", {extra}], "session_hash": {json.dumps(c.session_hash)}}}'
+        status = _raw_call(app.url, "resume", body)
+        assert status.startswith("❌") and "Extra steps" in status, (extra, status)
+    status = _raw_call(app.url, "resume", f'{{"data": [["a"], 5], "session_hash": {json.dumps(c.session_hash)}}}')
+    assert_clean(status, "Run to resume")
 
     # problems only the worker can find: an unknown Hub dataset and an unloadable tokenizer (offline)
-    for over, words in [(dict(data_source="Hub", hub_id="nobody/no-such-dataset-xyz"), ["nobody/no-such-dataset-xyz"]),
-                        (dict(tokenizer="pretrained", tokenizer_name="nobody/no-such-tokenizer"),
+    for over, words in [(dict(data={"source": "hub", "hub_id": "nobody/no-such-dataset-xyz"}),
+                         ["nobody/no-such-dataset-xyz"]),
+                        (dict(tokenizer={"kind": "pretrained", "name_or_path": "nobody/no-such-tokenizer"}),
                          ["tokenizer", "nobody/no-such-tokenizer"])]:
         status = c.predict(*train_args("worker-bad", **over), api_name="/train")[0]
         assert "❌" in status, status
         assert_clean(status, *words)
+        assert "/tmp" not in status and str(app.data_dir) not in status, status
     app_still_works(c)
 
     # generate (a session with no runs, then the exported run's session)

@@ -26,7 +26,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import running_app, small_spec
+from conftest import app_job, running_app, small_spec
 
 pytestmark = [pytest.mark.load, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -74,7 +74,7 @@ def _cmdline(p) -> list[str]:
 
 
 def train_args(name, max_steps, builtin="stories"):
-    return [SPEC, "Built-in", builtin, None, "", "", "", "char", 1024, "", max_steps, 2, 1e-3, 300, 1, 1000, name]
+    return [app_job(name, max_steps, spec=SPEC, builtin=builtin, batch_size=2, eval_every=1000), None]
 
 
 def gen_args(model, prompt="Once ", max_new=24):
