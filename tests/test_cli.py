@@ -237,3 +237,66 @@ def test_ddp_max_time_ends_every_rank_at_the_same_step(tmp_path, shakespeare):
                                           f"{result.stderr[-1500:]}"
     ok(result)
     assert "reached max_time" in result.stdout
+
+
+# ----------------------------------------------------------------------------- the job schema on the command line
+
+
+def test_every_training_setting_has_a_flag_with_help():
+    from dataclasses import fields
+
+    from slm_blocks.training.config import TrainConfig
+
+    text = ok(cli("train", "--help")).stdout
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in text, f"{flag} is missing from train --help"
+    assert "--no-compile" in text and "linear warmup to the peak learning rate" in " ".join(text.split())
+    assert "default: min(100, max_steps / 10)" in " ".join(text.split())
+
+
+def test_job_file_flags_override_and_print_job(tmp_path):
+    job = {"spec": "gpt2", "data": {"source": "builtin", "name": "addition"}, "tokenizer": {"kind": "char"},
+           "train": {"max_steps": 50, "lr": 3e-4, "batch_size": 8}, "run_name": "from-file"}
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(job))
+    printed = ok(cli("train", "--job", path, "--lr", "1e-3", "--warmup-steps", "7", "--print-job"))
+    resolved = json.loads(printed.stdout)
+    assert resolved["train"]["lr"] == 1e-3 and resolved["train"]["warmup_steps"] == 7  # flags win
+    assert resolved["train"]["max_steps"] == 50 and resolved["train"]["batch_size"] == 8  # the file's settings
+    assert resolved["data"]["name"] == "addition" and resolved["run_name"] == "from-file"
+    assert resolved["spec"]["name"] == "gpt2" and resolved["init_from"] is None and resolved["teacher"] is None
+    assert "derived: warmup_steps=7" in printed.stderr
+    # the printed job is a job file: reusing it resolves to the same job
+    again = tmp_path / "again.json"
+    again.write_text(printed.stdout)
+    assert json.loads(ok(cli("train", "--job", again, "--print-job")).stdout) == resolved
+    # 'auto' empties an optional setting the file had set
+    assert json.loads(ok(cli("train", "--job", path, "--warmup-steps", "auto", "--print-job")).stdout)[
+        "train"]["warmup_steps"] is None
+    # problems name the field (file or flag alike), all at once
+    result = cli("train", "--job", path, "--lr", "fast", "--batch-size", "0", "--print-job")
+    user_error(result, "train.lr: must be a number", "train.batch_size")
+    path.write_text("{nope")
+    user_error(cli("train", "--job", path, "--print-job"), "--job", "not valid JSON")
+
+
+def test_train_from_a_job_file_and_resume_with_extra_steps(tmp_path, cli_env):
+    job = {"spec": "tiny-char", "data": {"source": "builtin", "name": "addition", "max_chars": 24000},
+           "train": {"max_steps": 6, "batch_size": 4, "eval_every": 3, "eval_batches": 2, "sample_tokens": 8,
+                     "device": "cpu"}, "run_name": "jobrun"}
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(job))
+    out = tmp_path / "jobrun"
+    ok(cli("train", "--job", path, "--out", out, "--no-mlflow"))
+    assert steps(out) == [6]
+    record = json.loads((out / "run.json").read_text())
+    assert record["train"]["eval_every"] == 3 and record["data"]["name"] == "addition"
+    result = ok(cli("train", "--out", out, "--resume", "--extra-steps", 4, "--no-mlflow"))
+    assert "reached max_steps 10" in result.stdout and steps(out)[-1] == 10
+    record = json.loads((out / "run.json").read_text())
+    assert record["train"]["max_steps"] == 10 and record["schedule"]["start_step"] == 6
+    user_error(cli("train", "--out", out, "--resume", "--extra-steps", "lots", "--no-mlflow"), "--extra-steps")
+    user_error(cli("train", "--extra-steps", 3, "--out", tmp_path / "x", "--no-mlflow"), "--resume")
+    user_error(cli("train", "--out", tmp_path / "g", "--init-from", "someone/model", "--no-mlflow"),
+               "not available yet")

@@ -26,7 +26,7 @@ from ..model.validate import SpecError
 from .config import TrainConfig
 from .data import DataConfig, is_hub_id
 from .schema import Problem, SettingsError, label, parse_record, parse_value, setting, short
-from .tokenization import TokenizerConfig
+from .tokenization import BPE_MIN_VOCAB, TokenizerConfig
 
 CONTEXTS = ("cli", "app")
 MAX_JOB_BYTES = MAX_SPEC_BYTES  # a job is a spec plus a few settings: the same 64 KB bound
@@ -144,7 +144,9 @@ class Job:
         return job
 
     def cap_problems(self, caps: Caps) -> list[Problem]:
-        """The app's limits, from the spec as written (the real vocabulary is checked again in prepare_run)."""
+        """The app's limits, checked before anything runs. The model's vocabulary follows the tokenizer, so the
+        spec's own vocab_size means nothing here: byte and bpe tokenizers say their size, char and pretrained
+        ones are counted only later (prepare_run checks the real model again)."""
         out = []
         t = self.train
         if caps.max_steps is not None and t.max_steps > caps.max_steps:
@@ -153,7 +155,10 @@ class Job:
         if caps.max_time_s is not None and t.max_time is not None and t.max_time > caps.max_time_s:
             out.append(Problem("train.max_time", f"is {t.max_time:g} s; this app allows at most "
                                f"{caps.max_time_s:g} s ({caps.max_time_s / 60:g} min) per run"))
-        out += model_cap_problems(self.spec, t, caps, "")
+        planned = {"byte": BPE_MIN_VOCAB, "bpe": self.tokenizer.vocab_size}.get(self.tokenizer.kind)
+        why = (f"with the {self.tokenizer.kind} tokenizer's {planned:,}-token vocabulary, " if planned else
+               "even before its vocabulary is counted, ")
+        out += model_cap_problems(self.spec.copy(vocab_size=planned or 2), t, caps, why)
         return out
 
 
@@ -167,7 +172,8 @@ def model_cap_problems(spec: ModelSpec, train: TrainConfig, caps: Caps, why: str
     if caps.max_params is not None and e.params > caps.max_params:
         out.append(Problem("spec", f"{why}the model has {human(e.params)} parameters, over this app's cap of "
                            f"{human(caps.max_params)}; make d_model or the number of layers smaller"
-                           + (", or choose a tokenizer with a smaller vocabulary" if why else "")))
+                           + (", or choose a tokenizer with a smaller vocabulary" if "vocabulary is" in why
+                              or "-token" in why else "")))
     if caps.max_train_mb is not None and e.train_total_bytes / 2**20 > caps.max_train_mb:
         out.append(Problem("train.batch_size", f"{why}training needs about {human(e.train_total_bytes, 'B')} of "
                            f"memory (estimate), over this app's {caps.max_train_mb:g} MiB; lower the batch size or "

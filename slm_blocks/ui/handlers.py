@@ -64,12 +64,13 @@ class Handlers:
     def _refused(self, message: str):
         return message, loss_frame([]), "", "", gr.update(visible=False)
 
-    def parse_job(self, payload, session) -> Job:
+    def parse_job(self, payload, session, check_caps: bool = True) -> Job:
         """The /train payload (a job object or its JSON text) checked as an app job against this app's caps."""
+        caps = self.store.limits.caps() if check_caps else None
         if isinstance(payload, (str, bytes)):
-            job = Job.from_json(payload, context="app", caps=self.store.limits.caps())
+            job = Job.from_json(payload, context="app", caps=caps)
         else:
-            job = Job.from_dict(payload, context="app", caps=self.store.limits.caps())
+            job = Job.from_dict(payload, context="app", caps=caps)
         if job.train.max_time is None:  # every app run has a time budget: the app's limit
             job.train.max_time = float(self.store.limits.max_time_s)
         return job
@@ -207,7 +208,7 @@ class Handlers:
 
         session = self.store.get(_sid(request))
         try:
-            job = self.parse_job(job_payload, session)
+            job = self.parse_job(job_payload, session, check_caps=False)  # the caps are shown below the preview
             if job.data.source == "files":
                 if not files:
                     return "Upload data files to see what this run will train."
@@ -215,14 +216,13 @@ class Handlers:
                                                    self.store.limits.max_upload_mb)
             speed = session_speed([(r.dir, r.job.events) for r in reversed(list(session.runs.values())) if r.job])
             p = preview_run(job, session.preview_cache, speed)
-            from ..training.run import check_model_caps
+            from ..training.job import model_cap_problems
 
-            try:  # the caps on the model the tokenizer's vocabulary really gives, as the worker will check them
-                check_model_caps(job.spec.copy(vocab_size=p.vocab_size), job.train, job.tokenizer,
-                                 self.store.limits.caps())
-            except JobError as e:
-                return preview_markdown(p, job) + "\n\n" + job_problems(e)
-            return preview_markdown(p, job)
+            caps = self.store.limits.caps()  # the limits on the model the tokenizer's vocabulary really gives
+            why = f"with the {job.tokenizer.kind} tokenizer the vocabulary is {p.vocab_size:,} tokens, so "
+            over = [q for q in job.cap_problems(caps) if q.path != "spec" and q.path != "train.batch_size"]
+            over += model_cap_problems(job.spec.copy(vocab_size=p.vocab_size), job.train, caps, why)
+            return preview_markdown(p, job) + ("\n\n" + job_problems(JobError(over)) if over else "")
         except JobError as e:
             return job_problems(e)
         except Exception as e:

@@ -342,6 +342,7 @@ def test_second_session_waits_in_line(app):
     job2 = second.submit(*train_args("second", max_steps=10), api_name="/train")
     outs2 = wait_for(job2, lambda o: len(o) >= 1, what="the queued session's first update")
     assert "number **1** in line" in outs2[0][0], outs2[0][0]
+    assert "estimated wait" in outs2[0][0], outs2[0][0]  # from the running training's speed and step count
     time.sleep(1.5)
     assert "in line" in job2.outputs()[-1][0]  # still waiting while the first trains
     assert not any("Step" in o[0] for o in job2.outputs())
@@ -596,3 +597,87 @@ def test_push_token_is_never_shown_logged_or_stored(app, exported, caplog, capfd
     mlflow_db = Path(os.environ["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///"))
     for p in mlflow_db.parent.rglob("*"):
         assert not (p.is_file() and CANARY.encode() in p.read_bytes()), p
+
+
+# ----------------------------------------------------------------------------- 5. the README's example, and more
+
+
+def readme_example() -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("<!-- api-example")
+    block = text[text.index("```python", start) + len("```python"):]
+    return block[:block.index("```")]
+
+
+def test_the_readme_api_example_runs(app, capsys):
+    code = readme_example().replace('Client("http://127.0.0.1:7860/")', f"Client({app.url!r}, verbose=False)")
+    assert "Client(" in code and app.url in code, "the README example no longer creates a Client"
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    out = capsys.readouterr().out
+    assert "parameters" in out and "tokens per parameter" in out and "Chinchilla" in out  # the preview
+    assert "Done" in out and "reached max_steps 60" in out  # the streamed training
+    assert "/80**" in out or "reached max_steps 80" in scope["status"], scope["status"]  # 60 + 20 extra steps
+    assert "step 40" in out  # the timeline
+    assert scope["text"].startswith("Once") and "⚠️" not in scope["text"]
+    assert scope["zip_path"] and scope["result"].startswith("✅")
+
+
+def test_resume_adds_extra_steps_to_a_finished_run(app):
+    from slm_blocks.training.checkpoint import latest_checkpoint
+    from slm_blocks.training.run import read_history
+
+    c = client(app)
+    assert "Done" in finish(c.submit(*train_args("grow", max_steps=20), api_name="/train"), 120)[-1][0]
+    outs = finish(c.submit("grow", 0, api_name="/resume"), 30)
+    assert_clean(outs[-1][0], "extra steps")  # nothing left to train without them
+    outs = finish(c.submit("grow", 10, api_name="/resume"), 120)
+    assert "Done" in outs[-1][0] and "reached max_steps 30" in outs[-1][0], outs[-1][0]
+    run = session_of(app, c).runs["grow"]
+    assert latest_checkpoint(run.dir).name == "step-000030"
+    lrs = {r["step"]: r["lr"] for r in read_history(run.dir) if r["kind"] == "step"}
+    assert sorted(lrs) == list(range(1, 31))
+    assert lrs[21] <= lrs[20] * 1.0001  # the learning rate does not jump back up after the resume
+    assert c.predict("grow", 25, api_name="/sample_at").startswith("step 20")
+    too_many = finish(c.submit("grow", 10**6, api_name="/resume"), 30)[-1][0]
+    assert_clean(too_many, "Extra steps")
+
+
+def test_one_session_never_starts_two_trainings_at_once(app):
+    """Two /train calls (and then two /resume calls) from one session at the same moment: the session's lock
+    lets exactly one start; the other is told a training is running."""
+    c = client(app)
+    jobs = [c.submit(*train_args(f"race-{i}", max_steps=3000), api_name="/train") for i in range(2)]
+    outs = [wait_for(j, lambda o: bool(o), what="a first answer") for j in jobs]
+    refused = [o for o in outs if o[-1][0].startswith("❌")]
+    assert len(refused) == 1 and "already running" in refused[0][-1][0], [o[-1][0][:80] for o in outs]
+    session = session_of(app, c)
+    assert len(session.runs) == 1
+    started = next(j for j, o in zip(jobs, outs) if not o[-1][0].startswith("❌"))
+    wait_for(started, lambda o: o and step_of(o[-1][0]), what="the first step")
+    assert "Stopping" in c.predict(api_name="/stop")
+    for j in jobs:
+        finish(j, 60)
+    name = next(iter(session.runs))
+    resumes = [c.submit(name, 0, api_name="/resume") for _ in range(2)]
+    outs = [wait_for(j, lambda o: bool(o), what="a first answer") for j in resumes]
+    refused = [o for o in outs if o[-1][0].startswith("❌")]
+    assert len(refused) == 1 and "already running" in refused[0][-1][0], [o[-1][0][:80] for o in outs]
+    assert "Stopping" in c.predict(api_name="/stop")
+    for j in resumes:
+        finish(j, 60)
+
+
+def test_preview_shows_the_model_the_tokenizer_really_gives(app):
+    c = client(app)
+    job = train_args("p", max_steps=1000, spec="gpt2")[0]
+    job["train"]["batch_size"] = 12
+    text = c.predict(job, None, api_name="/preview")
+    assert "4.82M parameters" in text and "5.85M" in text and "tokens per parameter" in text, text
+    assert "Chinchilla" in text and "ETA" in text and "transformer" in text
+    # this app's cap (2M) shows up before Start, on the model the tokenizer's vocabulary really gives
+    assert "vocabulary is 54 tokens, so the model has 4.82M parameters, over this app" in html.unescape(text), text
+    text = c.predict(train_args("p", max_steps=1000)[0], None, api_name="/preview")
+    assert "808K parameters" in text and "❌" not in text, text
+    bad = c.predict({"train": {"lr": "fast"}}, None, api_name="/preview")
+    assert_clean(bad, "Learning rate")
