@@ -65,7 +65,8 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
                                                        elem_id="sample-at-step")
                             sample_run = gr.Textbox(visible=False)  # /sample_at's run name (API only)
                     sample = gr.Textbox(label="Latest sample", lines=6, max_lines=10)
-                    log = gr.Textbox(label="Log", lines=8, max_lines=12, autoscroll=True, elem_id="train-log")
+                    log = gr.Textbox(label="Log (newest first)", lines=8, max_lines=12, autoscroll=False,
+                                     elem_id="train-log")
 
         with gr.Tab("Generate"):
             with gr.Row():

@@ -130,8 +130,9 @@ def log_line(e) -> str:
 
 
 def log_text(events: list, last: int = 200) -> str:
-    """The newest `last` lines, oldest first (the log box scrolls to follow the newest)."""
-    return "\n".join(line for line in map(log_line, events[-last:]) if line)
+    """The newest `last` lines, newest first: the newest is always in view (Gradio 6's Textbox autoscroll does
+    not follow a streamed value in a real browser; tests/ui/test_browser_train.py checks what the page shows)."""
+    return "\n".join(line for line in map(log_line, reversed(events[-last:])) if line)
 
 
 def samples(events: list) -> list[SampleEvent]:

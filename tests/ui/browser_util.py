@@ -58,7 +58,8 @@ def field(scope, label: str):
     so an exact get_by_label misses textboxes that have help text: those are found by their label span."""
     page = getattr(scope, "page", scope)
     span = page.locator("[data-testid=block-info]", has_text=re.compile(rf"^\s*{re.escape(label)}\s*$"))
-    return scope.get_by_label(label, exact=True).or_(scope.locator("label").filter(has=span).locator("textarea"))
+    return scope.get_by_label(label, exact=True).or_(
+        scope.locator("label").filter(has=span).locator("textarea, input[type=number]"))
 
 
 def pick(scope, label: str, option: str) -> None:

@@ -132,11 +132,12 @@ def test_build_train_generate_in_a_browser(page: Page):
 
     # ------------------------------------------------------------------ Train
     page.get_by_role("tab", name="Train").click()
-    # many steps so that Stop always lands mid-training; Max time is the safety net
-    page.get_by_label("Max steps", exact=True).fill("5000")
-    page.get_by_label("Batch size", exact=True).fill("4")
-    page.get_by_label("Eval + sample every (steps)", exact=True).fill("10")
-    page.get_by_label("Max time (s)", exact=True).fill("120")
+    # many steps so that Stop always lands mid-training; the time budget is the safety net
+    field(page, "Max steps").fill("5000")
+    field(page, "Batch size").fill("4")
+    page.get_by_text("Advanced", exact=True).click()
+    field(page, "Eval + sample every (steps)").fill("10")
+    field(page, "Time budget (minutes)").fill("2")
     page.get_by_role("button", name="Start training").click()
     status = page.get_by_text(re.compile(r"^my-first-model — "))
     expect(status).to_contain_text("Step", timeout=120_000)
@@ -154,7 +155,7 @@ def test_build_train_generate_in_a_browser(page: Page):
     page.get_by_role("button", name="Stop", exact=True).click()
     expect(page.get_by_text(re.compile(r"^Stopping my-first-model"))).to_be_visible()
     expect(status).to_contain_text("Stopped", timeout=60_000)
-    expect(page.get_by_label("Log", exact=True)).to_have_value(re.compile(r"done: stopped by the user"))
+    expect(page.get_by_label("Log (newest first)", exact=True)).to_have_value(re.compile(r"^done: stopped by the user"))
     clock.lap("stopped: " + status.inner_text().splitlines()[0])
     no_traceback(page, "Train")
     shot(page, "Train")

@@ -139,10 +139,10 @@ def test_sample_timeline_keeps_every_sample():
     assert upd["visible"] and upd["minimum"] == 10 and upd["maximum"] == 30 and "value" not in upd
 
 
-def test_log_keeps_the_newest_lines_in_order():
+def test_log_keeps_the_newest_lines_newest_first():
     events = [step(i) for i in range(1, 301)] + [DoneEvent(300, "max_steps", "reached max_steps 300", None, 2.0)]
     lines = log_text(events).splitlines()
-    assert len(lines) == 200 and lines[-1] == "done: reached max_steps 300" and "step    102" in lines[0]
+    assert len(lines) == 200 and lines[0] == "done: reached max_steps 300" and "step    102" in lines[-1]
 
 
 def test_form_types_match_the_schema():

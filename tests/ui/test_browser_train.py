@@ -1,0 +1,116 @@
+"""The Train tab in a real browser, as a learner uses it: the preview before Start, a setting under Advanced, Start,
+the log following its newest line, the sample timeline, Stop, then Resume with extra steps: the earlier stop's
+message is gone, the step total grew, and the status is the resumed run's own. Screenshots in tests/artifacts/.
+
+Drives Debian's chromium through the playwright package; skipped when either is missing. One tiny training on one
+thread (the cores are shared): about a minute.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+from browser_util import CHROMIUM, browser_page, field, launched_app, no_traceback, pick, shot, wait_for  # noqa: E402
+
+if CHROMIUM is None:
+    pytest.skip("chromium is not installed (apt-get install chromium)", allow_module_level=True)
+
+from playwright.sync_api import expect  # noqa: E402
+
+JS_ERRORS: list[str] = []
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    with launched_app(tmp_path_factory.mktemp("browser-train")) as url, browser_page(url, JS_ERRORS) as pg:
+        yield pg
+
+
+def log_view(page) -> dict:
+    """What the log box shows: its scroll position, its lines and the first line in view."""
+    return page.evaluate("""() => {
+        const t = document.querySelector('#train-log textarea');
+        const lines = t.value.split('\\n');
+        const lineHeight = t.scrollHeight / Math.max(1, lines.length);
+        return {top: t.scrollTop, height: t.scrollHeight, client: t.clientHeight, lines: lines.length,
+                in_view: lines[Math.floor(t.scrollTop / lineHeight)], first: lines[0]}; }""")
+
+
+def test_train_advanced_stop_resume_timeline(page):
+    page.get_by_role("tab", name="Train").click()
+    preview = page.locator("#train-preview")
+    field(page, "Max steps").fill("3000")  # a change refreshes the preview
+    field(page, "Max steps").press("Tab")
+    expect(preview).to_contain_text("parameters with the char tokenizer", timeout=60_000)
+    expect(preview).to_contain_text("tokens per parameter")
+    expect(preview).to_contain_text("Chinchilla")
+    expect(preview).to_contain_text("ETA")
+
+    field(page, "Batch size").fill("4")
+    page.get_by_text("Advanced", exact=True).click()
+    advanced = page.locator("#train-advanced")
+    for label, value in (("Eval + sample every (steps)", "10"), ("Log every (steps)", "1"), ("Warmup steps", "5"),
+                         ("Sample length (tokens)", "24")):
+        field(advanced, label).fill(value)
+    pick(advanced, "Precision", "fp32")
+    field(page, "Time budget (minutes)").fill("3")
+    shot(page, "Train-advanced")
+
+    page.get_by_role("button", name="Start training").click()
+    status = page.locator("#train-status")
+    expect(status).to_contain_text(re.compile(r"Step \d+/3000"), timeout=120_000)
+    expect(status).to_contain_text("time ")  # the time-budget bar
+    expect(status).to_contain_text(re.compile(r"Step (\d{2,})/3000"), timeout=60_000)
+    # the log follows its newest line: newest first, and the box shows its top while lines keep coming
+    wait_for(lambda: log_view(page)["lines"] > 30, 60, "30 log lines")
+    before = log_view(page)
+    page.wait_for_timeout(1500)
+    pos = log_view(page)
+    assert pos["height"] > pos["client"], pos  # the log overflows its box ...
+    newest = int(re.search(r"step\s+(\d+)", pos["in_view"]).group(1))
+    assert newest > int(re.search(r"step\s+(\d+)", before["first"]).group(1)), (before, pos)  # ... it moved on
+    shown = int(re.search(r"Step (\d+)/3000", status.inner_text()).group(1))
+    assert pos["top"] == 0 and abs(newest - shown) <= 10, (pos, shown)  # the line in view is the newest
+
+    # the sample timeline: every eval's sample, browsable by step
+    timeline = page.locator("#sample-timeline")
+    expect(timeline).to_be_visible(timeout=60_000)
+    wait_for(lambda: int(timeline.locator("input[type=number]").get_attribute("max") or 0) >= 30, 60,
+             "three samples on the timeline")
+    number = timeline.locator("input[type=number]")
+    number.fill("10")
+    number.press("Enter")
+    at_step = page.locator("#sample-at-step textarea")
+    expect(at_step).to_have_value(re.compile(r"^step 10, val loss \d"), timeout=15_000)
+    number.fill("25")
+    number.press("Enter")
+    expect(at_step).to_have_value(re.compile(r"^step 20, val loss"), timeout=15_000)
+    shot(page, "Train-running")
+
+    page.get_by_role("button", name="Stop", exact=True).click()
+    stop_msg = page.locator("#train-stop-msg")
+    expect(stop_msg).to_contain_text("Stopping my-first-model")
+    expect(status).to_contain_text("Stopped", timeout=60_000)
+    stopped_at = int(re.search(r"steps (\d+)/3000", status.inner_text()).group(1))
+
+    # resume with extra steps: the total grows, the old stop message is gone, the status is the resumed run's
+    pick(page, "Run to resume", "my-first-model")
+    field(page, "Extra steps").fill("20")
+    page.get_by_role("button", name="Resume", exact=True).click()
+    expect(stop_msg).to_have_text("", timeout=10_000)
+    expect(status).to_contain_text(re.compile(r"Preparing|Waiting|Step"), timeout=30_000)
+    expect(status).not_to_contain_text("Stopped")
+    expect(status).to_contain_text("/3020", timeout=120_000)
+    wait_for(lambda: int(re.search(r"Step (\d+)/3020", status.inner_text()).group(1)) > stopped_at + 2, 60,
+             "steps after the resume")
+    resumed = int(re.search(r"Step (\d+)/3020", status.inner_text()).group(1))
+    assert resumed > stopped_at
+    page.get_by_role("button", name="Stop", exact=True).click()
+    expect(status).to_contain_text("Stopped", timeout=60_000)
+    expect(page.locator("#train-log textarea")).to_have_value(re.compile(r"^done: stopped by the user"))  # newest first
+    no_traceback(page, "Train")
+    shot(page, "Train-resumed")
+    assert not JS_ERRORS, f"JavaScript errors on the page: {JS_ERRORS}"
