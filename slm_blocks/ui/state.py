@@ -108,7 +108,9 @@ class Session:
 
     def run(self, name: str) -> SessionRun:
         if name not in self.runs:
-            raise ValueError(f"run {name!r} is not one of this session's runs; pick one from the list")
+            from ..training.schema import short
+
+            raise ValueError(f"run {short(name)} is not one of this session's runs; pick one from the list")
         return self.runs[name]
 
 

@@ -681,3 +681,18 @@ def test_preview_shows_the_model_the_tokenizer_really_gives(app):
     assert "808K parameters" in text and "❌" not in text, text
     bad = c.predict({"train": {"lr": "fast"}}, None, api_name="/preview")
     assert_clean(bad, "Learning rate")
+
+
+def test_huge_values_are_neither_echoed_nor_logged(app, caplog, capfd):
+    caplog.set_level(logging.DEBUG)
+    c = client(app)
+    huge = "Q" * 50_000
+    for job in ({"run_name": huge}, {"train": {"lr": huge}}, {"data": {"source": "hub", "hub_id": huge}},
+                {"tokenizer": {"kind": "pretrained", "name_or_path": huge}}, {"spec": huge}):
+        status = c.predict(job, None, api_name="/train")[0]
+        assert status.startswith("❌") and len(status) < 2000 and "Q" * 100 not in status, status[:200]
+    status = c.predict("Q" * 10_000, "5", api_name="/resume")[0]
+    assert status.startswith("❌") and "Q" * 100 not in status, status[:200]
+    out, err = capfd.readouterr()
+    assert "Q" * 1000 not in out and "Q" * 1000 not in err
+    assert not [r for r in caplog.records if "Q" * 1000 in r.getMessage() or (r.exc_text and "Q" * 1000 in r.exc_text)]
