@@ -17,7 +17,7 @@ import gradio as gr
 import pandas as pd
 
 from .state import SessionStore, safe_filename
-from .train_tab import UserError
+from .uploads import UserError
 
 log = logging.getLogger("slm_blocks.app")
 
