@@ -227,10 +227,14 @@ def test_full_flow_on_one_client(app, tmp_path):
     assert max(r["step"] for r in plot_rows(outs[-1][1])) > stopped_at  # old and new points on one curve
     assert min(r["step"] for r in plot_rows(outs[-1][1])) < stopped_at
 
-    # generate streams text that starts with the prompt
-    job = c.submit(*gen_args("flow", "Once ", max_new=24), api_name="/generate")
-    outs = finish(job, 60)
-    texts = [o if isinstance(o, str) else o[0] for o in outs]
+    # generate streams text that starts with the prompt (a model this young samples its never-seen end-of-text
+    # token about 1 time in 70: with some seeds the very first token ends the answer, so try another seed)
+    for seed in ("1", "2", "3"):
+        job = c.submit(*gen_args("flow", "Once ", max_new=24, seed=seed), api_name="/generate")
+        outs = finish(job, 60)
+        texts = [o if isinstance(o, str) else o[0] for o in outs]
+        if len(texts) >= 2:
+            break
     assert len(texts) >= 2, texts  # streamed, not one answer
     assert all(t.startswith("Once ") for t in texts), texts
     assert len(texts[-1]) > len("Once ") and "⚠️" not in texts[-1]
