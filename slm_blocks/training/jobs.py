@@ -153,7 +153,7 @@ class QueuedTraining:
         from its speed so far when it has one. None when it has neither speed nor budget."""
         if self.finished:
             return 0.0, False
-        steps = [e for e in self.events if isinstance(e, StepEvent)]
+        steps = [e for e in self.events[self.carried:] if isinstance(e, StepEvent)]  # this training's own speed
         if steps:
             return steps[-1].eta_s, False
         return self.max_time, True

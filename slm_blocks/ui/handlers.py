@@ -59,9 +59,8 @@ class Handlers:
         return next((r for r in reversed(list(session.runs.values())) if r.job and not r.job.finished), None)
 
     # ----------------------------------------------------------------------------- train / stop / resume
-    TRAIN_OUTPUTS = 5  # status, loss curve, latest sample, log, sample timeline
-
     def _refused(self, message: str):
+        """/train's and /resume's five outputs (status, loss curve, latest sample, log, timeline) for a refusal."""
         return message, loss_frame([]), "", "", gr.update(visible=False)
 
     def parse_job(self, payload, session, check_caps: bool = True) -> Job:
@@ -95,12 +94,9 @@ class Handlers:
                     raise UserError(f"This session uses {used_mb:.0f} MB of disk, over the "
                                     f"{self.store.limits.session_quota_mb} MB allowed; reload the page for a fresh "
                                     "session")
-                if job.data.source == "files":
+                if job.data.source == "files":  # (files left in the upload widget of another source are ignored)
                     job.data.paths = copy_data_uploads(files, session.root / "uploads",
                                                        self.store.limits.max_upload_mb)
-                elif files:
-                    raise UserError("Upload: files were given but the data source is "
-                                    f"{job.data.source!r}; choose Upload (data.source 'files') to train on them")
                 name = session.new_run_name(job.run_name)
                 job.run_name = name
                 run = SessionRun(name, session.root / "runs" / name)

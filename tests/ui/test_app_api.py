@@ -700,3 +700,26 @@ def test_huge_values_are_neither_echoed_nor_logged(app, caplog, capfd):
     out, err = capfd.readouterr()
     assert "Q" * 1000 not in out and "Q" * 1000 not in err
     assert not [r for r in caplog.records if "Q" * 1000 in r.getMessage() or (r.exc_text and "Q" * 1000 in r.exc_text)]
+
+
+def test_train_on_uploaded_files(app, tmp_path, shakespeare):
+    from gradio_client import handle_file
+
+    c = client(app)
+    data = tmp_path / "play.txt"
+    data.write_text(shakespeare.read_text()[:60_000])
+    job = train_args("uploaded", max_steps=5, data={"source": "files"})[0]
+    text = c.predict(job, [handle_file(str(data))], api_name="/preview")
+    assert "files:play.txt" in text and "parameters" in text, text
+    status = c.predict(job, [handle_file(str(data))], api_name="/train")[0]
+    assert "Done" in status, status
+    run = session_of(app, c).runs["uploaded"]
+    record = json.loads((run.dir / "run.json").read_text())
+    assert record["data"]["paths"] and all(p.startswith(str(session_of(app, c).root)) for p in record["data"]["paths"])
+    weights = tmp_path / "weights.pt"  # pickle-based: the upload widget's file types refuse it before the handler
+    weights.write_bytes(b"\x80\x04junk")
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="Invalid file type"):
+        c.predict(job, [handle_file(str(weights))], api_name="/train")
+    assert list(session_of(app, c).runs) == ["uploaded"]
