@@ -212,14 +212,20 @@ def _parse_spec(raw, problems: list[Problem]) -> ModelSpec | None:
         return None
 
 
+TOP_LABELS = {"spec": "Model spec", "run_name": "Run name", "init_from": "Start from", "teacher": "Teacher"}
+
+
 def field_label(path: str) -> str:
-    """How the form names a job field: 'train.lr' -> 'Learning rate' (the path itself when there is no label)."""
+    """How the form names a job field: 'train.lr' -> 'Learning rate', 'spec.blocks[2].d_model' -> 'Model spec'
+    (the path itself when there is no label)."""
     records = {"train": TrainConfig, "data": DataConfig, "tokenizer": TokenizerConfig, "teacher": TeacherConfig}
     head, _, rest = path.partition(".")
+    head = head.split("[", 1)[0]
     if head in records and rest and "." not in rest:
         try:
             return label(records[head], rest)
-        except StopIteration:
+        except StopIteration:  # not a field of that record (an unknown key the parser reported)
             return path
-    return {"spec": "Model spec", "run_name": "Run name", "init_from": "Start from"}.get(head, path) \
-        if not rest or head == "spec" else path
+    if head == "spec" or (head in TOP_LABELS and not rest):
+        return TOP_LABELS[head]
+    return path
