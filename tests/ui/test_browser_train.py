@@ -39,6 +39,13 @@ def log_view(page) -> dict:
                 in_view: lines[Math.floor(t.scrollTop / lineHeight)], first: lines[0]}; }""")
 
 
+def step_in(line: str) -> int:
+    """The step a log line is about (step, eval and checkpoint lines all name one)."""
+    m = re.search(r"(?:step|eval)\s+(\d+)", line)
+    assert m, f"no step in the log line {line!r}"
+    return int(m.group(1))
+
+
 def test_train_advanced_stop_resume_timeline(page):
     page.get_by_role("tab", name="Train").click()
     preview = page.locator("#train-preview")
@@ -70,8 +77,8 @@ def test_train_advanced_stop_resume_timeline(page):
     page.wait_for_timeout(1500)
     pos = log_view(page)
     assert pos["height"] > pos["client"], pos  # the log overflows its box ...
-    newest = int(re.search(r"step\s+(\d+)", pos["in_view"]).group(1))
-    assert newest > int(re.search(r"step\s+(\d+)", before["first"]).group(1)), (before, pos)  # ... it moved on
+    newest = step_in(pos["in_view"])
+    assert newest > step_in(before["first"]), (before, pos)  # ... it moved on
     shown = int(re.search(r"Step (\d+)/3000", status.inner_text()).group(1))
     assert pos["top"] == 0 and abs(newest - shown) <= 10, (pos, shown)  # the line in view is the newest
 
