@@ -69,12 +69,13 @@ def safe_name(text: str, fallback: str = "run") -> str:
 
 
 def safe_filename(name: str) -> str:
-    """A safe base name that keeps a short lowercase extension ("../../x.JSON" -> "x.json")."""
+    """A safe base name that keeps its lowercase extension ("../../x.JSON" -> "x.json"); extensions up to 16
+    characters survive whole, so "model.safetensors" stays "model.safetensors" (import looks for that name)."""
     base = Path(str(name or "")).name
     stem, dot, ext = base.rpartition(".")
     if not dot:
         stem, ext = base, ""
-    ext = re.sub(r"[^a-z0-9]", "", ext.lower())[:10]
+    ext = re.sub(r"[^a-z0-9]", "", ext.lower())[:16]
     return safe_name(stem, "file") + (f".{ext}" if ext else "")
 
 

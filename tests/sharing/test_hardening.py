@@ -65,6 +65,12 @@ def test_names_are_made_safe(name):
         assert out.isascii() and len(out) <= 60 and not out.startswith(".")
 
 
+@pytest.mark.parametrize("name", ["model.safetensors", "tokenizer_config.json", "slm_spec.json", "tokenizer.json",
+                                  "special_tokens_map.json", "generation_config.json", "config.json"])
+def test_export_file_names_survive_upload(name):
+    assert safe_filename(name) == name  # import finds the files of an export by these exact names
+
+
 def test_pickle_uploads_refused_and_uploads_stay_in_the_session(tmp_path):
     store = SessionStore(Limits(data_dir=tmp_path, max_upload_mb=1))
     session = store.get("s1")
