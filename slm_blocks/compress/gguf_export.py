@@ -33,7 +33,6 @@ import torch
 
 from .gguf_vocab import GGUFVocab, VocabError, gguf_vocab
 from ..model.spec import ModelSpec, PositionalBlock, TransformerBlock
-from ..model.validate import head_dim
 from ..sharing.native import native_family
 
 GGUF_ARCH = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen3": "qwen3", "gemma3": "gemma3"}
@@ -119,7 +118,7 @@ def gguf_tensors(model, arch: str) -> dict[str, torch.Tensor]:
     if spec.tie_embeddings:
         state.pop("lm_head.weight", None)
     block = next(b for b in spec.blocks if isinstance(b, TransformerBlock))
-    n_heads, n_kv = block.attention.n_heads, block.attention.n_kv_heads or block.attention.n_heads
+    n_heads, n_kv = block.attention.n_heads, block.attention.kv_heads()
     out = {}
     for key, w in state.items():
         base, part = key.rsplit(".", 1)
@@ -188,13 +187,13 @@ def _writer(path: Path, arch: str):
 def _write_hparams(w, spec: ModelSpec, arch: str, n_ctx: int) -> None:
     block = next(b for b in spec.blocks if isinstance(b, TransformerBlock))
     a, m = block.attention, block.mlp
-    hd = head_dim(spec, a)
+    hd = a.head_size(spec.d_model)
     w.add_context_length(n_ctx)
     w.add_embedding_length(spec.d_model)
     w.add_block_count(sum(b.repeat for b in spec.blocks if isinstance(b, TransformerBlock)))
-    w.add_feed_forward_length(m.hidden or 4 * spec.d_model)
+    w.add_feed_forward_length(m.hidden_size(spec.d_model))
     w.add_head_count(a.n_heads)
-    w.add_head_count_kv(a.n_kv_heads or a.n_heads)
+    w.add_head_count_kv(a.kv_heads())
     w.add_vocab_size(spec.vocab_size)
     if arch == "gpt2":
         w.add_layer_norm_eps(block.norm.eps)

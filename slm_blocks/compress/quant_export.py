@@ -59,7 +59,7 @@ def _bigcode_config(spec: ModelSpec, **token_ids):
     return AutoConfig.for_model("gpt_bigcode", vocab_size=spec.vocab_size, n_positions=spec.max_seq_len,
                                 n_embd=spec.d_model, n_layer=sum(x.repeat for x in spec.blocks
                                                                  if isinstance(x, TransformerBlock)),
-                                n_head=b.attention.n_heads, n_inner=b.mlp.hidden or 4 * spec.d_model,
+                                n_head=b.attention.n_heads, n_inner=b.mlp.hidden_size(spec.d_model),
                                 activation_function=act, layer_norm_epsilon=b.norm.eps, multi_query=False,
                                 resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, scale_attn_weights=True,
                                 tie_word_embeddings=spec.tie_embeddings, **token_ids)

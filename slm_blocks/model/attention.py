@@ -21,6 +21,7 @@ class AttentionContext:
     cache: object | None = None  # a transformers Cache, or None
     rope: dict = field(default_factory=dict)  # (theta, head_dim) -> (cos, sin), each (B, T, hd)
     masks: dict = field(default_factory=dict)  # memo of attention_mask() results
+    attentions: list | None = None  # explain mode: each attention layer appends its (B, nh, T, S) probabilities
 
 
 class Attention(nn.Module):
@@ -28,8 +29,8 @@ class Attention(nn.Module):
                  rope_theta: float | None, alibi: bool, cache_index: int):
         super().__init__()
         self.n_heads = spec.n_heads
-        self.n_kv_heads = spec.n_kv_heads or spec.n_heads
-        self.head_dim = spec.head_dim or d_model // spec.n_heads
+        self.n_kv_heads = spec.kv_heads()
+        self.head_dim = spec.head_size(d_model)
         self.q_proj = nn.Linear(d_model, self.n_heads * self.head_dim, bias=spec.qkv_bias)
         self.k_proj = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=spec.qkv_bias)
         self.v_proj = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=spec.qkv_bias)
@@ -54,8 +55,11 @@ class Attention(nn.Module):
             k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)  # (B, nh, S, hd)
             v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
         mask, causal = self._mask(ctx, T, k.shape[2], q.dtype, q.device)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                           dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hd)
+        if ctx.attentions is not None:  # explain mode: the same attention, written out to keep its probabilities
+            y = self._explained(q, k, v, mask, causal, ctx.attentions)  # (B, nh, T, hd)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                               dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hd)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, nh*hd)
         return self.o_proj(y)  # (B, T, C)
 
@@ -86,16 +90,15 @@ class Attention(nn.Module):
             ctx.masks[key] = attention_mask(q_len, kv_len, ctx.key_padding, self.window, slopes, dtype, device)
         return ctx.masks[key]
 
-    @torch.no_grad()
-    def attention_weights(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
-        """The (B, nh, T, T) attention probabilities for x without a cache — for the app's attention maps."""
-        T = x.shape[1]
-        q, k, _ = self._project(x, ctx)
-        k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-        scores = (q @ k.transpose(-2, -1)) * self.head_dim ** -0.5  # (B, nh, T, T)
-        mask, causal = self._mask(ctx, T, T, scores.dtype, scores.device)
-        if causal:
-            mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+    def _explained(self, q, k, v, mask, causal: bool, keep: list) -> torch.Tensor:
+        """softmax(q·kᵀ / √hd + mask) · v written out, what scaled_dot_product_attention computes in one fused
+        call, so the probabilities can be kept for the app's attention maps (no dropout: it is for looking)."""
+        T, S = q.shape[2], k.shape[2]
+        scores = (q @ k.transpose(-2, -1)) * self.head_dim ** -0.5  # (B, nh, T, S)
+        if causal:  # the fast path's is_causal, as a mask: query i sees keys up to its own position
+            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-        return scores.softmax(-1)
+        probs = scores.softmax(-1)  # (B, nh, T, S)
+        keep.append(probs)
+        return probs @ v  # (B, nh, T, hd)

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .mlp import mlp_hidden
 from .spec import (
     AttentionLayerBlock, AttentionSpec, FinalNormBlock, MLPLayerBlock, ModelSpec, NormBlock, NormSpec, TransformerBlock,
 )
-from .validate import head_dim
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -43,14 +41,14 @@ def _norm_params(norm: NormSpec | None, dim: int) -> int:
 
 
 def _attn_params(C: int, spec: ModelSpec, a: AttentionSpec) -> int:
-    hd, nh, nkv = head_dim(spec, a), a.n_heads, a.n_kv_heads or a.n_heads
+    hd, nh, nkv = a.head_size(spec.d_model), a.n_heads, a.kv_heads()
     qkv = C * (nh + 2 * nkv) * hd + ((nh + 2 * nkv) * hd if a.qkv_bias else 0)
     out = nh * hd * C + (C if a.out_bias else 0)
     return qkv + out + (2 * hd if a.qk_norm else 0)
 
 
 def _mlp_params(C: int, m) -> int:
-    H = mlp_hidden(m, C)
+    H = m.hidden_size(C)
     n_in = 2 if m.gated else 1
     return n_in * C * H + H * C + ((n_in * H + C) if m.bias else 0)
 
@@ -83,7 +81,7 @@ def estimate(spec: ModelSpec, batch_size: int = 8, seq_len: int | None = None, d
             params += _norm_params(block.norm, C)
             act += C
         if a is not None:
-            hd, nh, nkv = head_dim(spec, a), a.n_heads, a.n_kv_heads or a.n_heads
+            hd, nh, nkv = a.head_size(spec.d_model), a.n_heads, a.kv_heads()
             p = _attn_params(C, spec, a)
             params += p
             matmul += C * (nh + 2 * nkv) * hd + nh * hd * C
@@ -91,7 +89,7 @@ def estimate(spec: ModelSpec, batch_size: int = 8, seq_len: int | None = None, d
             act += C + (nh + 2 * nkv) * hd + nh * hd + nh  # qkv input, q/k/v, attention output, logsumexp
             kv_per_token += 2 * nkv * hd * nbytes
         if isinstance(block, (TransformerBlock, MLPLayerBlock)):
-            m, H = block.mlp, mlp_hidden(block.mlp, C)
+            m, H = block.mlp, block.mlp.hidden_size(C)
             params += _mlp_params(C, m)
             matmul += (3 if m.gated else 2) * C * H
             act += C + (3 if m.gated else 2) * H  # MLP input, hidden pre-activations (and gate), activations

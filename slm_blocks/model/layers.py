@@ -24,34 +24,46 @@ NORM_NAMES = {
 }
 
 
+def _unchanged(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 class TransformerLayer(nn.Module):
-    """x + attn(x) then x + mlp(x) (or both from the same x when parallel), with norms where placed."""
+    """Attention then MLP, each added back to the residual stream x, with norms where `norm_placement` puts
+    them. The usual pre-norm layer (GPT-2, Llama, nanoGPT's Block) reads:
+
+        x = x + attn(input_layernorm(x))
+        x = x + mlp(post_attention_layernorm(x))
+    """
 
     def __init__(self, d_model: int, block: TransformerBlock, attn: Attention, dropout: float):
         super().__init__()
         self.self_attn = attn
         self.mlp = MLP(d_model, block.mlp)
-        self.norm_names = NORM_NAMES[block.norm_placement]
-        for name in self.norm_names:
+        for name in NORM_NAMES[block.norm_placement]:
             if name:
                 self.add_module(name, make_norm(block.norm, d_model))
-        self.classic_post = block.norm_placement == "classic_post"
+        self.placement = block.norm_placement
         self.parallel = block.residual == "parallel"
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
-    def _norm(self, slot: int, x: torch.Tensor) -> torch.Tensor:
-        name = self.norm_names[slot]
-        return getattr(self, name)(x) if name else x
-
-    def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
-        if self.classic_post:  # original Transformer: normalize after each residual add
-            x = self._norm(1, x + self.drop(self.self_attn(x, ctx)))
-            return self._norm(3, x + self.drop(self.mlp(x)))
-        a = self._norm(1, self.self_attn(self._norm(0, x), ctx))  # (B, T, C)
-        if self.parallel:  # GPT-J / NeoX: attention and MLP both read x
-            return x + self.drop(a + self._norm(3, self.mlp(self._norm(2, x))))
-        x = x + self.drop(a)
-        return x + self.drop(self._norm(3, self.mlp(self._norm(2, x))))
+    def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
+        attn, mlp, drop = (lambda h: self.self_attn(h, ctx)), self.mlp, self.drop
+        if self.placement == "pre" and not self.parallel:  # GPT-2, Llama, Mistral, Qwen3
+            x = x + drop(attn(self.input_layernorm(x)))
+            x = x + drop(mlp(self.post_attention_layernorm(x)))
+            return x
+        if self.placement == "classic_post":  # the original Transformer: normalize after each residual add
+            x = self.post_attention_layernorm(x + drop(attn(x)))
+            return self.post_feedforward_layernorm(x + drop(mlp(x)))
+        # the other placements: norm the input (pre), the output (post) or both (sandwich, Gemma 3)
+        attn_in, attn_out, mlp_in, mlp_out = (getattr(self, n) if n else _unchanged
+                                              for n in NORM_NAMES[self.placement])
+        a = attn_out(attn(attn_in(x)))  # (B, T, C)
+        if self.parallel:  # GPT-J / NeoX: attention and MLP both read the same x
+            return x + drop(a + mlp_out(mlp(mlp_in(x))))
+        x = x + drop(a)
+        return x + drop(mlp_out(mlp(mlp_in(x))))
 
 
 class AttentionLayer(nn.Module):

@@ -16,16 +16,12 @@ ACTIVATIONS = {
 }
 
 
-def mlp_hidden(spec: MLPSpec, d_model: int) -> int:
-    return spec.hidden or 4 * d_model
-
-
 class MLP(nn.Module):
     """down(act(up(x))), or with gating down(act(gate(x)) * up(x)) — SwiGLU when act is silu."""
 
     def __init__(self, d_model: int, spec: MLPSpec):
         super().__init__()
-        hidden = mlp_hidden(spec, d_model)
+        hidden = spec.hidden_size(d_model)
         if spec.gated:
             self.gate_proj = nn.Linear(d_model, hidden, bias=spec.bias)
         self.up_proj = nn.Linear(d_model, hidden, bias=spec.bias)

@@ -172,6 +172,7 @@ class SLMForCausalLM(SLMPreTrainedModel, GenerationMixin):
         logits_to_keep: int = 0,  # >0: only the last N positions get logits (generation)
         past_key_values: DynamicCache | None = None,  # older name of `cache`
         inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,  # explain mode: every attention layer's probabilities
         **kwargs,
     ) -> CausalLMOutputWithPast:
         cache = cache if cache is not None else past_key_values
@@ -198,7 +199,8 @@ class SLMForCausalLM(SLMPreTrainedModel, GenerationMixin):
             else:
                 position_ids = torch.arange(past, past + T, device=device)[None]  # (1, T): broadcasts over B
 
-        ctx = AttentionContext(key_padding=key_padding, cache=cache if use_cache else None)
+        ctx = AttentionContext(key_padding=key_padding, cache=cache if use_cache else None,
+                               attentions=[] if output_attentions else None)
         x = self.model(input_ids, position_ids, ctx, inputs_embeds)  # (B, T, C)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
@@ -208,7 +210,8 @@ class SLMForCausalLM(SLMPreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device),
                                    ignore_index=-100)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache if use_cache else None)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache if use_cache else None,
+                                      attentions=tuple(ctx.attentions) if output_attentions else None)
 
 
 AutoConfig.register(SLMConfig.model_type, SLMConfig, exist_ok=True)

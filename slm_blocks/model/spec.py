@@ -15,6 +15,8 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from typing import Literal, Union
 
+from .validate import Problem, SpecError, validate
+
 SPEC_VERSION = 1
 MAX_SPEC_BYTES = 64 * 1024  # a spec is a few hundred bytes; anything bigger is not a spec
 
@@ -52,6 +54,15 @@ class AttentionSpec:
     sliding_window: int | None = _f(None, lo=1, hi=1 << 20, help="attend only to the last N tokens (empty: all tokens)")
     dropout: float = _f(0.0, lo=0.0, help="dropout on attention probabilities while training")
 
+    # --- the sizes an empty field stands for (resolved here, once, for the model, estimate and export)
+    def kv_heads(self) -> int:
+        """Key/value heads: n_kv_heads, or one per query head when empty (plain multi-head attention)."""
+        return self.n_kv_heads or self.n_heads
+
+    def head_size(self, d_model: int) -> int:
+        """Size of each head: head_dim, or d_model / n_heads when empty."""
+        return self.head_dim or d_model // self.n_heads
+
 
 @dataclass
 class MLPSpec:
@@ -61,6 +72,10 @@ class MLPSpec:
     gated: bool = _f(False, help="multiply by a learned gate (SwiGLU / GeGLU)")
     hidden: int | None = _f(None, lo=1, hi=1 << 18, help="hidden width (empty: 4 × d_model)")
     bias: bool = _f(False, help="bias on the projections")
+
+    def hidden_size(self, d_model: int) -> int:
+        """Hidden width: hidden, or 4 × d_model when empty (GPT-2's ratio)."""
+        return self.hidden or 4 * d_model
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -198,8 +213,6 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, data) -> "ModelSpec":
         """Parse and validate; raises SpecError listing every problem."""
-        from .validate import Problem, SpecError, validate
-
         problems: list[Problem] = []
         try:
             spec = _parse(cls, data, "", None, problems)
@@ -213,8 +226,6 @@ class ModelSpec:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "ModelSpec":
-        from .validate import Problem, SpecError
-
         if not isinstance(text, (str, bytes)):
             raise SpecError([Problem(None, "spec", "must be JSON text")])
         if isinstance(text, bytes):
@@ -277,8 +288,6 @@ class ModelSpec:
 
 def _parse(cls, data, path: str, block: int | None, problems: list):
     """Build dataclass `cls` from untrusted JSON data, collecting problems instead of raising."""
-    from .validate import Problem
-
     if not isinstance(data, dict):
         problems.append(Problem(block, path or "spec", f"must be a JSON object, got {_kind(data)}"))
         return cls() if cls is not ModelSpec else ModelSpec()
@@ -304,8 +313,6 @@ def _parse(cls, data, path: str, block: int | None, problems: list):
 
 
 def _parse_blocks(data, problems: list) -> list:
-    from .validate import Problem
-
     if not isinstance(data, list):
         problems.append(Problem(None, "blocks", f"must be a list of blocks, got {_kind(data)}"))
         return []
@@ -325,8 +332,6 @@ def _parse_blocks(data, problems: list) -> list:
 
 def _parse_value(hint, value, path: str, block, meta, problems: list):
     """Check one value against its type hint; returns (ok, value)."""
-    from .validate import Problem
-
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
         options = typing.get_args(hint)
@@ -374,8 +379,6 @@ def _parse_value(hint, value, path: str, block, meta, problems: list):
 
 
 def _check_bounds(value, path, block, meta, problems):
-    from .validate import Problem
-
     lo, hi = (meta or {}).get("lo"), (meta or {}).get("hi")
     if lo is not None and value < lo:
         problems.append(Problem(block, path, f"is {_short(value)}; it must be at least {lo}"))

@@ -11,7 +11,6 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedConfig
 
 from ..model.spec import EmbeddingBlock, FinalNormBlock, LMHeadBlock, ModelSpec, PositionalBlock, TransformerBlock
-from ..model.validate import head_dim
 
 FAMILIES = ("gpt2", "llama", "mistral", "qwen3", "gemma3")
 
@@ -37,8 +36,8 @@ def native_family(spec: ModelSpec) -> tuple[str | None, str]:
         return None, "ALiBi positions have no native transformers class for these architectures"
     if pos == "learned":
         if (first.norm_placement == "pre" and first.norm.kind == "layernorm" and first.norm.bias and a.qkv_bias
-                and a.out_bias and not a.qk_norm and a.sliding_window is None and (a.n_kv_heads or a.n_heads) == a.n_heads
-                and head_dim(spec, a) * a.n_heads == spec.d_model and not m.gated and m.bias and not scaled):
+                and a.out_bias and not a.qk_norm and a.sliding_window is None and a.kv_heads() == a.n_heads
+                and a.head_size(spec.d_model) * a.n_heads == spec.d_model and not m.gated and m.bias and not scaled):
             return "gpt2", ""
         return None, ("learned positions match only GPT-2, which needs pre-LayerNorm with bias, biases on all "
                       "attention and MLP projections, full multi-head attention and a plain (non-gated) MLP")
@@ -89,15 +88,15 @@ def native_config(spec: ModelSpec, family: str, **token_ids) -> PreTrainedConfig
     if family == "gpt2":
         act = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}[m.activation]
         return AutoConfig.for_model("gpt2", n_positions=spec.max_seq_len, n_embd=spec.d_model, n_layer=n_layers,
-                                    n_head=a.n_heads, n_inner=m.hidden or 4 * spec.d_model,
+                                    n_head=a.n_heads, n_inner=m.hidden_size(spec.d_model),
                                     activation_function=act, layer_norm_epsilon=b.norm.eps, resid_pdrop=0.0,
                                     embd_pdrop=0.0, attn_pdrop=0.0, **common)
     pos = next(x for x in spec.blocks if isinstance(x, PositionalBlock))
     windows = [w for _, _, w in spec.layer_plan()]
     layer_types = ["sliding_attention" if w is not None else "full_attention" for w in windows]
-    kw = dict(hidden_size=spec.d_model, intermediate_size=m.hidden or 4 * spec.d_model, num_hidden_layers=n_layers,
-              num_attention_heads=a.n_heads, num_key_value_heads=a.n_kv_heads or a.n_heads,
-              head_dim=head_dim(spec, a), max_position_embeddings=spec.max_seq_len, rms_norm_eps=b.norm.eps,
+    kw = dict(hidden_size=spec.d_model, intermediate_size=m.hidden_size(spec.d_model), num_hidden_layers=n_layers,
+              num_attention_heads=a.n_heads, num_key_value_heads=a.kv_heads(),
+              head_dim=a.head_size(spec.d_model), max_position_embeddings=spec.max_seq_len, rms_norm_eps=b.norm.eps,
               attention_dropout=0.0, **common)
     rope = {"rope_type": "default", "rope_theta": pos.rope_theta}
     if family == "llama":
@@ -111,7 +110,7 @@ def native_config(spec: ModelSpec, family: str, **token_ids) -> PreTrainedConfig
         local = {"rope_type": "default", "rope_theta": pos.local_rope_theta or pos.rope_theta}
         return AutoConfig.for_model("gemma3_text", rope_parameters={"full_attention": rope, "sliding_attention": local},
                                     sliding_window=a.sliding_window or spec.max_seq_len, layer_types=layer_types,
-                                    query_pre_attn_scalar=head_dim(spec, a), hidden_activation="gelu_pytorch_tanh",
+                                    query_pre_attn_scalar=a.head_size(spec.d_model), hidden_activation="gelu_pytorch_tanh",
                                     **kw)
     raise ValueError(f"unknown family {family!r}")
 

@@ -133,12 +133,10 @@ def preview_run(job: Job, cache: dict | None = None, flops_per_s: float | None =
 
 def architecture(spec) -> str:
     """The model block by block, with the sizes that decide its cost."""
-    from ..model.mlp import mlp_hidden
     from ..model.spec import (
         AttentionLayerBlock, EmbeddingBlock, FinalNormBlock, LMHeadBlock, MLPLayerBlock, NormBlock, PositionalBlock,
         TransformerBlock,
     )
-    from ..model.validate import head_dim
 
     C, parts = spec.d_model, []
     for b in spec.blocks:
@@ -151,10 +149,10 @@ def architecture(spec) -> str:
             if not isinstance(b, MLPLayerBlock):
                 a = b.attention
                 kv = f", {a.n_kv_heads} kv" if a.n_kv_heads and a.n_kv_heads != a.n_heads else ""
-                bits.append(f"{a.n_heads} heads × {head_dim(spec, a)}{kv}"
+                bits.append(f"{a.n_heads} heads × {a.head_size(C)}{kv}"
                             + (f", window {a.sliding_window}" if a.sliding_window else ""))
             if not isinstance(b, AttentionLayerBlock):
-                bits.append(f"{'gated ' if b.mlp.gated else ''}{b.mlp.activation} MLP {mlp_hidden(b.mlp, C)}")
+                bits.append(f"{'gated ' if b.mlp.gated else ''}{b.mlp.activation} MLP {b.mlp.hidden_size(C)}")
             n = f"{b.repeat} × " if isinstance(b, TransformerBlock) and b.repeat > 1 else ""
             parts.append(f"{n}{b.type} ({', '.join(bits)})")
         elif isinstance(b, (NormBlock, FinalNormBlock)):

@@ -19,6 +19,7 @@ import gradio as gr
 from .. import BLOCK_TYPES, ModelSpec, SpecError, block_help, estimate, list_presets, load_preset
 from ..model.estimate import human
 from ..model.spec import MAX_SPEC_BYTES
+from ..model.validate import LAYER_TYPES
 from ..training.schema import parse_number
 
 GLOBALS = ("vocab_size", "d_model", "max_seq_len", "tie_embeddings", "init_std", "dropout")
@@ -371,9 +372,6 @@ def _duplicator(bid: str):
 
 def _remover(bid: str):
     return _edit(bid, lambda blocks, i: blocks.pop(i))
-
-
-LAYER_TYPES = ("transformer", "attention", "mlp", "norm")
 
 
 def _adder(block_type: str, spec):

@@ -13,37 +13,20 @@ def attention_figure(model, tokenizer, prompt: str, layer: int, head: int):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..model.attention import Attention, AttentionContext
-    from ..model.positions import rope_tables
-
     if not prompt:
         raise ValueError("Prompt: type some text to see what the model attends to")
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][: min(48, model.config.max_position_embeddings)]
     if not ids:
         raise ValueError("Prompt: the tokenizer produced no tokens for this text")
-    attn_layers = [m for m in model.model.layers if isinstance(getattr(m, "self_attn", None), Attention)]
-    if not attn_layers:
+    # the model's own forward pass in explain mode: each attention layer keeps its probabilities
+    maps = model(torch.tensor([ids]), use_cache=False, output_attentions=True).attentions  # per layer (1, nh, T, T)
+    if not maps:
         raise ValueError("This model has no attention layers")
-    if not 0 <= layer < len(attn_layers):
-        raise ValueError(f"Layer: choose 0…{len(attn_layers) - 1}")
-    attn = attn_layers[layer].self_attn
-    if not 0 <= head < attn.n_heads:
-        raise ValueError(f"Head: choose 0…{attn.n_heads - 1}")
-    x = torch.tensor([ids])
-    captured = {}
-
-    def grab(mod, args):  # must return None: a pre-hook's return value replaces the layer's arguments
-        captured.setdefault("x", args[0])
-
-    hook = attn.register_forward_pre_hook(grab)
-    try:
-        model(x, use_cache=False)
-    finally:
-        hook.remove()
-    pos = torch.arange(len(ids))[None]
-    ctx = AttentionContext(key_padding=None)
-    ctx.rope = {key: rope_tables(pos, key[1], key[0]) for key in model.model.rope_keys}
-    weights = attn.attention_weights(captured["x"], ctx)[0, head]  # (T, T)
+    if not 0 <= layer < len(maps):
+        raise ValueError(f"Layer: choose 0…{len(maps) - 1}")
+    if not 0 <= head < maps[layer].shape[1]:
+        raise ValueError(f"Head: choose 0…{maps[layer].shape[1] - 1}")
+    weights = maps[layer][0, head]  # (T, T)
     labels = [repr(tokenizer.decode([i]))[1:-1] or "␣" for i in ids]
     fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
     ax.imshow(weights.numpy(), cmap="viridis", vmin=0, vmax=1)

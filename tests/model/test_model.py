@@ -166,3 +166,24 @@ def test_learned_positions_refuse_past_context_with_clear_message():
     model = build_model(load_preset("tiny-char")).eval()
     with pytest.raises(ValueError, match="max_seq_len 64"):
         model(torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_explain_mode_is_the_same_forward_with_probabilities(case):
+    """output_attentions=True runs the same attention code written out (for the app's attention maps): same
+    logits, one probability map per attention layer, causal (and windowed where the layer has a window)."""
+    spec, model = case
+    ids = torch.randint(0, spec.vocab_size, (2, T))
+    with torch.no_grad():
+        plain = model(ids, use_cache=False)
+        explained = model(ids, use_cache=False, output_attentions=True)
+    torch.testing.assert_close(explained.logits, plain.logits, atol=1e-5, rtol=1e-5)
+    plan = [window for _, attn, window in spec.layer_plan() if attn is not None]
+    assert len(explained.attentions) == len(plan)
+    future = torch.ones(T, T, dtype=torch.bool).triu(1)
+    for probs, window in zip(explained.attentions, plan):
+        assert probs.shape[0] == 2 and probs.shape[-2:] == (T, T)
+        torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1]))
+        assert probs[..., future].abs().sum() == 0
+        if window is not None:
+            far = torch.ones(T, T, dtype=torch.bool).tril(-window)  # keys `window` or more positions back
+            assert probs[..., far].abs().sum() == 0
