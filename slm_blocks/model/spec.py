@@ -296,7 +296,7 @@ def _parse(cls, data, path: str, block: int | None, problems: list):
     for key in data:
         if key not in known:
             allowed = ", ".join(sorted(known - {"type"}))
-            problems.append(Problem(block, _join(path, str(key)),
+            problems.append(Problem(block, _join(path, str(key)[:40]),  # a key is never echoed whole
                                     f"is not a field of {_label(cls)}; remove it (allowed: {allowed})"))
     values = {}
     for f in fields(cls):
