@@ -2,7 +2,9 @@
 
 A native transformers class is used whenever the blocks match one (GPT-2, Llama, Mistral, Qwen3,
 Gemma 3: no remote code); otherwise the folder carries our own modeling files (`auto_map`, loadable with
-`trust_remote_code=True`) and the model card says why. Every export is reloaded in a fresh Python process
+`trust_remote_code=True`) and the model card says why. Export never fails where custom code can represent the
+model: when a native mapping or its verification fails, the custom-code export is written instead, with the
+reason in the card. Every export is reloaded in a fresh Python process
 through the Auto classes and compared with the trained model (logits and a greedy continuation) before it
 is reported done; the folder is assembled under a temporary name and only renamed into place once verified.
 """
@@ -10,6 +12,7 @@ is reported done; the folder is assembled under a temporary name and only rename
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -26,6 +29,8 @@ from ..training.tokenization import save_tokenizer, token_ids
 
 LOGIT_TOLERANCE = 1e-4  # fp32
 GREEDY_TOKENS = 32
+FAMILY_NAMES = {"gpt2": "GPT-2", "llama": "Llama", "mistral": "Mistral", "qwen3": "Qwen3", "gemma3": "Gemma 3"}
+log = logging.getLogger("slm_blocks.export")
 
 
 class ExportError(RuntimeError):
@@ -99,21 +104,42 @@ def export_hf(model, tokenizer, out_dir: str | Path, *, card: dict | None = None
     ids = token_ids(tokenizer)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-export-", dir=out.parent))
-    try:
-        if family:
+
+    def write(fam: str | None) -> tuple[str, float, bool]:
+        """Write the folder with the native class of `fam` (None: our own class) and verify it."""
+        for child in tmp.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        if fam:
             native = to_native(model, **ids)
             native.save_pretrained(tmp, safe_serialization=True)
-            model_class = type(native).__name__
+            cls = type(native).__name__
         else:
             for k, v in ids.items():
                 setattr(model.config, k, v)
             _save_custom(model, tmp)
-            model_class = type(model).__name__
+            cls = type(model).__name__
         GenerationConfig(**ids, do_sample=True, temperature=0.8, top_k=50,
                          max_new_tokens=min(200, spec.max_seq_len)).save_pretrained(tmp)
         save_tokenizer(tokenizer, tmp)
         (tmp / "slm_spec.json").write_text(spec.to_json())
-        diff, greedy = _verify(model, tmp, remote_code=family is None) if verify else (float("nan"), False)
+        d, g = _verify(model, tmp, remote_code=fam is None) if verify else (float("nan"), False)
+        return cls, d, g
+
+    try:
+        model_class = None
+        if family:  # a native class; when its mapping or its verification fails, custom code says why
+            try:
+                model_class, diff, greedy = write(family)
+                if verify and not (diff <= LOGIT_TOLERANCE and greedy):
+                    raise ExportError(f"its reloaded logits differ by {diff:.2e}"
+                                      + ("" if greedy else " and its greedy continuation differs"))
+            except (ValueError, RuntimeError) as e:  # ExportError is a RuntimeError
+                why = (f"the native {FAMILY_NAMES.get(family, family)} export did not reproduce this model "
+                       f"({str(e)[:200]})")
+                log.warning("native %s export failed, falling back to custom code: %s", family, str(e)[:500])
+                family, model_class = None, None
+        if model_class is None:
+            model_class, diff, greedy = write(None)
         ok = verify and diff <= LOGIT_TOLERANCE and greedy
         result = ExportResult(str(out), model_class, family is not None, why, diff, greedy, ok)
         write_model_card(tmp, spec, result, card or {})

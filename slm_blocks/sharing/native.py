@@ -56,8 +56,11 @@ def native_family(spec: ModelSpec) -> tuple[str | None, str]:
                       "one RoPE base")
     if a.qkv_bias != a.out_bias:
         return None, "Llama-style classes put a bias on all four attention projections or on none"
-    if a.qk_norm or first.full_attention_every is not None:
+    if a.qk_norm:
         return ("qwen3", "") if not a.qkv_bias else (None, "Qwen3 (QK-norm) has no attention bias option")
+    if first.full_attention_every is not None:  # Qwen3 would mix them, but it always has QK-norm weights
+        return None, ("sliding-window layers mixed with full-attention layers have a native class only with "
+                      "QK-norm (Qwen3) or Gemma 3's sandwich norms")
     if a.sliding_window is not None:
         return ("mistral", "") if not a.qkv_bias else (None, "Mistral (sliding window) has no attention bias option")
     return "llama", ""
