@@ -50,3 +50,11 @@ def test_preset_params_exact_and_laptop_sized(name):
 def test_bf16_halves_weight_bytes():
     spec = load_preset("llama")
     assert estimate(spec, dtype="bfloat16").train_weights_bytes * 2 == estimate(spec).train_weights_bytes
+
+
+def test_attended_keys_in_closed_form_match_the_sum():
+    from slm_blocks.model.estimate import _attended
+
+    for T in (1, 2, 7, 64, 100):
+        for w in (None, 1, 3, 64, 200):
+            assert _attended(T, w) == pytest.approx(sum(min(t, w or T) for t in range(1, T + 1)) / T)
