@@ -20,12 +20,18 @@ class DataError(ValueError):
     """A problem with the user's data or data settings; the message says what to change."""
 
 
-HUB_ID = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9])?/[A-Za-z0-9_.-]{1,96}$")
+_PART = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9])?"
+HUB_ID = re.compile(rf"{_PART}/{_PART}")
 
 
 def is_hub_id(text) -> bool:
-    """`owner/name` and nothing else: no local path (absolute, relative, '~', '..') can pass."""
-    return isinstance(text, str) and bool(HUB_ID.match(text)) and ".." not in text
+    """`owner/name` and nothing else: no local path (absolute, relative, '~', '..', '.', a trailing newline or
+    backslash) can pass, and a name that is also a folder in the server's working directory is refused too
+    (the Hub libraries read a local folder first, and the app's own process resolves names for the preview)."""
+    import os
+
+    return (isinstance(text, str) and bool(HUB_ID.fullmatch(text)) and ".." not in text
+            and not os.path.lexists(text))
 
 
 @dataclass

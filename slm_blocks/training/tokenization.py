@@ -64,7 +64,7 @@ class TokenizerConfig:
             if not name:
                 out.append(Problem(at("name_or_path"), "is empty: a pretrained tokenizer needs a Hub id such as "
                                    "'openai-community/gpt2'"))
-            elif app and not is_hub_id(name):
+            elif app and not is_hub_id(self.name_or_path):  # as given: no whitespace around it either
                 out.append(Problem(at("name_or_path"), f"{short(name)} is not a Hub id; use 'owner/name', e.g. "
                                    "'openai-community/gpt2' (the app does not read local folders)"))
         elif self.name_or_path is not None:

@@ -87,7 +87,9 @@ def test_spec_can_be_a_preset_name_or_json_text():
 
 def test_app_context_takes_only_hub_ids_and_uploads():
     hub = {"source": "hub"}
-    for bad in ["../x", "/etc/passwd", "~/data", "./set", "a/b/c", "owner/..", "..", "C:\\data", "owner/"]:
+    for bad in ["../x", "/etc/passwd", "~/data", "./set", "a/b/c", "owner/..", "..", "C:\\data", "owner/",
+                "owner/.", "./x/y", "owner/name\n", ".hidden/x", "owner/-x", "owner\\name", "~user/x", "owner/name/",
+                "owner/../..", "C:/Users/x", "%2e%2e/x", "owner/ name", "/owner/name"]:
         assert "not a Hub id" in problems({"data": {**hub, "hub_id": bad}}, "app")["data.hub_id"], bad
         assert not is_hub_id(bad)
         msg = problems({"tokenizer": {"kind": "pretrained", "name_or_path": bad}}, "app")["tokenizer.name_or_path"]
@@ -102,6 +104,18 @@ def test_app_context_takes_only_hub_ids_and_uploads():
     for key, value in (("init_from", "/srv/run"), ("teacher", {"source": "../run"})):
         got = problems({key: value}, "app")
         assert any("Hub id" in m for m in got.values()), got
+
+
+def test_a_hub_id_that_is_also_a_local_folder_is_refused_in_the_app(tmp_path, monkeypatch):
+    """The app's own process resolves names for the preview, and the Hub libraries read a local folder of that
+    name first: 'owner/name' relative to the server's working directory must not reach a file."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "someone" / "uploads").mkdir(parents=True)
+    assert not is_hub_id("someone/uploads") and is_hub_id("someone/other")
+    assert "not a Hub id" in problems({"data": {"source": "hub", "hub_id": "someone/uploads"}}, "app")["data.hub_id"]
+    got = problems({"tokenizer": {"kind": "pretrained", "name_or_path": "someone/uploads"}}, "app")
+    assert "Hub id" in got["tokenizer.name_or_path"]
+    assert Job.from_dict({"tokenizer": {"kind": "pretrained", "name_or_path": "someone/uploads"}}, "cli")
 
 
 def test_tokenizer_fields_must_fit_the_kind():
@@ -119,6 +133,9 @@ def test_caps_name_the_field():
     assert "over this app's cap" in problems({}, "app", caps)["spec"]
     mem = problems({"train": {"batch_size": 4096}}, "app", Caps(max_train_mb=100))
     assert "memory" in mem["train.batch_size"]
+    spec = load_preset("tiny-char").to_dict()
+    spec["max_seq_len"] = 8192
+    assert "at most 4,096" in problems({"spec": spec}, "app", Caps(max_context=4096))["spec.max_seq_len"]
 
 
 def test_derived_settings_live_in_train_config():
