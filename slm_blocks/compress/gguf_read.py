@@ -97,10 +97,30 @@ def load_gguf(path: str | Path, dtype=torch.float32):
     return model, tokenizer, meta
 
 
-def import_gguf(path: str | Path):
+def check_caps(meta: dict, caps) -> None:
+    """GGUFReadError when the file's model is over the app's caps (job.Caps: parameters counted from the
+    tensor shapes, context length from the metadata), read from the header before anything is allocated."""
+    import math
+
+    arch = meta.get("general.architecture")
+    params = sum(math.prod(shape) for _, shape in meta.get("__tensors__", {}).values())
+    context = meta.get(f"{arch}.context_length")
+    problems = []
+    if caps.max_params is not None and params > caps.max_params:
+        from ..model.estimate import human
+
+        problems.append(f"it has {human(params)} parameters, over this app's cap of {human(caps.max_params)}")
+    if caps.max_context is not None and isinstance(context, int) and context > caps.max_context:
+        problems.append(f"its context is {context:,} tokens, over this app's {caps.max_context:,}")
+    if problems:
+        raise GGUFReadError("this model is too big for this app: " + "; ".join(problems))
+
+
+def import_gguf(path: str | Path, caps=None):
     """(model, tokenizer, spec) from a GGUF file of a supported architecture, as an SLMForCausalLM to generate
     with or keep training; GGUFReadError says why a file cannot be used. Read as transformers reads it, then
-    through the same importer as a transformers folder (weights in safetensors, no code from the file)."""
+    through the same importer as a transformers folder (weights in safetensors, no code from the file).
+    `caps` (job.Caps): a model over them is refused from the file's header, before it is loaded."""
     import json
     import tempfile
 
@@ -109,6 +129,8 @@ def import_gguf(path: str | Path):
     from ..sharing.importer import import_hf
     from ..training.tokenization import save_tokenizer
 
+    if caps is not None:
+        check_caps(read_metadata(path), caps)
     native, tokenizer, _ = load_gguf(path)
     config = native.config.to_dict()
     config.pop("quantization_config", None)  # the weights below are plain dequantized floats
@@ -119,6 +141,6 @@ def import_gguf(path: str | Path):
         save_file(state, Path(d) / "model.safetensors")
         save_tokenizer(tokenizer, d)
         try:
-            return import_hf(d)
+            return import_hf(d, caps=caps)
         except ValueError as e:
             raise GGUFReadError(f"{Path(path).name}: {e}") from None

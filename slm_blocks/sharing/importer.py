@@ -2,7 +2,9 @@
 weights + tokenizer, to keep training or fine-tune it.
 
 Import never runs code from the folder: the spec comes from `slm_spec.json` or from the native config,
-and weights are read from safetensors files only (no pickles, no `trust_remote_code`).
+and weights are read from safetensors files only (no pickles, no `trust_remote_code`). With `caps` (the app's
+limits) the model the spec describes is checked before a weight is read or a parameter allocated: a tiny
+weights file next to a huge `slm_spec.json` or `max_position_embeddings` is refused, not built.
 """
 
 from __future__ import annotations
@@ -44,6 +46,36 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
             raise ImportFailed(f"{name} is not a valid safetensors file ({type(e).__name__}: {str(e)[:120]}); "
                                "re-export or re-download it") from None
     return state
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few KB; a bigger one is not read
+
+
+def _read_text(path: Path) -> str:
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ImportFailed(f"{path.name} is larger than {MAX_CONFIG_BYTES // 1024} KB; it is not a model config")
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(_read_text(path))
+    except (ValueError, RecursionError):
+        raise ImportFailed(f"{path.name} is not valid JSON; re-export the model") from None
+    if not isinstance(data, dict):
+        raise ImportFailed(f"{path.name} must hold a JSON object; re-export the model")
+    return data
+
+
+def check_import_caps(spec: ModelSpec, caps) -> None:
+    """ImportFailed when the model `spec` describes is over the app's caps (parameters, context length,
+    memory to fine-tune it with batch 1), so nothing that big is ever allocated."""
+    from ..training.config import TrainConfig
+    from ..training.job import model_cap_problems
+
+    problems = model_cap_problems(spec, TrainConfig(batch_size=1), caps, "")
+    if problems:
+        raise ImportFailed("this model is too big for this app: " + "; ".join(p.message for p in problems))
 
 
 def spec_from_native_config(cfg: dict) -> ModelSpec:
@@ -140,18 +172,21 @@ def _from_gpt2(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def import_hf(folder: str | Path):
-    """(model, tokenizer, spec) from an exported or native checkpoint folder; ImportFailed says what fails."""
+def import_hf(folder: str | Path, caps=None):
+    """(model, tokenizer, spec) from an exported or native checkpoint folder; ImportFailed says what fails.
+    `caps` (training.job.Caps): refuse a model over them before reading weights or allocating anything."""
     from ..model.modeling import build_model
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise ImportFailed(f"{folder} has no config.json; pick a folder exported by SLM Blocks or a transformers "
                            "checkpoint folder")
-    cfg = json.loads((folder / "config.json").read_text())
+    cfg = _read_json(folder / "config.json")
     mt = cfg.get("model_type")
     spec_file = folder / "slm_spec.json"
-    spec = ModelSpec.from_json(spec_file.read_text()) if spec_file.is_file() else spec_from_native_config(cfg)
+    spec = ModelSpec.from_json(_read_text(spec_file)) if spec_file.is_file() else spec_from_native_config(cfg)
+    if caps is not None:
+        check_import_caps(spec, caps)
     state = _read_weights(folder)
     family = MODEL_TYPES.get(mt)
     if mt == "slm_blocks":

@@ -58,6 +58,7 @@ class Caps:
     max_train_mb: float | None = None  # training memory from the estimate (weights, grads, AdamW, activations)
     max_steps: int | None = None
     max_time_s: float | None = None
+    max_context: int | None = None  # longest max_seq_len (generation allocates a KV cache this long)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -168,6 +169,9 @@ def model_cap_problems(spec: ModelSpec, train: TrainConfig, caps: Caps, why: str
     from ..model.estimate import estimate, human
 
     out = []
+    if caps.max_context is not None and spec.max_seq_len > caps.max_context:
+        out.append(Problem("spec.max_seq_len", f"is {spec.max_seq_len:,}; this app allows a context of at most "
+                           f"{caps.max_context:,} tokens; make max_seq_len smaller"))
     e = estimate(spec, batch_size=train.batch_size, seq_len=train.seq_len or spec.max_seq_len)
     if caps.max_params is not None and e.params > caps.max_params:
         out.append(Problem("spec", f"{why}the model has {human(e.params)} parameters, over this app's cap of "

@@ -139,3 +139,61 @@ def test_dependency_floors_and_no_torch_load():
     for path in (root / "slm_blocks").rglob("*.py"):
         text = path.read_text()
         assert "torch.load(" not in text and "pickle.load" not in text, path
+
+
+# ----------------------------------------------------------------------------- import caps (issue 10, item 5)
+
+
+def _no_allocation(monkeypatch):
+    import slm_blocks.model.modeling as modeling
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was allocated before the caps were checked")
+
+    monkeypatch.setattr(modeling, "build_model", refuse)
+
+
+@pytest.mark.parametrize("attack", ["huge_spec", "huge_context", "native_context", "gpt2_positions"])
+def test_import_caps_refuse_before_allocation(exported, tmp_path, monkeypatch, attack):
+    """A tiny weights file next to a config that describes a huge model is refused from the config alone."""
+    import json
+
+    from slm_blocks.training.job import Caps
+
+    d = _copy(exported, tmp_path)
+    if attack in ("huge_spec", "huge_context"):
+        spec = json.loads((d / "slm_spec.json").read_text())
+        if attack == "huge_spec":
+            spec["d_model"] = 16384
+            spec["blocks"][2]["repeat"] = 256
+        else:
+            spec["max_seq_len"] = 1 << 20
+        (d / "slm_spec.json").write_text(json.dumps(spec))
+    else:
+        (d / "slm_spec.json").unlink()
+        cfg = json.loads((d / "config.json").read_text())
+        if attack == "native_context":
+            cfg["max_position_embeddings"] = 10**9
+        else:
+            cfg = {"model_type": "gpt2", "vocab_size": 259, "n_embd": 64, "n_layer": 1, "n_head": 2,
+                   "n_positions": 1 << 20}
+        (d / "config.json").write_text(json.dumps(cfg))
+    _no_allocation(monkeypatch)
+    caps = Caps(max_params=30_000_000, max_train_mb=8192, max_context=4096)
+    with pytest.raises(ImportFailed, match="too big for this app") as e:
+        import_hf(d, caps=caps)
+    assert str(tmp_path) not in str(e.value)
+
+
+def test_gguf_caps_are_read_from_the_header():
+    from slm_blocks.compress.gguf_read import GGUFReadError, check_caps
+    from slm_blocks.training.job import Caps
+
+    meta = {"general.architecture": "llama", "llama.context_length": 1 << 20,
+            "__tensors__": {"token_embd.weight": ("F32", (64, 259)), "blk.0.ffn_up.weight": ("F32", (64, 10**8))}}
+    with pytest.raises(GGUFReadError, match="parameters.*context") as e:
+        check_caps(meta, Caps(max_params=30_000_000, max_context=4096))
+    assert "6.4G" in str(e.value)
+    meta["__tensors__"] = {"token_embd.weight": ("F32", (64, 259))}
+    meta["llama.context_length"] = 256
+    check_caps(meta, Caps(max_params=30_000_000, max_context=4096))  # a small model passes
