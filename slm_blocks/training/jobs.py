@@ -3,6 +3,12 @@
 The queue is shared by all users of one app process (it holds no user data, only whose turn it is); each
 entry belongs to one session. An entry's events arrive on a reader thread, decoded into typed events
 (events.py), and are kept in `entry.events`, so a UI generator can follow them without blocking other users.
+
+Fair share: the queue holds at most `max_waiting` trainings, at most `per_client` of them (waiting or running)
+from one client address, and while someone waits, a training that has run `slice_s` seconds since it last
+started is stopped at its next step with a checkpoint and put back at the end of the line; when its turn
+comes again it continues from that checkpoint (same run, same entry: whoever follows it sees "waiting" and
+then the steps going on). Its time budget counts training time only, so waiting costs it nothing.
 """
 
 from __future__ import annotations
@@ -18,11 +24,15 @@ import uuid
 from collections import deque
 from pathlib import Path
 
-from .events import DoneEvent, ErrorEvent, Event, StepEvent, decode
+from .events import DoneEvent, ErrorEvent, Event, StatusEvent, StepEvent, decode
 from .job import Caps, Job
 
 ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = ("done", "stopped", "error")
+
+
+class QueueFull(ValueError):
+    """The queue cannot take this training now (too many waiting, or too many from this client)."""
 
 
 class QueuedTraining:
@@ -47,6 +57,9 @@ class QueuedTraining:
         self.changed = threading.Condition()
         self.stop_requested = False
         self.started_at: float | None = None
+        self.client: str | None = None  # the address that asked for it (per-client queue limit)
+        self.preempting = False  # stopped by the queue for others: goes back in line, not to "stopped"
+        self.turns = 0  # how many times a worker has started for it
 
     def work(self) -> dict:
         """What the worker reads (see worker.py)."""
@@ -63,10 +76,12 @@ class QueuedTraining:
         # an empty working directory: a Hub id like 'owner/name' can never resolve to a folder on the server
         cwd = tempfile.mkdtemp(prefix=f".cwd-{self.id}-", dir=self.run_dir.parent)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
+               "SLM_MLFLOW_CHECKPOINTS": "0",  # the run folder holds the checkpoints: MLflow gets metrics only
                "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
         self.proc = subprocess.Popen([sys.executable, "-m", "slm_blocks.training.worker", str(work_file)], cwd=cwd,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
         self.started_at = time.time()
+        self.turns += 1
         self._set("running")
         threading.Thread(target=self._read, args=(on_exit, log, work_file, cwd), daemon=True).start()
         if self.stop_requested:
@@ -81,6 +96,13 @@ class QueuedTraining:
             except ValueError:
                 continue  # not an event (a library printing to stdout)
             with self.changed:
+                if isinstance(event, DoneEvent) and event.reason == "stopped" and self.preempting \
+                        and not self.stop_requested:
+                    minutes = (time.time() - (self.started_at or time.time())) / 60
+                    event = StatusEvent(f"paused after {minutes:.0f} min of training because others are waiting "
+                                        "for a trainer; back in line, it continues from this step when its turn "
+                                        "comes")
+                    self.status = "requeue"
                 self.events.append(event)
                 if isinstance(event, ReadyEvent):
                     self.max_steps, self.max_time = event.max_steps, event.max_time
@@ -97,7 +119,14 @@ class QueuedTraining:
             os.rmdir(cwd)
         except OSError:
             pass
-        if self.status == "running":  # no final event: the worker died (killed, out of memory)
+        if self.status == "requeue" and self.stop_requested:  # the user pressed Stop while it was being paused
+            self.preempting = False
+            self._set("stopped", "stopped by the user; resume continues from here")
+        elif self.status == "requeue":  # preempted (see the module docstring): continue from the checkpoint later
+            self.resume, self.extra_steps, self.preempting = True, 0, False
+            self.carried = len(self.events)
+            self._set("queued")
+        elif self.status == "running":  # no final event: the worker died (killed, out of memory)
             message = (f"the training worker exited unexpectedly (code {rc}); the last checkpoint is kept and you "
                        "can resume")
             self._mark_failed_in_mlflow(message)
@@ -134,6 +163,20 @@ class QueuedTraining:
             except (BrokenPipeError, ValueError):
                 pass
 
+    def preempt(self) -> None:
+        """Stop at the next step with a checkpoint, to go back in line (see the module docstring)."""
+        if self.proc and self.proc.poll() is None and not self.stop_requested:
+            self.preempting = True
+            try:
+                self.proc.stdin.write("stop\n")
+                self.proc.stdin.flush()
+            except (BrokenPipeError, ValueError):
+                pass
+
+    def has_trained(self) -> bool:
+        """Whether this turn has taken a step (so a stop writes a checkpoint to continue from)."""
+        return any(isinstance(e, StepEvent) for e in self.events[self.carried:])
+
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
@@ -160,19 +203,69 @@ class QueuedTraining:
 
 
 class TrainingQueue:
-    """At most `max_running` workers at once; the rest wait in order and can see their place in line."""
+    """At most `max_running` workers at once; the rest wait in order and can see their place in line.
+    `max_waiting`, `per_client` and `slice_s` (None or 0: no limit) are the fair-share rules of the module
+    docstring."""
 
-    def __init__(self, max_running: int = 1):
+    def __init__(self, max_running: int = 1, *, max_waiting: int | None = None, per_client: int | None = None,
+                 slice_s: float | None = None, tick_s: float = 1.0):
         self.max_running = max(1, max_running)
+        self.max_waiting, self.per_client, self.slice_s, self.tick_s = max_waiting, per_client, slice_s, tick_s
         self.waiting: deque[QueuedTraining] = deque()
         self.running: set[QueuedTraining] = set()
         self.lock = threading.Lock()
+        self._monitor: threading.Thread | None = None
 
     def submit(self, entry: QueuedTraining) -> QueuedTraining:
+        """Queue `entry`; QueueFull (a message for the user) when the queue or this client's share is full."""
         with self.lock:
+            if self.max_waiting and len(self.waiting) >= self.max_waiting:
+                raise QueueFull(f"{len(self.waiting)} trainings are already waiting for a trainer, the most this "
+                                "app queues; try again in a few minutes")
+            if self.per_client and entry.client is not None:
+                mine = sum(1 for e in [*self.waiting, *self.running] if e.client == entry.client)
+                if mine >= self.per_client:
+                    raise QueueFull(f"{mine} trainings from your address are already waiting or running, the most "
+                                    "this app allows; wait until one ends")
             self.waiting.append(entry)
         self._dispatch()
+        self._watch()
         return entry
+
+    def _watch(self) -> None:
+        """Start the fair-share monitor (one daemon thread while there is work)."""
+        if not self.slice_s:
+            return
+        with self.lock:
+            if self._monitor is not None and self._monitor.is_alive():
+                return
+            self._monitor = threading.Thread(target=self._monitor_loop, daemon=True, name="slm-queue-monitor")
+            self._monitor.start()
+
+    def _monitor_loop(self) -> None:
+        while True:
+            time.sleep(self.tick_s)
+            with self.lock:
+                if not self.running and not self.waiting:
+                    self._monitor = None
+                    return
+            self.rebalance()
+
+    def rebalance(self, now: float | None = None) -> list[QueuedTraining]:
+        """While trainings wait, preempt the ones that used up their slice (longest-running first, at most one
+        per waiting training); returns them."""
+        if not self.slice_s:
+            return []
+        now = time.time() if now is None else now
+        with self.lock:
+            if not self.waiting:
+                return []
+            due = sorted((e for e in self.running if not e.preempting and e.status == "running" and e.started_at
+                          and now - e.started_at >= self.slice_s and e.has_trained()), key=lambda e: e.started_at)
+            due = due[:len(self.waiting)]
+        for entry in due:
+            entry.preempt()
+        return due
 
     def position(self, entry: QueuedTraining) -> int:
         """1-based place in line, 0 when running or finished."""
@@ -206,7 +299,8 @@ class TrainingQueue:
         with self.lock:
             if entry in self.waiting:
                 self.waiting.remove(entry)
-                entry._set("stopped", "removed from the queue before it started")
+                entry._set("stopped", "stopped while waiting for its next turn; resume continues from the last "
+                           "checkpoint" if entry.turns else "removed from the queue before it started")
                 return
         entry.stop()
 
@@ -227,6 +321,8 @@ class TrainingQueue:
     def _finished(self, entry: QueuedTraining) -> None:
         with self.lock:
             self.running.discard(entry)
+            if entry.status == "queued":  # preempted: back at the end of the line
+                self.waiting.append(entry)
         self._dispatch()
 
     def wait_idle(self, timeout: float = 60) -> bool:

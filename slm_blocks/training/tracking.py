@@ -118,7 +118,7 @@ class Tracker:
         elif isinstance(event, DoneEvent):
             self.flush()
             self.client.set_tag(self.run_id, "slm.end_reason", event.reason)
-            if event.checkpoint:
+            if event.checkpoint and os.environ.get("SLM_MLFLOW_CHECKPOINTS", "1") != "0":  # the app's workers: "0"
                 for name in ("model.safetensors", "trainer_state.json"):
                     if (Path(event.checkpoint) / name).is_file():
                         self.client.log_artifact(self.run_id, str(Path(event.checkpoint) / name), "checkpoint")
@@ -151,6 +151,29 @@ def mark_failed(uri: str, run_id: str, message: str, client=None) -> bool:
         return True
     except Exception:  # the store is gone or the run was deleted: nothing left to mark
         return False
+
+
+def delete_artifacts(uri: str, run_ids: list[str]) -> int:
+    """Delete the local artifact folders of these MLflow runs (their params and metrics stay, for Compare);
+    returns how many were deleted. Only `file:` artifact locations are touched."""
+    import shutil
+    from urllib.parse import unquote, urlparse
+
+    if not run_ids:
+        return 0
+    client, deleted = _client(uri), 0
+    for run_id in run_ids:
+        try:
+            location = client.get_run(run_id).info.artifact_uri or ""
+        except Exception:  # the store is gone or the run was never created
+            continue
+        parsed = urlparse(location)
+        if parsed.scheme == "file" or (not parsed.scheme and location.startswith("/")):
+            path = Path(unquote(parsed.path if parsed.scheme else location))
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+                deleted += 1
+    return deleted
 
 
 # ----------------------------------------------------------------------------- comparing runs
