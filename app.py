@@ -17,8 +17,7 @@ def main() -> None:
     limits = Limits.from_env()
     demo = build_app(SessionStore(limits))
     demo.queue(max_size=int(os.environ.get("SLM_QUEUE_SIZE", 64)))
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                max_file_size=f"{limits.max_upload_mb}mb")
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share)  # caps: see ui/guard.py
 
 
 if __name__ == "__main__":

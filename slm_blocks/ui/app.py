@@ -12,6 +12,7 @@ import gradio as gr
 
 from .build_tab import build_tab, preset_state, validate_spec
 from .deploy import WEIGHTS, deploy_section
+from .guard import guard_launch
 from .handlers import Handlers
 from .state import Limits, SessionStore
 from .train_form import VISIBILITY, build_form, collect, paths, visibility
@@ -25,7 +26,8 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
     store = store or SessionStore(Limits.from_env())
     h = Handlers(store)
     on_spaces = bool(os.environ.get("SPACE_ID"))
-    with gr.Blocks(title="SLM Blocks") as demo:
+    # delete_cache: Gradio's copies of uploads and outputs go after 2 h (runs copy what they use into the session)
+    with gr.Blocks(title="SLM Blocks", delete_cache=(1800, 7200)) as demo:
         gr.Markdown(INTRO)
         spec_state = gr.State(preset_state("tiny-char"))
         with gr.Tab("Build"):
@@ -73,7 +75,7 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
                 with gr.Column(scale=1):
                     model_pick = gr.Dropdown([], label="Model (this session's runs and imports)", allow_custom_value=True)
                     refresh = gr.Button("Refresh list", size="sm")
-                    prompt = gr.Textbox("\n", label="Prompt", lines=3)
+                    prompt = gr.Textbox("\n", label="Prompt", lines=3, max_length=store.limits.max_prompt_chars)
                     with gr.Row():
                         max_new = gr.Number(200, label="Max new tokens", precision=0)
                         temperature = gr.Slider(0, 2, 0.8, step=0.05, label="Temperature (0 = greedy)")
@@ -177,9 +179,12 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
         # slider bound check would answer an API caller with "Value -1 is less than minimum value 0.")
         gen_btn.click(h.generate, [model_pick, prompt, max_new, temperature, top_k, top_p, rep, gen_seed, weights], output,
                       api_name="generate", concurrency_limit=4, preprocess=False)
-        next_btn.click(h.next_tokens, [model_pick, prompt], [next_df, next_msg], api_name="next_tokens")
+        # the inspect views share 4 workers (one per session at a time, see guard.one_at_a_time); preprocess off:
+        # text, lists or 1e400 as layer / head get a message naming the field
+        next_btn.click(h.next_tokens, [model_pick, prompt], [next_df, next_msg], api_name="next_tokens",
+                       concurrency_limit=4, concurrency_id="inspect")
         attn_btn.click(h.attention_map, [model_pick, prompt, layer, head], [attn_plot, attn_msg],
-                       api_name="attention_map")
+                       api_name="attention_map", concurrency_limit=4, concurrency_id="inspect", preprocess=False)
         cmp_btn.click(h.compare, [everyone, x_axis], [cmp_table, cmp_curves, cmp_scatter, cmp_msg],
                       api_name="compare") \
             .then(h.redraw_legends, [cmp_curves, cmp_scatter], [cmp_curves, cmp_scatter], api_visibility="private")
@@ -194,4 +199,5 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
 
         demo.unload(close_session)
     demo.store = store
+    guard_launch(demo, store)  # launch() with the request caps, the upload cap and the sweeper (guard.py)
     return demo

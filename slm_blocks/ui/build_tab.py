@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import html
 import json
+import re
 import typing
 import uuid
 from dataclasses import fields, is_dataclass
@@ -219,6 +220,11 @@ def summary(spec: dict) -> tuple[str, str]:
         f"{human(e.kv_cache_bytes_per_token, 'B')}/token")
 
 
+def _in_code(text: str) -> str:
+    """Text for inside a Markdown code span: a key from pasted JSON can hold a backtick or a line break."""
+    return re.sub(r"[`\s<>&]", "?", str(text))
+
+
 def validate_spec(spec_json: str) -> tuple[str, str]:
     """API: validate a spec given as JSON text → (problems or ✅, estimate)."""
     try:
@@ -256,7 +262,8 @@ def build_tab(spec_state: gr.State, spec_json: gr.Textbox):
                     bid, btype = block.get("_id", str(i)), block.get("type")
                     with gr.Group(key=f"group-{bid}"):
                         with gr.Row(key=f"head-{bid}"):
-                            gr.Markdown(f"**{i} · {btype}** — {block_help(btype) if btype in BLOCK_TYPES else ''}",
+                            gr.Markdown(f"**{i} · {html.escape(str(btype))}** — "  # a type from pasted JSON
+                                        f"{block_help(btype) if btype in BLOCK_TYPES else ''}",
                                         key=f"title-{bid}")
                             up = gr.Button("↑", size="sm", min_width=40, scale=0, key=f"up-{bid}")
                             down = gr.Button("↓", size="sm", min_width=40, scale=0, key=f"down-{bid}")
@@ -271,7 +278,8 @@ def build_tab(spec_state: gr.State, spec_json: gr.Textbox):
                                           api_visibility="private", show_progress="hidden")
                         mine = [p for p in problems if p.block == i]
                         if mine:
-                            gr.Markdown("\n".join(f"⚠️ `{p.field}`: {html.escape(p.message)}" for p in mine),
+                            gr.Markdown("\n".join(f"⚠️ `{_in_code(p.field)}`: {html.escape(p.message)}"
+                                                  for p in mine),
                                         key=f"problems-{bid}")
                     up.click(_mover(bid, -1), spec_state, spec_state, api_visibility="private")
                     down.click(_mover(bid, +1), spec_state, spec_state, api_visibility="private")

@@ -17,6 +17,7 @@ import gradio as gr
 import pandas as pd
 
 from .state import SessionStore, safe_filename
+from .train_tab import scrub
 from .uploads import UserError
 
 log = logging.getLogger("slm_blocks.app")
@@ -63,7 +64,7 @@ def _finished_run(session, run_name):
 
 def _message(e: Exception) -> str:
     if isinstance(e, (UserError, ValueError, RuntimeError, FileNotFoundError)):
-        return f"❌ {html.escape(str(e), quote=False)}"
+        return f"❌ {html.escape(scrub(str(e)), quote=False)}"  # never a server path
     log.exception("deploy: unexpected error")
     return f"❌ Something went wrong ({type(e).__name__}); the app is still running — try again."
 
@@ -146,19 +147,20 @@ class Deploy:
             src = Path(file if isinstance(file, str) else file.name)
             if src.suffix.lower() != ".gguf":
                 raise UserError(f"GGUF file: {src.name!r} is not a .gguf file")
+            self.store.check_disk("GGUF file")
             name = session.new_run_name("gguf")
             folder = session.root / "imports" / name
             folder.mkdir(parents=True, exist_ok=True)
             dst = folder / safe_filename(src.name)
-            shutil.copyfile(src, dst)
             try:
-                model, tok, spec = import_gguf(dst)
+                shutil.copyfile(src, dst)
+                model, tok, spec = import_gguf(dst, caps=self.store.limits.caps())  # caps: from the header
             except Exception:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
             session.models[name] = (model, tok)
             choices = list(session.runs) + [n for n in session.models if n not in session.runs]
-            return (f"✅ Imported as **{name}** ({spec.summary()}); pick it on the Generate tab.",
+            return (f"✅ Imported as **{name}** ({html.escape(spec.summary())}); pick it on the Generate tab.",
                     gr.update(choices=choices, value=name))
         except Exception as e:
             return _message(e), gr.update()

@@ -20,6 +20,7 @@ from ..training.job import Job, JobError
 from ..training.jobs import QueuedTraining
 from ..training.schema import parse_number, short
 from .deploy import with_weights
+from .guard import client_address, one_at_a_time
 from .state import SessionRun, SessionStore, safe_filename
 from .train_tab import follow, job_problems, loss_frame, preview_markdown, sample_at, scrub
 from .uploads import UserError, copy_data_uploads, refuse_pickle
@@ -94,6 +95,7 @@ class Handlers:
                     raise UserError(f"This session uses {used_mb:.0f} MB of disk, over the "
                                     f"{self.store.limits.session_quota_mb} MB allowed; reload the page for a fresh "
                                     "session")
+                self.store.check_disk("Start training")
                 if job.data.source == "files":  # (files left in the upload widget of another source are ignored)
                     job.data.paths = copy_data_uploads(files, session.root / "uploads",
                                                        self.store.limits.max_upload_mb)
@@ -102,9 +104,10 @@ class Handlers:
                 run = SessionRun(name, session.root / "runs" / name)
                 run.job = QueuedTraining(job, run.dir, caps=self.store.limits.caps(),
                                          mlflow_uri=self.store.mlflow_uri)
+                run.job.client = client_address(request)
+                self.store.queue.submit(run.job)  # QueueFull: nothing registered
                 session.runs[name] = run
                 session.followed = name
-                self.store.queue.submit(run.job)
         except Exception as e:
             yield self._refused(_train_error(e))
             return
@@ -140,14 +143,16 @@ class Handlers:
                 if not names:
                     raise UserError("Resume: this session has no run yet; start one with Train")
                 run = session.run(run_name or names[-1])
+                self.store.check_disk("Resume")
                 entry = self._resume_entry(run, extra)
+                entry.client = client_address(request)
                 old = run.job.events if run.job else []
                 keep = [e for e in old if isinstance(e, (StepEvent, EvalEvent, SampleEvent))
                         and e.step <= entry.resume_step]
                 entry.events[:0], entry.carried = keep, len(keep)
+                self.store.queue.submit(entry)  # QueueFull: the run keeps its last training
                 run.job = entry
                 session.followed = run.name
-                self.store.queue.submit(entry)
         except Exception as e:
             yield self._refused(_train_error(e))
             return
@@ -236,6 +241,7 @@ class Handlers:
                 raise UserError("Model: pick one of this session's runs or imported models")
         return session.models[name]
 
+    @one_at_a_time("generate", "Generate", lambda message: f"⚠️ {message}")
     def generate(self, model_name, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
                  weights, request: gr.Request):
         """Stream generated text for the prompt from one of this session's models."""
@@ -245,6 +251,7 @@ class Handlers:
                 raise UserError("Model: train a model first (Train tab) or import one (Share tab)")
             if prompt is None or prompt == "":
                 raise UserError("Prompt: type some text to continue (a single newline works too)")
+            self._check_prompt(prompt)
             model, tok = self._load_fresh(session, model_name)
             model = with_weights(model, weights)  # fp32 / bf16 / int8 / int4 (deploy.py)
             cfg = self._sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
@@ -263,10 +270,22 @@ class Handlers:
 
     def _load_fresh(self, session, name):
         """Reload a run's model when training wrote a newer checkpoint since it was loaded."""
+        if not isinstance(name, str):
+            raise UserError(f"Model: pick one of this session's runs or imported models (got {short(name)})")
         run = session.runs.get(name)
         if run is not None and run.job is not None and not run.job.finished:
             session.models.pop(name, None)  # still training: always take the newest checkpoint
         return self._model(session, name)
+
+    def _check_prompt(self, prompt) -> None:
+        """A prompt is text of at most SLM_MAX_PROMPT_CHARS characters: checked before anything tokenizes it
+        (tens of MB of prompt once took the whole app down)."""
+        if not isinstance(prompt, str):
+            raise UserError(f"Prompt: must be text, got {short(prompt)}")
+        cap = self.store.limits.max_prompt_chars
+        if len(prompt) > cap:
+            raise UserError(f"Prompt: is {len(prompt):,} characters; this app takes at most {cap:,} (a model sees "
+                            "only its last few hundred tokens anyway): shorten it")
 
     @staticmethod
     def _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed) -> SamplingConfig:
@@ -292,12 +311,15 @@ class Handlers:
                               top_p=None if p >= 1 else p, repetition_penalty=rp,
                               seed=int(s) if s is not None else None)
 
+    @one_at_a_time("inspect", "Next tokens", lambda message: (pd.DataFrame(columns=["token", "probability"]),
+                                                              f"⚠️ {message}"))
     def next_tokens(self, model_name, prompt, request: gr.Request):
         """The model's top next-token candidates for the prompt, with probabilities."""
         session = self.store.get(_sid(request))
         try:
             if not prompt:
                 raise UserError("Prompt: type some text first")
+            self._check_prompt(prompt)
             model, tok = self._load_fresh(session, model_name)
             ids = tok(prompt, add_special_tokens=False)["input_ids"][-model.config.max_position_embeddings:]
             if not ids:
@@ -308,14 +330,24 @@ class Handlers:
         except Exception as e:
             return pd.DataFrame(columns=["token", "probability"]), f"⚠️ {_friendly(e)}"
 
+    @one_at_a_time("inspect", "Attention map", lambda message: (None, f"⚠️ {message}"))
     def attention_map(self, model_name, prompt, layer, head, request: gr.Request):
-        """A heatmap of one attention head over the prompt's tokens."""
+        """A heatmap of one attention head over the prompt's tokens. Called with raw values (preprocess off):
+        text, lists or 1e400 as layer or head get a message naming the field."""
         session = self.store.get(_sid(request))
         try:
+            numbers = []
+            for value, name in ((layer, "Attention layer"), (head, "Head")):
+                ok, number, why = parse_number(value, int, optional=True)
+                if not ok:
+                    raise UserError(f"{name}: {why}")
+                numbers.append(number or 0)
+            if prompt:
+                self._check_prompt(prompt)
             model, tok = self._load_fresh(session, model_name)
             from .plots import attention_figure
 
-            return attention_figure(model, tok, prompt, int(layer or 0), int(head or 0)), ""
+            return attention_figure(model, tok, prompt, numbers[0], numbers[1]), ""
         except Exception as e:
             return None, f"⚠️ {_friendly(e)}"
 
@@ -360,12 +392,14 @@ class Handlers:
             run = session.run(run_name)
             if run.job and not run.job.finished:
                 raise UserError(f"Run: {run_name} is still training; stop it or wait until it finishes")
+            self.store.check_disk("Export")
             out = session.root / "exports" / run.name
             r = export_run(run.dir, out, overwrite=True)
             session.exports[run.name] = out
             archive = shutil.make_archive(str(session.root / "exports" / f"{run.name}-hf"), "zip", out)
             kind = ("native transformers class — loads with no remote code" if r.native else
-                    f"custom code (load with trust_remote_code=True) because {r.why_not_native}")
+                    f"custom code (load with trust_remote_code=True) because "
+                    f"{html.escape(scrub(r.why_not_native))}")
             result = (f"✅ Exported **{r.model_class}** ({kind}).\n\nVerified in a fresh process: max |Δlogits| "
                       f"{r.max_abs_diff:.2e}, greedy continuation {'identical' if r.greedy_match else 'different'}.")
             return archive, result, (out / "README.md").read_text()
@@ -374,16 +408,24 @@ class Handlers:
 
     def push(self, run_name, repo_id, token_text, private, oauth_token: gr.OAuthToken | None,
              request: gr.Request):
-        """Push an exported run to the Hub (token from Sign in with HF, the field, or the local login)."""
-        from huggingface_hub import get_token
-
+        """Push an exported run to the Hub with the user's own token: from Sign in with HF or the field. The
+        server's token (HF_TOKEN, `hf auth login`) is never used on a shared server; a local owner can allow it
+        with SLM_ALLOW_LOCAL_TOKEN=1 (ignored on Spaces)."""
         from ..sharing.hub import HubError, push_to_hub
 
         session = self.store.get(_sid(request))
-        token = (oauth_token.token if oauth_token else None) or (token_text or "").strip() or get_token()
+        token = (oauth_token.token if oauth_token else None) or \
+            (token_text.strip() if isinstance(token_text, str) else "") or None
+        if token is None and self.store.limits.use_ambient_token:
+            from huggingface_hub import get_token
+
+            token = get_token()
         try:
-            if not run_name or run_name not in session.exports:
+            if not isinstance(run_name, str) or run_name not in session.exports:
                 raise UserError("Push: export this run first (Export button above)")
+            if not token:
+                raise UserError("Token: sign in with Hugging Face or paste a token with write access; this app "
+                                "never pushes with the server's own token")
             r = push_to_hub(session.exports[run_name], repo_id, token, private=bool(private))
             return f"✅ Published **{r.repo_id}** ({'private' if r.private else 'public'}): {r.url}"
         except (HubError, UserError) as e:
@@ -398,23 +440,32 @@ class Handlers:
         from ..sharing.importer import import_hf
 
         session = self.store.get(_sid(request))
+        folder = None
         try:
             if not files:
                 raise UserError("Import: upload the files of an exported folder (config.json, model.safetensors, "
                                 "tokenizer files)")
+            sources = [Path(f if isinstance(f, str) else f.name) for f in (files if isinstance(files, list) else [files])]
+            for src in sources:
+                refuse_pickle(src, "Import")
+            size = sum(src.stat().st_size for src in sources)
+            if size > self.store.limits.max_upload_request_bytes:
+                raise UserError(f"Import: the files hold {size / 2**20:,.0f} MB, more than a model this app allows "
+                                f"({self.store.limits.max_upload_request_bytes / 2**20:,.0f} MB)")
+            self.store.check_disk("Import")
             name = session.new_run_name("imported")
             folder = session.root / "imports" / name
             folder.mkdir(parents=True, exist_ok=True)
-            for f in files:
-                src = Path(f if isinstance(f, str) else f.name)
-                refuse_pickle(src, "Import")
+            for src in sources:
                 shutil.copyfile(src, folder / safe_filename(src.name))
-            model, tok, spec = import_hf(folder)
+            model, tok, spec = import_hf(folder, caps=self.store.limits.caps())  # caps: before allocating
             if tok is None:
                 raise UserError("Import: the folder has no tokenizer files (tokenizer.json, tokenizer_config.json)")
             session.models[name] = (model, tok)
-            return f"✅ Imported as **{name}** ({spec.summary()}); pick it on the Generate tab.", \
+            return f"✅ Imported as **{name}** ({html.escape(spec.summary())}); pick it on the Generate tab.", \
                 gr.update(choices=list(session.runs) + [n for n in session.models if n not in session.runs],
                           value=name)
         except Exception as e:
+            if folder is not None:  # a failed import leaves no files behind
+                shutil.rmtree(folder, ignore_errors=True)
             return f"❌ {html.escape(_friendly(e))}", gr.update()

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import threading
+import time
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,10 @@ def _env_int(name: str, default: int) -> int:
         return int(os.environ.get(name, default))
     except ValueError:
         return default
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,16 @@ class Limits:
     generate_timeout_s: int = 60
     session_quota_mb: int = 1024  # disk per session (runs, uploads, exports)
     max_train_mb: int = 8192  # training memory of one run, from the estimate (weights, grads, AdamW, activations)
+    max_context: int = 4096  # longest context (max_seq_len) of a model trained or imported here
+    max_prompt_chars: int = 10_000  # prompts of /generate, /next_tokens, /attention_map (checked before tokenizing)
+    max_request_kb: int = 4096  # body of any request but a file upload (a job is at most 64 KB; Compare sends its curves)
+    max_pending_per_session: int = 16  # events of one session waiting or running in Gradio's queue
+    session_idle_s: int = 1800  # a session without requests, training or open tab for this long is closed
+    disk_budget_mb: int = 20480  # all sessions' files and MLflow artifacts; new work is refused above it
+    max_trainings_per_client: int = 8  # trainings one client address may have queued or running (0: no cap)
+    max_queued_trainings: int = 32  # trainings waiting for a trainer, all users together
+    train_slice_s: int = 600  # while others wait, a training that ran this long is checkpointed and requeued
+    allow_local_token: bool = False  # /push may fall back to the server's own Hub token (never on Spaces)
 
     @classmethod
     def from_env(cls) -> "Limits":
@@ -53,12 +67,38 @@ class Limits:
                    max_runs_per_session=_env_int("SLM_MAX_RUNS_PER_SESSION", cls.max_runs_per_session),
                    generate_timeout_s=_env_int("SLM_GENERATE_TIMEOUT", cls.generate_timeout_s),
                    session_quota_mb=_env_int("SLM_SESSION_QUOTA_MB", cls.session_quota_mb),
-                   max_train_mb=_env_int("SLM_MAX_TRAIN_MB", cls.max_train_mb))
+                   max_train_mb=_env_int("SLM_MAX_TRAIN_MB", cls.max_train_mb),
+                   max_context=_env_int("SLM_MAX_CONTEXT", cls.max_context),
+                   max_prompt_chars=_env_int("SLM_MAX_PROMPT_CHARS", cls.max_prompt_chars),
+                   max_request_kb=_env_int("SLM_MAX_REQUEST_KB", cls.max_request_kb),
+                   max_pending_per_session=_env_int("SLM_MAX_PENDING_PER_SESSION", cls.max_pending_per_session),
+                   session_idle_s=_env_int("SLM_SESSION_IDLE", cls.session_idle_s),
+                   disk_budget_mb=_env_int("SLM_DISK_BUDGET_MB", cls.disk_budget_mb),
+                   max_trainings_per_client=_env_int("SLM_MAX_TRAININGS_PER_CLIENT", cls.max_trainings_per_client),
+                   max_queued_trainings=_env_int("SLM_MAX_QUEUED_TRAININGS", cls.max_queued_trainings),
+                   train_slice_s=_env_int("SLM_TRAIN_SLICE", cls.train_slice_s),
+                   allow_local_token=_env_flag("SLM_ALLOW_LOCAL_TOKEN"))
 
     def caps(self) -> Caps:
         """The limits a training job is checked against (before it starts, and on the real vocabulary)."""
         return Caps(max_params=self.max_params, max_train_mb=self.max_train_mb, max_steps=self.max_steps,
-                    max_time_s=self.max_time_s)
+                    max_time_s=self.max_time_s, max_context=self.max_context)
+
+    @property
+    def max_file_bytes(self) -> int:
+        """Gradio's cap on one uploaded file: a data file, or the weights of a model at the parameter cap."""
+        return max(self.max_upload_mb * 2**20, int(4.2 * self.max_params) + 2**20)
+
+    @property
+    def max_upload_request_bytes(self) -> int:
+        """One upload request (several files of a folder): twice the largest file."""
+        return 2 * self.max_file_bytes
+
+    @property
+    def use_ambient_token(self) -> bool:
+        """Whether /push may use the server's own token (HF_TOKEN, `hf auth login`) when the user gave none:
+        only with SLM_ALLOW_LOCAL_TOKEN=1 and never on Spaces (a Space is shared by definition)."""
+        return self.allow_local_token and not os.environ.get("SPACE_ID")
 
 
 def safe_name(text: str, fallback: str = "run") -> str:
@@ -96,11 +136,13 @@ class Session:
     lock: threading.Lock = field(default_factory=threading.Lock)  # one training start at a time per session
     preview_cache: dict = field(default_factory=dict)  # (data, tokenizer) choice -> vocabulary and token counts
     followed: str = ""  # the run the Train tab follows (the last one started or resumed)
+    last_seen: float = field(default_factory=time.time)  # the last request (the sweeper closes idle sessions)
 
     def new_run_name(self, wanted: str) -> str:
         base = safe_name(wanted, "run")
         name, i = base, 2
-        while name in self.runs or (self.root / "runs" / name).exists():
+        while name in self.runs or name in self.models or (self.root / "runs" / name).exists() \
+                or (self.root / "imports" / name).exists():  # an import's name must not take another's folder
             name, i = f"{base}-{i}", i + 1
         return name
 
@@ -117,10 +159,19 @@ class Session:
 
 class SessionStore:
     def __init__(self, limits: Limits | None = None):
+        from .guard import Gate, Liveness
+
         self.limits = limits or Limits.from_env()
         self.sessions: dict[str, Session] = {}
+        self.closing: set[str] = set()  # closed sessions whose files are still being removed
         self.lock = threading.Lock()
-        self.queue = TrainingQueue(self.limits.max_concurrent)
+        lim = self.limits
+        self.queue = TrainingQueue(lim.max_concurrent, max_waiting=lim.max_queued_trainings,
+                                   per_client=lim.max_trainings_per_client, slice_s=lim.train_slice_s)
+        self.liveness = Liveness()  # open heartbeats per session (guard.RequestGuard keeps it)
+        self.gate = Gate()  # one generation / one inspect request at a time per session
+        self.sweeper = None
+        self._disk = (0.0, -1e9)  # (MiB used by the data folder, when measured)
 
     def get(self, session_id: str | None) -> Session:
         sid = safe_name(session_id or "local", "local")
@@ -129,13 +180,45 @@ class SessionStore:
                 root = self.limits.data_dir / "sessions" / sid
                 root.mkdir(parents=True, exist_ok=True)
                 self.sessions[sid] = Session(sid, root)
-            return self.sessions[sid]
+            session = self.sessions[sid]
+            session.last_seen = time.time()
+            return session
+
+    def start_sweeper(self, interval_s: float = 30.0):
+        """Start the sweeper (sweeper.py): at once (a crashed process's folders) and then every interval."""
+        from .sweeper import Sweeper
+
+        if self.sweeper is None:
+            self.sweeper = Sweeper(self, interval_s)
+        self.sweeper.start()
+        return self.sweeper
+
+    def disk_used_mb(self, max_age_s: float = 10.0) -> float:
+        """MiB used by the data folder (sessions, MLflow store and artifacts), measured at most max_age_s ago."""
+        from .sweeper import folder_mb
+
+        used, when = self._disk
+        if time.time() - when > max_age_s:
+            used = folder_mb(self.limits.data_dir) if self.limits.data_dir.exists() else 0.0
+            self._disk = (used, time.time())
+        return used
+
+    def check_disk(self, what: str) -> None:
+        """UserError when all users together are over the disk budget (SLM_DISK_BUDGET_MB)."""
+        budget = self.limits.disk_budget_mb
+        if budget and self.disk_used_mb() > budget:
+            from .uploads import UserError
+
+            raise UserError(f"{what}: this app's disk budget ({budget:,} MB for all users) is used up; try again "
+                            "later (closed and idle sessions are cleaned up every few minutes)")
 
     def close(self, session_id: str | None) -> None:
         """The tab was closed: stop its trainings, drop its models, delete its files."""
         sid = safe_name(session_id or "local", "local")
         with self.lock:
             session = self.sessions.pop(sid, None)
+            if session is not None:
+                self.closing.add(sid)
         if session is None:
             return
         for r in session.runs.values():
@@ -151,7 +234,14 @@ class SessionStore:
                     r.job.proc.wait(timeout=60)
                 except Exception:
                     r.job.kill()
-        shutil.rmtree(session.root, ignore_errors=True)
+        from .sweeper import remove_session_files
+
+        try:
+            remove_session_files(session.root, self.mlflow_uri)
+        finally:
+            with self.lock:
+                self.closing.discard(session.id)
+            self._disk = (self._disk[0], -1e9)  # measure again next time
 
     @property
     def mlflow_uri(self) -> str:

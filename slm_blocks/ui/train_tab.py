@@ -34,8 +34,12 @@ def scrub(message: str) -> str:
 
 
 def job_problems(e: JobError) -> str:
-    """Every problem of a job, each naming its field as the form labels it and the fix."""
-    lines = [f"- {field_name(p.path)}: {html.escape(scrub(p.message))}" if p.path else
+    """Every problem of a job, each naming its field as the form labels it and the fix. A path can hold a key
+    the caller sent (an unknown setting): no backtick, HTML or Markdown of it survives."""
+    def path_text(path: str) -> str:  # shown inside a code span: only a backtick or a line break could leave it
+        return re.sub(r"[`\s<>&]", "?", path)
+
+    lines = [f"- {field_name(path_text(p.path))}: {html.escape(scrub(p.message))}" if p.path else
              f"- {html.escape(scrub(p.message))}" for p in e.problems]
     return "❌ The training job has problems:\n" + "\n".join(lines)
 

@@ -1,0 +1,249 @@
+"""What keeps one client from taking a shared app down: request size caps, per-session limits and knowing
+which browser tabs are still open.
+
+- `RequestGuard`, an ASGI middleware in front of Gradio's routes: a request body over the cap is answered
+  413 before it is read (Content-Length) or as soon as it grows past the cap (chunked bodies), so a 30 MB
+  prompt never reaches the JSON parser; uploads have their own, larger cap. It also counts the open
+  heartbeat connections of each session: an open browser tab (or a gradio_client) keeps one open, which
+  tells the sweeper (sweeper.py) which idle sessions are still wanted.
+- `Gate`: at most one request of a kind (generate, the inspect views) running per session; a second one is
+  answered at once instead of taking a second worker slot.
+- `guard_launch`: the app's `launch()` with these defaults (Gradio's per-file upload cap, the middleware) and,
+  once the queue runs, a cap on the events one session may have waiting or running in Gradio's queue.
+
+The caps come from `Limits` (state.py); the README's "Security and limits" lists them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import threading
+from collections import Counter
+from contextlib import contextmanager
+
+_HEARTBEAT = re.compile(r"/heartbeat/([^/]+)/?$")
+
+
+class Liveness:
+    """Open heartbeat connections per session (thread-safe; the middleware runs on the event loop, the
+    sweeper in a thread)."""
+
+    def __init__(self):
+        self._open: Counter = Counter()
+        self._lock = threading.Lock()
+
+    def opened(self, sid: str) -> None:
+        with self._lock:
+            self._open[sid] += 1
+
+    def closed(self, sid: str) -> None:
+        with self._lock:
+            self._open[sid] -= 1
+            if self._open[sid] <= 0:
+                del self._open[sid]
+
+    def is_open(self, sid: str) -> bool:
+        with self._lock:
+            return self._open.get(sid, 0) > 0
+
+
+class RequestGuard:
+    """ASGI middleware: body caps (413 with a message) and heartbeat bookkeeping; see the module docstring."""
+
+    def __init__(self, app, max_body: int, max_upload: int, liveness: Liveness | None = None,
+                 session_key=lambda sid: sid):
+        self.app, self.max_body, self.max_upload = app, max_body, max_upload
+        self.liveness, self.session_key = liveness, session_key
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        beat = _HEARTBEAT.search(path) if scope.get("method") == "GET" else None
+        if beat and self.liveness is not None:
+            sid = self.session_key(beat.group(1))
+            self.liveness.opened(sid)
+            try:
+                return await self.app(scope, receive, send)
+            finally:
+                self.liveness.closed(sid)
+        if scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        upload = path.rstrip("/").endswith("/upload")
+        cap = self.max_upload if upload else self.max_body
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        try:
+            declared = int(length) if length is not None else None
+        except ValueError:
+            declared = None
+        if declared is not None and declared > cap:
+            return await _too_large(send, cap, upload)
+        seen, over = 0, False
+
+        async def counted():
+            nonlocal seen, over
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > cap:
+                    over = True
+                    return {"type": "http.disconnect"}  # the route stops reading; nothing more is buffered
+            return message
+
+        started = False
+
+        async def guarded_send(message):
+            nonlocal started
+            if over and not started:
+                return  # the route's answer to a "disconnect" is replaced by the 413 below
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, guarded_send)
+        except Exception:
+            if not over:
+                raise
+        if over and not started:
+            await _too_large(send, cap, upload)
+
+
+async def _too_large(send, cap: int, upload: bool) -> None:
+    what = "an upload" if upload else "a request"
+    detail = (f"{what} larger than {cap // 2**20} MB is refused by this app" if upload else
+              f"{what} larger than {cap // 1024} KB is refused by this app (prompts and jobs are much smaller)")
+    body = json.dumps({"detail": detail, "error": detail}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Busy(ValueError):
+    """A second request of a kind while the session's first is still running."""
+
+
+class Gate:
+    """At most one running request per (session, kind)."""
+
+    def __init__(self):
+        self._held: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def hold(self, sid: str, kind: str, what: str):
+        key = (sid, kind)
+        with self._lock:
+            if key in self._held:
+                raise Busy(f"{what}: this session's previous request is still running; wait for it to finish")
+            self._held.add(key)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held.discard(key)
+
+
+def client_address(request) -> str:
+    """The address a request came from, for per-client limits: on Spaces the first X-Forwarded-For entry
+    (the proxy's own address is the same for everybody), else the socket's peer. Best effort: behind one NAT
+    a class shares an address (raise SLM_MAX_TRAININGS_PER_CLIENT there)."""
+    import os
+
+    headers = getattr(request, "headers", None) or {}
+    if os.environ.get("SPACE_ID"):
+        forwarded = headers.get("x-forwarded-for") if hasattr(headers, "get") else None
+        if forwarded:
+            return forwarded.split(",")[0].strip()[:64] or "unknown"
+    client = getattr(request, "client", None)
+    return str(getattr(client, "host", None) or "local")[:64]
+
+
+def guard_launch(demo, store) -> None:
+    """Give `demo.launch` this app's defaults (see the module docstring); explicit arguments still win."""
+    from starlette.middleware import Middleware
+
+    from .state import safe_name
+
+    limits = store.limits
+    original = demo.launch
+
+    @functools.wraps(original)
+    def launch(*args, **kwargs):
+        kwargs.setdefault("max_file_size", limits.max_file_bytes)
+        app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
+        app_kwargs["middleware"] = list(app_kwargs.get("middleware") or []) + [Middleware(
+            RequestGuard, max_body=limits.max_request_kb * 1024, max_upload=limits.max_upload_request_bytes,
+            liveness=store.liveness, session_key=lambda sid: safe_name(sid, "local"))]
+        result = original(*args, app_kwargs=app_kwargs, **kwargs)
+        cap_session_events(demo, limits.max_pending_per_session)
+        store.start_sweeper()
+        return result
+
+    closer = demo.close
+
+    @functools.wraps(closer)
+    def close(*args, **kwargs):
+        if store.sweeper is not None:
+            store.sweeper.stop()
+        return closer(*args, **kwargs)
+
+    demo.launch, demo.close = launch, close
+
+
+def cap_session_events(demo, limit: int) -> None:
+    """At most `limit` events of one session waiting or running in Gradio's queue (0: no cap); one more is
+    refused with a message instead of filling the queue that every user shares."""
+    queue = getattr(demo, "_queue", None)
+    if queue is None or limit <= 0 or getattr(queue, "_slm_capped", False):
+        return
+    push = queue.push
+
+    async def capped_push(body, *args, **kwargs):
+        sid = getattr(body, "session_hash", None)
+        if sid is not None:
+            mine = sum(1 for e in list(queue.event_ids_to_events.values()) if e.session_hash == sid)
+            if mine >= limit:
+                return False, (f"This session already has {mine} requests waiting or running (at most {limit}); "
+                               "wait for them to finish"), "error"
+        return await push(body, *args, **kwargs)
+
+    queue.push = capped_push
+    queue._slm_capped = True
+
+
+def one_at_a_time(kind: str, what: str, refuse):
+    """Decorator for a Handlers method: at most one call of `kind` running per session (Gate); a second
+    gets `refuse(message)` at once (the method's own outputs for a message). Works for plain methods and
+    generators (held until the generator ends or is cancelled)."""
+    import inspect
+
+    def session_id(args, kwargs) -> str:
+        from .state import safe_name
+
+        request = kwargs.get("request") or next((a for a in reversed(args) if hasattr(a, "session_hash")), None)
+        return safe_name(getattr(request, "session_hash", None) or "local", "local")
+
+    def deco(fn):
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def gen(self, *args, **kwargs):
+                try:
+                    with self.store.gate.hold(session_id(args, kwargs), kind, what):
+                        yield from fn(self, *args, **kwargs)
+                except Busy as e:
+                    yield refuse(str(e))
+            return gen
+
+        @functools.wraps(fn)
+        def call(self, *args, **kwargs):
+            try:
+                with self.store.gate.hold(session_id(args, kwargs), kind, what):
+                    return fn(self, *args, **kwargs)
+            except Busy as e:
+                return refuse(str(e))
+        return call
+
+    return deco

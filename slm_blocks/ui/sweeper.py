@@ -1,0 +1,122 @@
+"""Disk hygiene of a shared app: what no live session owns is removed, and the whole data folder has a budget.
+
+A browser tab closes its session through `demo.unload`, but a REST client (or a tab whose browser crashed
+before the heartbeat noticed) never does, and a crashed app process leaves every session folder behind.
+The sweeper runs once at start-up and then every `interval_s` seconds:
+
+- a session with no request for `SLM_SESSION_IDLE` seconds, no training queued or running and no open
+  heartbeat (an open tab or gradio_client keeps one open) is closed like an unloaded one: its trainings
+  stopped, its models dropped, its folder and its runs' MLflow artifacts deleted (their metrics stay for
+  Compare);
+- a folder under `<data dir>/sessions` that no live session owns (left by a crashed process) is deleted
+  with its runs' MLflow artifacts;
+- the data folder's size is measured; above `SLM_DISK_BUDGET_MB` new trainings, uploads, imports and
+  exports are refused with a message (SessionStore.check_disk) until enough is freed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger("slm_blocks.app")
+
+
+def folder_mb(path: Path) -> float:
+    """Size of the files under `path` in MiB (files vanishing while it walks are skipped)."""
+    total = 0
+    for f in Path(path).rglob("*"):
+        try:
+            if f.is_file() and not f.is_symlink():
+                total += f.stat().st_size
+        except OSError:
+            continue
+    return total / 2**20
+
+
+def mlflow_run_ids(session_root: Path) -> list[str]:
+    """The MLflow run ids of the runs in a session folder (from each run.json)."""
+    ids = []
+    for record in Path(session_root).glob("runs/*/run.json"):
+        try:
+            run_id = json.loads(record.read_text()).get("mlflow_run_id")
+        except (OSError, ValueError):
+            continue
+        if isinstance(run_id, str) and run_id:
+            ids.append(run_id)
+    return ids
+
+
+def remove_session_files(root: Path, mlflow_uri: str | None) -> None:
+    """Delete a session folder and the MLflow artifacts of its runs."""
+    if mlflow_uri:
+        try:
+            from ..training.tracking import delete_artifacts
+
+            delete_artifacts(mlflow_uri, mlflow_run_ids(root))
+        except Exception:  # tracking must never keep a folder from being removed
+            log.warning("could not delete the MLflow artifacts of a closed session", exc_info=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+class Sweeper:
+    """See the module docstring. One per SessionStore; `sweep()` can also be called directly (tests)."""
+
+    def __init__(self, store, interval_s: float = 30.0):
+        self.store, self.interval_s = store, interval_s
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, daemon=True, name="slm-sweeper")
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sweep()
+            except Exception:  # never let the sweeper die: the next pass tries again
+                log.exception("sweeper pass failed")
+            self._stop.wait(self.interval_s)
+
+    def sweep(self, now: float | None = None) -> dict:
+        """One pass; returns what it did: {"closed": [...], "orphans": [...], "disk_mb": ...}."""
+        now = time.time() if now is None else now
+        closed = [sid for sid in self.idle_sessions(now)]
+        for sid in closed:
+            self.store.close(sid)
+        orphans = self.remove_orphans()
+        return {"closed": closed, "orphans": orphans, "disk_mb": self.store.disk_used_mb(max_age_s=0)}
+
+    def idle_sessions(self, now: float) -> list[str]:
+        store, idle = self.store, self.store.limits.session_idle_s
+        if idle <= 0:
+            return []
+        with store.lock:
+            sessions = list(store.sessions.values())
+        return [s.id for s in sessions if now - s.last_seen > idle and not store.liveness.is_open(s.id)
+                and not any(r.job is not None and not r.job.finished for r in s.runs.values())]
+
+    def remove_orphans(self) -> list[str]:
+        store = self.store
+        parent = store.limits.data_dir / "sessions"
+        if not parent.is_dir():
+            return []
+        removed = []
+        for folder in parent.iterdir():
+            with store.lock:
+                owned = folder.name in store.sessions or folder.name in store.closing
+            if owned or not folder.is_dir():
+                continue
+            remove_session_files(folder, store.mlflow_uri)
+            removed.append(folder.name)
+        return removed
