@@ -127,8 +127,9 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
                 gr.LoginButton()
             with gr.Row():
                 repo_id = gr.Textbox(label="Repository", placeholder="your-name/my-tiny-model")
-                token = gr.Textbox(label="Token (write access; not needed when signed in)", type="password",
-                                   visible=not on_spaces)
+                token = gr.Textbox(label="Your Hub token (write access)", type="password", visible=not on_spaces,
+                                   info="used for this push only; the server's own login only with "
+                                        "SLM_ALLOW_LOCAL_TOKEN=1")
                 private = gr.Checkbox(True, label="Private")
                 push_btn = gr.Button("Push")
             push_msg = gr.Markdown()
