@@ -217,7 +217,9 @@ def summary(spec: dict) -> tuple[str, str]:
         f"training · training memory ≈ {human(e.train_total_bytes, 'B')} (batch 12: weights "
         f"{human(e.train_weights_bytes, 'B')}, grads {human(e.train_grads_bytes, 'B')}, AdamW "
         f"{human(e.train_optimizer_bytes, 'B')}, activations {human(e.train_activations_bytes, 'B')}) · KV cache "
-        f"{human(e.kv_cache_bytes_per_token, 'B')}/token")
+        f"{human(e.kv_cache_bytes_per_token, 'B')}/token · vocabulary {parsed.vocab_size:,} tokens (training uses "
+        "the tokenizer's: the Train tab shows the model it really gives, and checks it against this app's limits, "
+        "before Start)")
 
 
 def _in_code(text: str) -> str:

@@ -430,3 +430,12 @@ def test_the_readme_lists_every_cap_with_its_variable():
     names = set(re.findall(r"SLM_[A-Z_]+", inspect.getsource(Limits.from_env) + (root / "app.py").read_text()))
     names -= {"SLM_DATA_DIR"}  # where, not how much
     assert names and not [n for n in sorted(names) if f"`{n}`" not in section], names
+
+
+def test_the_build_estimate_says_which_vocabulary_it_counts():
+    """Build counts the spec's vocab_size; training uses the tokenizer's (issue 10, item 3): the estimate says so."""
+    from slm_blocks import load_preset
+    from slm_blocks.ui.build_tab import validate_spec
+
+    estimate = validate_spec(load_preset("gpt2").to_json())[1]
+    assert "vocabulary 4,096 tokens" in estimate and "Train tab" in estimate, estimate
