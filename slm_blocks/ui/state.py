@@ -19,6 +19,8 @@ from pathlib import Path
 from ..training.job import Caps
 from ..training.jobs import QueuedTraining, TrainingQueue
 
+OWNER_FILE = ".owner"  # in a session folder: the pid of the app process that created it
+
 
 def _env_int(name: str, default: int) -> int:
     try:
@@ -179,6 +181,7 @@ class SessionStore:
             if sid not in self.sessions:
                 root = self.limits.data_dir / "sessions" / sid
                 root.mkdir(parents=True, exist_ok=True)
+                (root / OWNER_FILE).write_text(str(os.getpid()))  # which app process owns it (sweeper.py)
                 self.sessions[sid] = Session(sid, root)
             session = self.sessions[sid]
             session.last_seen = time.time()

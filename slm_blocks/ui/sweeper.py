@@ -8,8 +8,8 @@ The sweeper runs once at start-up and then every `interval_s` seconds:
   heartbeat (an open tab or gradio_client keeps one open) is closed like an unloaded one: its trainings
   stopped, its models dropped, its folder and its runs' MLflow artifacts deleted (their metrics stay for
   Compare);
-- a folder under `<data dir>/sessions` that no live session owns (left by a crashed process) is deleted
-  with its runs' MLflow artifacts;
+- a folder under `<data dir>/sessions` that no live session owns (left by a crashed process: its `.owner`
+  pid is not running, or it has none) is deleted with its runs' MLflow artifacts;
 - the data folder's size is measured; above `SLM_DISK_BUDGET_MB` new trainings, uploads, imports and
   exports are refused with a message (SessionStore.check_disk) until enough is freed.
 """
@@ -61,6 +61,28 @@ def remove_session_files(root: Path, mlflow_uri: str | None) -> None:
         except Exception:  # tracking must never keep a folder from being removed
             log.warning("could not delete the MLflow artifacts of a closed session", exc_info=True)
     shutil.rmtree(root, ignore_errors=True)
+
+
+def owned_by_another_live_process(folder: Path) -> bool:
+    """Whether another app process that is still running created this session folder (two apps started on
+    one data folder must not sweep each other's sessions)."""
+    import os
+
+    from .state import OWNER_FILE
+
+    try:
+        pid = int((folder / OWNER_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return False  # no owner recorded: left by a crashed process (or an older version)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
 
 
 class Sweeper:
@@ -115,7 +137,7 @@ class Sweeper:
         for folder in parent.iterdir():
             with store.lock:
                 owned = folder.name in store.sessions or folder.name in store.closing
-            if owned or not folder.is_dir():
+            if owned or not folder.is_dir() or owned_by_another_live_process(folder):
                 continue
             remove_session_files(folder, store.mlflow_uri)
             removed.append(folder.name)
