@@ -445,7 +445,8 @@ class Handlers:
             if not files:
                 raise UserError("Import: upload the files of an exported folder (config.json, model.safetensors, "
                                 "tokenizer files)")
-            sources = [Path(f if isinstance(f, str) else f.name) for f in (files if isinstance(files, list) else [files])]
+            sources = [Path(f if isinstance(f, str) else f.name) for f in (files if isinstance(files, list)
+                                                                           else [files])]
             for src in sources:
                 refuse_pickle(src, "Import")
             size = sum(src.stat().st_size for src in sources)

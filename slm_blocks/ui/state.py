@@ -49,7 +49,7 @@ class Limits:
     max_train_mb: int = 8192  # training memory of one run, from the estimate (weights, grads, AdamW, activations)
     max_context: int = 4096  # longest context (max_seq_len) of a model trained or imported here
     max_prompt_chars: int = 10_000  # prompts of /generate, /next_tokens, /attention_map (checked before tokenizing)
-    max_request_kb: int = 4096  # body of any request but a file upload (a job is at most 64 KB; Compare sends its curves)
+    max_request_kb: int = 4096  # any request body but an upload (a job is at most 64 KB; Compare sends its curves)
     max_pending_per_session: int = 16  # events of one session waiting or running in Gradio's queue
     session_idle_s: int = 1800  # a session without requests, training or open tab for this long is closed
     disk_budget_mb: int = 20480  # all sessions' files and MLflow artifacts; new work is refused above it

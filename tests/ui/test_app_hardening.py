@@ -211,7 +211,8 @@ def test_a_session_cannot_fill_the_shared_queue():
             self.event_ids_to_events = {}
 
         async def push(self, body, request, username):
-            self.event_ids_to_events[str(len(self.event_ids_to_events))] = SimpleNamespace(session_hash=body.session_hash)
+            key = str(len(self.event_ids_to_events))
+            self.event_ids_to_events[key] = SimpleNamespace(session_hash=body.session_hash)
             return True, "id", "success"
 
     demo = SimpleNamespace(_queue=Queue())
