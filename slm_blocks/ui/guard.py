@@ -162,10 +162,9 @@ def client_address(request) -> str:
 
 
 def guard_launch(demo, store) -> None:
-    """Give `demo.launch` this app's defaults (see the module docstring); explicit arguments still win."""
+    """Give `demo.launch` this app's defaults (see the module docstring); explicit arguments still win.
+    `store`: the app's SessionStore (its limits, liveness, key() for session ids and the sweeper)."""
     from starlette.middleware import Middleware
-
-    from .state import safe_name
 
     limits = store.limits
     original = demo.launch
@@ -176,7 +175,7 @@ def guard_launch(demo, store) -> None:
         app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
         app_kwargs["middleware"] = list(app_kwargs.get("middleware") or []) + [Middleware(
             RequestGuard, max_body=limits.max_request_kb * 1024, max_upload=limits.max_upload_request_bytes,
-            liveness=store.liveness, session_key=lambda sid: safe_name(sid, "local"))]
+            liveness=store.liveness, session_key=store.key)]
         result = original(*args, app_kwargs=app_kwargs, **kwargs)
         cap_session_events(demo, limits.max_pending_per_session)
         store.start_sweeper()
@@ -220,18 +219,16 @@ def one_at_a_time(kind: str, what: str, refuse):
     generators (held until the generator ends or is cancelled)."""
     import inspect
 
-    def session_id(args, kwargs) -> str:
-        from .state import safe_name
-
+    def session_id(store, args, kwargs) -> str:
         request = kwargs.get("request") or next((a for a in reversed(args) if hasattr(a, "session_hash")), None)
-        return safe_name(getattr(request, "session_hash", None) or "local", "local")
+        return store.key(getattr(request, "session_hash", None))
 
     def deco(fn):
         if inspect.isgeneratorfunction(fn):
             @functools.wraps(fn)
             def gen(self, *args, **kwargs):
                 try:
-                    with self.store.gate.hold(session_id(args, kwargs), kind, what):
+                    with self.store.gate.hold(session_id(self.store, args, kwargs), kind, what):
                         yield from fn(self, *args, **kwargs)
                 except Busy as e:
                     yield refuse(str(e))
@@ -240,7 +237,7 @@ def one_at_a_time(kind: str, what: str, refuse):
         @functools.wraps(fn)
         def call(self, *args, **kwargs):
             try:
-                with self.store.gate.hold(session_id(args, kwargs), kind, what):
+                with self.store.gate.hold(session_id(self.store, args, kwargs), kind, what):
                     return fn(self, *args, **kwargs)
             except Busy as e:
                 return refuse(str(e))

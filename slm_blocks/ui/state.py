@@ -19,7 +19,6 @@ from pathlib import Path
 from ..training.job import Caps
 from ..training.jobs import QueuedTraining, TrainingQueue
 
-OWNER_FILE = ".owner"  # in a session folder: the pid of the app process that created it
 
 
 def _env_int(name: str, default: int) -> int:
@@ -175,8 +174,15 @@ class SessionStore:
         self.sweeper = None
         self._disk = (0.0, -1e9)  # (MiB used by the data folder, when measured)
 
+    @staticmethod
+    def key(session_id: str | None) -> str:
+        """The store's key (and folder name) for a Gradio session hash."""
+        return safe_name(session_id or "local", "local")
+
     def get(self, session_id: str | None) -> Session:
-        sid = safe_name(session_id or "local", "local")
+        from .sweeper import OWNER_FILE
+
+        sid = self.key(session_id)
         with self.lock:
             if sid not in self.sessions:
                 root = self.limits.data_dir / "sessions" / sid
@@ -207,17 +213,17 @@ class SessionStore:
         return used
 
     def check_disk(self, what: str) -> None:
-        """UserError when all users together are over the disk budget (SLM_DISK_BUDGET_MB)."""
+        """DiskFull (a message for the user) when all users together are over the disk budget."""
         budget = self.limits.disk_budget_mb
         if budget and self.disk_used_mb() > budget:
-            from .uploads import UserError
+            from .sweeper import DiskFull
 
-            raise UserError(f"{what}: this app's disk budget ({budget:,} MB for all users) is used up; try again "
+            raise DiskFull(f"{what}: this app's disk budget ({budget:,} MB for all users) is used up; try again "
                             "later (closed and idle sessions are cleaned up every few minutes)")
 
     def close(self, session_id: str | None) -> None:
         """The tab was closed: stop its trainings, drop its models, delete its files."""
-        sid = safe_name(session_id or "local", "local")
+        sid = self.key(session_id)
         with self.lock:
             session = self.sessions.pop(sid, None)
             if session is not None:

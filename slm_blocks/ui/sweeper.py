@@ -24,6 +24,11 @@ import time
 from pathlib import Path
 
 log = logging.getLogger("slm_blocks.app")
+OWNER_FILE = ".owner"  # in a session folder: the pid of the app process that created it (state.py writes it)
+
+
+class DiskFull(ValueError):
+    """New work refused: the data folder is over SLM_DISK_BUDGET_MB (the message says so and what to do)."""
 
 
 def folder_mb(path: Path) -> float:
@@ -67,8 +72,6 @@ def owned_by_another_live_process(folder: Path) -> bool:
     """Whether another app process that is still running created this session folder (two apps started on
     one data folder must not sweep each other's sessions)."""
     import os
-
-    from .state import OWNER_FILE
 
     try:
         pid = int((folder / OWNER_FILE).read_text().strip())
