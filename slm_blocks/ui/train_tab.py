@@ -75,6 +75,8 @@ def duration(seconds: float | None) -> str:
 
 
 def queue_line(position: int, wait: tuple[float | None, bool]) -> str:
+    if position <= 0:  # between leaving the line and its worker starting (or going back in line after a turn)
+        return "⏳ Getting a trainer ready…"
     seconds, upper = wait
     est = ("estimated wait unknown (the trainings ahead have no time budget yet)" if seconds is None else
            "starting in a moment" if seconds < 5 else

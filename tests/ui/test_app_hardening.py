@@ -448,3 +448,12 @@ def test_the_build_estimate_says_which_vocabulary_it_counts():
 
     estimate = validate_spec(load_preset("gpt2").to_json())[1]
     assert "vocabulary 4,096 tokens" in estimate and "Train tab" in estimate, estimate
+
+
+def test_a_queued_training_between_turns_is_not_number_zero_in_line():
+    """Between leaving the line and its worker starting (or going back in line after a fair-share turn) a
+    training is queued but in no place: the status says a trainer is being readied, not "number 0"."""
+    from slm_blocks.ui.train_tab import queue_line
+
+    assert "number" not in queue_line(0, (None, False)) and "trainer" in queue_line(0, (None, False))
+    assert "number **2** in line" in queue_line(2, (30.0, False))
