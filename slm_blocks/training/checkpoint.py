@@ -88,17 +88,23 @@ def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, rng: dict[
     return final
 
 
-def load_checkpoint(path: str | Path, model, optimizer=None) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Restore weights (and optimizer) in place; returns (trainer_state, rng tensors)."""
-    path = Path(path)
-    weights = load_file(path / "model.safetensors")
+def load_weights(file: str | Path, model) -> None:
+    """Load a safetensors weights file into `model` in place (a tied lm_head may be absent from the file)."""
+    file = Path(file)
+    weights = load_file(file)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and model.config.tie_word_embeddings)]
     if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not fit this model: missing {missing[:5]}, "
+        raise ValueError(f"checkpoint {file.parent} does not fit this model: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
     if getattr(model.config, "tie_word_embeddings", False):
         model.tie_weights()
+
+
+def load_checkpoint(path: str | Path, model, optimizer=None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Restore weights (and optimizer) in place; returns (trainer_state, rng tensors)."""
+    path = Path(path)
+    load_weights(path / "model.safetensors", model)
     if optimizer is not None:
         meta = json.loads((path / "optimizer.json").read_text())
         _load_optimizer(optimizer, load_file(path / "optimizer.safetensors"), meta)

@@ -26,6 +26,8 @@ class StepEvent:
     tokens_seen: int
     elapsed_s: float  # training time of the whole run so far (resumes included)
     eta_s: float
+    kd_loss: float | None = None  # distillation only: T²·KL(teacher ‖ student), the part that follows the teacher
+    ce_loss: float | None = None  # distillation only: cross-entropy on the data (loss = α·kd + (1−α)·ce)
 
 
 @dataclass

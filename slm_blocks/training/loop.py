@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .distill import Teacher
 from .events import CheckpointEvent, DoneEvent, EvalEvent, Event, SampleEvent, StepEvent, WarningEvent, wire_name
 from .run import Run
 from .schedule import Segment, lr_at
@@ -88,6 +89,7 @@ def _train(run: Run, stop: threading.Event | None, accelerator):
     device, main = acc.device, acc.is_main_process
     run.is_main_writer = main
     precision = cfg.resolved_precision(device)
+    teacher = Teacher.from_run(run.dir, device)  # distillation (distill.py): None for plain training
     torch.manual_seed(cfg.seed)
     model = run.new_model().to(device)
     optimizer = _make_optimizer(model, cfg)
@@ -172,11 +174,17 @@ def _train(run: Run, stop: threading.Event | None, accelerator):
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train()
-        total = 0.0
+        total, parts = 0.0, None
         for _ in range(cfg.grad_accum):
             x, y = get_batch(train_data, cfg.batch_size, seq_len, data_gen)
             with _autocast(device, precision):
-                loss = lm_loss(model, x.to(device), y.to(device)) / cfg.grad_accum
+                if teacher is None:
+                    loss = lm_loss(model, x.to(device), y.to(device)) / cfg.grad_accum
+                else:  # α·kd + (1−α)·ce; kd and ce are logged apart
+                    loss, kd, ce = teacher.loss(model, x.to(device), y.to(device))
+                    loss = loss / cfg.grad_accum
+                    parts = (0.0, 0.0) if parts is None else parts
+                    parts = (parts[0] + float(kd) / cfg.grad_accum, parts[1] + float(ce) / cfg.grad_accum)
             scaler.scale(loss).backward() if precision == "fp16" else acc.backward(loss)
             total += loss.detach().float()
         if precision == "fp16":
@@ -218,7 +226,8 @@ def _train(run: Run, stop: threading.Event | None, accelerator):
             eta = per_step * (cfg.max_steps - step)
             if cfg.max_time:
                 eta = min(eta, max(0.0, cfg.max_time - run_elapsed))
-            yield StepEvent(step, step_loss, lr, float(grad_norm), tps, tokens_seen, run_elapsed, eta)
+            yield StepEvent(step, step_loss, lr, float(grad_norm), tps, tokens_seen, run_elapsed, eta,
+                            *(parts or (None, None)))
 
         eval_now = bool(every.eval_every) and (step % every.eval_every == 0 or step == cfg.max_steps)
         if next_eval_s is not None and elapsed >= next_eval_s:  # `elapsed` is the same on every rank

@@ -4,6 +4,8 @@
       run.json            spec, train / data / tokenizer settings, MLflow run id
       tokenizer/          a transformers fast tokenizer (AutoTokenizer.from_pretrained works on it)
       checkpoints/step-*/ see checkpoint.py
+      init/               the weights training starts from (fine-tuning, a pruned model), when not random
+      teacher/            a frozen teacher to distill from (see distill.py)
 
 Everything a run needs to resume or generate is inside it, so the CLI, the app and a later session can
 all reopen it. The model's vocab_size always follows the tokenizer.
@@ -17,13 +19,24 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import latest_checkpoint, load_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint, load_weights
 from .config import TrainConfig
 from .data import Corpus, DataConfig, check_length, load_corpus
 from ..model.spec import ModelSpec
 from .tokenization import TokenizerConfig, build_tokenizer, encode, load_tokenizer, save_tokenizer, token_ids
 
-__all__ = ["Run", "TokenizerConfig", "open_run", "prepare_run", "read_history"]
+__all__ = ["INIT_WEIGHTS", "Run", "TokenizerConfig", "open_run", "prepare_run", "read_history", "save_init_weights"]
+
+INIT_WEIGHTS = "init/model.safetensors"  # in a run folder: the weights step 0 starts from (absent: random init)
+
+
+def save_init_weights(run_dir: str | Path, state: dict[str, torch.Tensor]) -> None:
+    """The weights a run starts from instead of a random init (fine-tuning, pruning): step 0 is this model."""
+    from safetensors.torch import save_file
+
+    path = Path(run_dir) / INIT_WEIGHTS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, path, metadata={"format": "pt"})
 
 
 def read_history(run_dir: str | Path) -> list[dict]:
@@ -71,17 +84,23 @@ class Run:
         return token_ids(self.tokenizer)
 
     def new_model(self):
+        """The model step 0 trains: random (seeded by the caller), or the run's initial weights when it has them."""
         from ..model.modeling import build_model
 
-        return build_model(self.spec, **self.token_ids())
+        model = build_model(self.spec, **self.token_ids())
+        if (self.dir / INIT_WEIGHTS).is_file():
+            load_weights(self.dir / INIT_WEIGHTS, model)
+        return model
 
     def latest_checkpoint(self) -> Path | None:
         return latest_checkpoint(self.dir)
 
     def load_model(self):
-        """The model at the latest checkpoint, in eval mode."""
+        """The model at the latest checkpoint (before any training: the weights it starts from), in eval mode."""
         ckpt = self.latest_checkpoint()
         if ckpt is None:
+            if (self.dir / INIT_WEIGHTS).is_file():
+                return self.new_model().eval()
             raise FileNotFoundError(f"run {self.dir} has no checkpoint yet; train it first")
         model = self.new_model()
         load_checkpoint(ckpt, model)
@@ -125,10 +144,14 @@ def _encode_corpus(tokenizer, corpus: Corpus) -> tuple[torch.Tensor, torch.Tenso
 
 
 def prepare_run(out_dir: str | Path, spec: ModelSpec, data: DataConfig, tokenizer: TokenizerConfig,
-                train: TrainConfig, caps=None, status=None) -> Run:
+                train: TrainConfig, caps=None, status=None, tokenizer_obj=None) -> Run:
     """Load the data, build the tokenizer on the training split, size the spec's vocabulary to it, check the
     model that vocabulary really gives against `caps` (job.Caps: before anything is encoded or allocated),
-    encode, save. `status(text)` hears what it is doing."""
+    encode, save. `status(text)` hears what it is doing.
+
+    `tokenizer_obj`: an existing tokenizer to use instead of building one (a model the run starts from or a
+    teacher brings its own); the spec's vocabulary then stays as it is (the weights' size), which must hold
+    every token id of the tokenizer."""
     say = status or (lambda text: None)
     out = Path(out_dir)
     if latest_checkpoint(out) is not None:
@@ -136,9 +159,15 @@ def prepare_run(out_dir: str | Path, spec: ModelSpec, data: DataConfig, tokenize
     train.validated()
     say("loading the data")
     corpus = load_corpus(data)
-    say("building the tokenizer")
-    tok = build_tokenizer(tokenizer.kind, corpus.train_text, tokenizer.vocab_size, tokenizer.name_or_path)
-    spec = spec.copy(vocab_size=len(tok))
+    if tokenizer_obj is None:
+        say("building the tokenizer")
+        tok = build_tokenizer(tokenizer.kind, corpus.train_text, tokenizer.vocab_size, tokenizer.name_or_path)
+        spec = spec.copy(vocab_size=len(tok))
+    else:
+        tok = tokenizer_obj
+        if len(tok) > spec.vocab_size:
+            raise ValueError(f"the tokenizer has {len(tok):,} tokens but the model only {spec.vocab_size:,} "
+                             "embeddings; they do not belong together")
     spec = ModelSpec.from_dict(spec.to_dict())  # re-validate with the new vocabulary
     if caps is not None:
         check_model_caps(spec, train, tokenizer, caps)

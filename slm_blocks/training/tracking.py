@@ -82,6 +82,9 @@ class Tracker:
         params = {**flatten(run.spec.to_dict(), "spec"), **flatten(run.train_config.to_dict(), "train"),
                   **flatten(run.data_config.to_dict(), "data"), **flatten(run.tokenizer_config.to_dict(), "tokenizer"),
                   "model.params": str(estimate(run.spec).params), "data.name": run.corpus.name}
+        for key in ("init_from", "teacher"):  # what a grown run starts from / learns from (slm_blocks.grow)
+            if isinstance(run.meta.get(key), dict):
+                params.update(flatten(run.meta[key], key))
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
             self.client.log_batch(self.run_id, params=items[i:i + 100])
@@ -103,6 +106,8 @@ class Tracker:
         if isinstance(event, StepEvent):
             for key in ("loss", "lr", "grad_norm", "tokens_per_s", "tokens_seen", "elapsed_s"):
                 self._metric("train_loss" if key == "loss" else key, getattr(event, key), event.step)
+            for key, name in (("kd_loss", "train_kd"), ("ce_loss", "train_ce")):  # distillation's two parts
+                self._metric(name, getattr(event, key), event.step)
             if len(self.buffer) >= self.flush_every:
                 self.flush()
         elif isinstance(event, EvalEvent):
