@@ -22,23 +22,24 @@ from pathlib import Path
 from typing import Callable
 
 from .events import DoneEvent, ErrorEvent, Event, ReadyEvent, StatusEvent, WarningEvent
-from .job import Caps, Job, JobError
-from .schema import Problem
+from .job import Caps, Job
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError)
 
 
-def growth_hook(job: Job) -> None:
+def growth_hook(job: Job):
     """The single place where starting from trained weights (`init_from`) and distillation from a teacher
-    (`teacher`) plug in. Until they exist, a job that asks for them is refused before anything is prepared."""
-    problems = []
-    if job.init_from:
-        problems.append(Problem("init_from", "starting from trained weights is not available yet; leave it empty "
-                                "to train from scratch"))
-    if job.teacher is not None:
-        problems.append(Problem("teacher", "distillation from a teacher is not available yet; leave it empty"))
-    if problems:
-        raise JobError(problems)
+    (`teacher`) plug in: the preparer of such a job (None for a plain one, which `prepare_run` prepares).
+
+    Both live in `slm_blocks.grow`, above `sharing`: a source may be an exported or native transformers folder
+    or a Hub id, which only the sharing layer reads. This lazy import, made only for such jobs, is the one
+    place where training reaches up; what the preparer leaves in the run folder (`init/`, `teacher/`) the loop
+    reads with training-level code alone, so resuming needs nothing from above."""
+    if not job.init_from and job.teacher is None:
+        return None
+    from ..grow.prepare import prepare_grown_run
+
+    return prepare_grown_run
 
 
 def drive(job: Job | None, run_dir: str | Path, *, emit: Callable[[Event], None], resume: bool = False,
@@ -51,8 +52,6 @@ def drive(job: Job | None, run_dir: str | Path, *, emit: Callable[[Event], None]
     run_dir = Path(run_dir)
     tracker, acc = None, accelerator
     try:
-        if not resume:
-            growth_hook(job)
         if acc is None:
             from accelerate import Accelerator
 
@@ -127,8 +126,12 @@ def _prepare(job: Job, run_dir: Path, caps: Caps | None, acc, emit):
 
     run = None
     if acc.is_main_process:
-        run = prepare_run(run_dir, job.spec, job.data, job.tokenizer, job.train, caps=caps,
-                          status=lambda text: emit(StatusEvent(text)))
+        status = lambda text: emit(StatusEvent(text))  # noqa: E731
+        grow = growth_hook(job)
+        if grow is not None:
+            run = grow(job, run_dir, caps=caps, status=status)
+        else:
+            run = prepare_run(run_dir, job.spec, job.data, job.tokenizer, job.train, caps=caps, status=status)
     acc.wait_for_everyone()
     return run if run is not None else open_run(run_dir)
 
