@@ -61,7 +61,15 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--vocab-size", default=None, help="for --tokenizer bpe")
     t.add_argument("--tokenizer-name", default=None, help="for --tokenizer pretrained: Hub id or folder")
     t.add_argument("--run-name", default=None, help="the run's name (default: the --out folder's name)")
-    t.add_argument("--init-from", default=None, help="start from trained weights (not available yet)")
+    t.add_argument("--init-from", default=None, help="start from trained weights: a run folder, an exported or "
+                   "native transformers folder (GPT-2, Llama, Mistral, Qwen3, Gemma 3) or a Hub id; the run keeps its "
+                   "architecture and tokenizer (--preset / --spec and the tokenizer flags are not used)")
+    t.add_argument("--teacher", default=None, help="distill from this model (run folder, exported folder or Hub id); "
+                   "the student uses the teacher's tokenizer")
+    t.add_argument("--distill-alpha", default=None, help="with --teacher: share of the loss that follows the teacher "
+                   "(default 0.5; 0 = plain training)")
+    t.add_argument("--distill-temperature", default=None, help="with --teacher: softens both distributions before "
+                   "they are compared (default 2)")
     t.add_argument("--out", default=None, help="run folder (default runs/<run name>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--extra-steps", default=None, help="with --resume: train this many steps more (the learning "
@@ -89,6 +97,25 @@ def _parser() -> argparse.ArgumentParser:
                    help="hf: a transformers folder; gguf: one file for llama.cpp / Ollama")
     e.add_argument("--quant", default=None, help="hf: fp32 (default), int8 or int4; gguf: q8_0 (default) or f16")
     e.add_argument("--group-size", type=int, default=None, help="hf int8/int4 group size")
+    pr = sub.add_parser("prune", help="make a smaller run from a trained one (drop layers, MLP neurons, heads), "
+                        "then heal it by distilling from the original", description="Prune a trained run into a new, "
+                        "smaller run (see slm_blocks/grow/prune.py). Give a parameter target, or any of --drop-layers "
+                        "/ --mlp-keep / --heads-keep.")
+    pr.add_argument("run_dir")
+    pr.add_argument("--out", required=True, help="the new run folder")
+    pr.add_argument("--target-params", type=int, default=None, help="aim at this many parameters: tries depth and "
+                    "head counts, sizes the MLP to fit, keeps the shape with the lowest calibration loss")
+    pr.add_argument("--drop-layers", type=int, default=0, help="drop this many of the least important layers")
+    pr.add_argument("--mlp-keep", type=float, default=1.0, help="share of each MLP's neurons to keep, e.g. 0.5")
+    pr.add_argument("--heads-keep", type=int, default=None, help="attention heads to keep per layer (GQA: whole "
+                    "key/value groups)")
+    pr.add_argument("--heal-steps", type=int, default=None, help="steps of the healing run (default 200)")
+    pr.add_argument("--heal", action="store_true", help="heal right away: distill from the unpruned run for "
+                    "--heal-steps steps (later: train --resume --out NEW)")
+    pr.add_argument("--distill-alpha", type=float, default=None, help="healing: share of the loss that follows the "
+                    "unpruned model (default 0.5)")
+    pr.add_argument("--distill-temperature", type=float, default=None, help="healing: temperature (default 2)")
+    pr.add_argument("--no-mlflow", action="store_true", help="do not track the healing run in MLflow")
     h = sub.add_parser("push", help="upload an exported folder to the Hugging Face Hub")
     h.add_argument("export_dir")
     h.add_argument("--repo-id", required=True, help="'name' or 'user/name'")
@@ -187,6 +214,16 @@ def resolve_job(args):
         d["run_name"] = Path(args.out).name
     if args.init_from is not None:
         d["init_from"] = args.init_from
+    if args.teacher is not None:
+        d["teacher"] = {**(d.get("teacher") or {}), "source": args.teacher}
+    for flag, key in (("distill_alpha", "alpha"), ("distill_temperature", "temperature")):
+        if getattr(args, flag) is not None:
+            if not d.get("teacher"):
+                from .training.schema import Problem
+
+                raise JobError([Problem("teacher", f"--{flag.replace('_', '-')} needs --teacher (the model to "
+                                        "distill from)")])
+            d["teacher"] = {**d["teacher"], key: args.__dict__[flag]}
     return Job.from_dict(d, context="cli")
 
 
@@ -216,7 +253,9 @@ class _Printer:
             self.bar = tqdm(total=event.max_steps, initial=event.start_step, unit="step", dynamic_ncols=True)
         elif isinstance(event, StepEvent) and self.bar is not None:
             self.bar.n = event.step
-            self.bar.set_postfix(loss=f"{event.loss:.3f}", lr=f"{event.lr:.2e}", tok_s=f"{event.tokens_per_s:,.0f}")
+            parts = {} if event.kd_loss is None else {"kd": f"{event.kd_loss:.3f}", "ce": f"{event.ce_loss:.3f}"}
+            self.bar.set_postfix(loss=f"{event.loss:.3f}", **parts, lr=f"{event.lr:.2e}",
+                                 tok_s=f"{event.tokens_per_s:,.0f}")
             self.bar.refresh()
         elif isinstance(event, EvalEvent):
             acc_text = f" accuracy {event.accuracy:.1%}" if event.accuracy is not None else ""
@@ -303,10 +342,54 @@ def generate_command(args) -> int:
     return 0
 
 
+def prune_command(args) -> int:
+    """Prune a run into a new one, report what was removed and the loss, and with --heal train it right away."""
+    from accelerate import Accelerator
+
+    from .grow.prune import HEAL_STEPS, prune_run
+    from .model.estimate import human
+    from .training.driver import device_of, drive
+
+    heal_steps = args.heal_steps if args.heal_steps is not None else HEAL_STEPS
+    r = prune_run(args.run_dir, args.out, target_params=args.target_params, drop_layers=args.drop_layers,
+                  mlp_keep=args.mlp_keep, heads_keep=args.heads_keep, heal_steps=heal_steps,
+                  alpha=0.5 if args.distill_alpha is None else args.distill_alpha,
+                  temperature=2.0 if args.distill_temperature is None else args.distill_temperature,
+                  status=lambda text: print(f"{text}…", file=sys.stderr))
+    print(f"pruned: {r.plan}\nparameters {r.params_before:,} → {r.params_after:,} "
+          f"({r.params_after / r.params_before:.0%}); held-out loss {r.val_loss_before:.4f} → {r.val_loss_after:.4f} "
+          "right after pruning\nlayer importance (1 − cos(in, out)): "
+          + ", ".join(f"{i}: {x:.3f}" for i, x in enumerate(r.layer_importance)))
+    for c in sorted(r.candidates, key=lambda c: c["loss"]):
+        print(f"  tried: calibration loss {c['loss']:.4f}, {human(c['params'])} parameters, {c['shape']}")
+    if not args.heal:
+        print(f"new run {args.out}: heal it ({heal_steps} steps distilling from {Path(args.run_dir).name}) with "
+              f"`python -m slm_blocks train --resume --out {args.out}`")
+        return 0
+    out = Path(args.out)
+    acc = Accelerator(cpu=device_of(None, out, None) == "cpu")
+    printer = _Printer(acc.is_main_process)
+    try:
+        code = drive(None, out, emit=printer, resume=True, accelerator=acc, track=not args.no_mlflow)
+    finally:
+        printer.close()
+    if printer.error:
+        print(f"error: {printer.error}", file=sys.stderr)
+        return code
+    if acc.is_main_process:
+        from .grow.compare import grow_table
+
+        print("before / after, on the run's held-out text:")
+        for row in grow_table(out):
+            print(f"  {row['model']:<36} {row['parameters']:>10,} parameters · held-out loss "
+                  f"{row['held-out loss']:.4f} · {row['tokens/s']:>9,} tokens/s ({row['speed vs first']:.2f}×)")
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     commands = {"train": train_command, "generate": generate_command, "export": export_command,
-                "push": push_command}
+                "push": push_command, "prune": prune_command}
     try:
         return commands[args.command](args)
     except (ValueError, RuntimeError, FileNotFoundError, FileExistsError) as e:  # a message, not a traceback
