@@ -426,8 +426,8 @@ def _calibration(run, n_batches: int, batch_size: int) -> list[torch.Tensor]:
 
 def prune_run(run_dir: str | Path, out_dir: str | Path, *, target_params: int | None = None, drop_layers: int = 0,
               mlp_keep: float = 1.0, heads_keep: int | None = None, heal_steps: int = HEAL_STEPS,
-              alpha: float = 0.5, temperature: float = 2.0, calib_batches: int = 8, caps=None,
-              status=None) -> PruneResult:
+              heal_max_time: float | None = None, alpha: float = 0.5, temperature: float = 2.0,
+              calib_batches: int = 8, status=None) -> PruneResult:
     """Make `out_dir`, a new run holding the pruned model (see the module docstring). PruneError names the
     option for anything refused; nothing is written then, and the source run is only read."""
     from ..training.loop import evaluate
@@ -488,12 +488,13 @@ def prune_run(run_dir: str | Path, out_dir: str | Path, *, target_params: int | 
     result = PruneResult(str(out), plan.describe(spec), before, estimate(small).params, loss_before, loss_after,
                          [round(x, 6) for x in scores["layer"]], candidates)
     say(f"writing {out.name}")
-    _write_run(run, out, small, state, model, spec, plan, result, heal_steps, alpha, temperature)
+    _write_run(run, out, small, state, model, spec, plan, result, heal_steps, heal_max_time, alpha, temperature)
     return result
 
 
 def _write_run(run, out: Path, small: ModelSpec, state: dict, teacher_model, teacher_spec: ModelSpec, plan: Plan,
-               result: PruneResult, heal_steps: int, alpha: float, temperature: float) -> None:
+               result: PruneResult, heal_steps: int, heal_max_time: float | None, alpha: float,
+               temperature: float) -> None:
     """The pruned run: the source's data and tokenizer, the smaller spec, the pruned weights to start from, the
     unpruned model as teacher, and training settings for a short healing run."""
     from ..training.config import TrainConfig
@@ -501,7 +502,7 @@ def _write_run(run, out: Path, small: ModelSpec, state: dict, teacher_model, tea
     from ..training.run import prepare_run, save_init_weights
 
     cfg = run.train_config.to_dict()
-    cfg.update(max_steps=heal_steps, max_time=None, warmup_steps=None, eval_every=None, checkpoint_every=None,
+    cfg.update(max_steps=heal_steps, max_time=heal_max_time, warmup_steps=None, eval_every=None, checkpoint_every=None,
                log_every=None)
     try:
         new = prepare_run(out, small, run.data_config, run.tokenizer_config, TrainConfig.from_dict(cfg),

@@ -1,7 +1,7 @@
 """The app page: Build → Train → Generate → Compare → Share. Layout and wiring only; behaviour lives in
 handlers.py (per session) and the engine. Named API endpoints: /validate_spec, /preview, /train, /stop,
-/resume, /sample_at, /generate, /next_tokens, /export, /push, and the Share tab's deploy endpoints in deploy.py
-(see README).
+/resume, /sample_at, /generate, /next_tokens, /export, /push, the Grow tab's /grow and /grow_table (grow_tab.py)
+and the Share tab's deploy endpoints in deploy.py (see README).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import gradio as gr
 
 from .build_tab import build_tab, preset_state, validate_spec
 from .deploy import WEIGHTS, deploy_section
+from .grow_tab import grow_tab, start_from_widget, with_start_from
 from .guard import guard_launch
 from .handlers import Handlers
 from .state import Limits, SessionStore
@@ -41,6 +42,7 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
                 with gr.Column(scale=1):
                     form = build_form(store.limits)
                     job_box = gr.JSON(visible=False)  # the job the form describes: the /train payload
+                    start_from = start_from_widget()  # random weights, or a model to fine-tune (grow_tab.py)
                     preview_md = gr.Markdown("Pick data and a tokenizer to see what this run will train.",
                                              elem_id="train-preview")
                     with gr.Row():
@@ -114,6 +116,9 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
             cmp_msg = gr.Markdown("Locally, browse every run with `mlflow ui --backend-store-uri "
                                   f"{store.mlflow_uri}`.")
 
+        with gr.Tab("Grow"):
+            grow = grow_tab(store, h, spec_json, start_from)
+
         with gr.Tab("Share"):
             with gr.Row():
                 share_run = gr.Dropdown([], label="Run to export", allow_custom_value=True)
@@ -161,10 +166,12 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
             .then(h.preview, [job_box, form["files"]], preview_md, api_visibility="private")
         start.click(lambda: "", None, stop_msg, api_visibility="private")  # no "Stopping …" from an earlier run
         start.click(collect, form_inputs, job_box, api_visibility="private") \
+            .then(with_start_from, [job_box, start_from], job_box, api_visibility="private") \
             .then(h.train, [job_box, form["files"]], train_outputs, api_name="train", concurrency_limit=None) \
             .then(h.run_choices, None, resume_run, api_visibility="private") \
             .then(h.run_choices, None, model_pick, api_visibility="private") \
-            .then(h.run_choices, None, share_run, api_visibility="private")
+            .then(h.run_choices, None, share_run, api_visibility="private") \
+            .then(grow["refresh"], None, grow["outputs"], api_visibility="private")
         start.click(h.run_choices, None, model_pick, api_visibility="private")
         stop.click(h.stop, None, stop_msg, api_name="stop")
         resume.click(lambda: "", None, stop_msg, api_visibility="private")
@@ -176,6 +183,9 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
                           preprocess=False)
         for target in run_lists:
             refresh.click(h.run_choices, None, target, api_visibility="private")
+        refresh.click(grow["refresh"], None, grow["outputs"], api_visibility="private")
+        for target in run_lists:  # a grown run is a run like any other
+            grow["started"].then(h.run_choices, None, target, api_visibility="private")
         # preprocess=False: the handler checks every sampling value itself and names the field (Gradio's own
         # slider bound check would answer an API caller with "Value -1 is less than minimum value 0.")
         gen_btn.click(h.generate, [model_pick, prompt, max_new, temperature, top_k, top_p, rep, gen_seed, weights], output,

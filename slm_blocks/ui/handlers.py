@@ -78,12 +78,12 @@ class Handlers:
     def train(self, job_payload, files, request: gr.Request):
         """Start training the job (JSON; data files optional) and stream (status, loss curve, sample, log,
         timeline) until it ends."""
-        from ..training.driver import growth_hook
+        from .grow_tab import resolve_growth
 
         session = self.store.get(_sid(request))
         try:
             job = self.parse_job(job_payload, session)
-            growth_hook(job)
+            resolve_growth(job, session, self.store.limits.caps())  # run names -> folders; bad sources refused now
             with session.lock:  # one start at a time per session: never two trainings on one run folder
                 if self._active(session):
                     raise UserError("A training of this session is already running; stop it first")

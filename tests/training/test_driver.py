@@ -1,6 +1,6 @@
 """The driver the CLI and the worker share: MLflow runs always end in a final state (FAILED when training raises or
 the worker is killed, KILLED when stopped), caps hold on the model the tokenizer's vocabulary really gives (before
-anything is allocated), and growth fields are refused until they exist."""
+anything is allocated), and a growth job with a bad source is refused before anything is prepared."""
 
 import os
 import signal
@@ -97,11 +97,12 @@ def test_a_killed_worker_leaves_its_mlflow_run_failed_not_running(tmp_path, mlfl
     assert r.info.status == "FAILED" and "exited unexpectedly" in r.data.tags["slm.error"]
 
 
-def test_growth_fields_are_refused_until_they_exist(tmp_path):
+def test_a_growth_job_whose_source_cannot_be_reached_is_refused_before_anything_is_prepared(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # (no folder named owner/model here; tests run offline)
     j = job()
     j.init_from, j.teacher = "owner/model", None
     code, events = run_drive(j, tmp_path / "grow", track=False)
-    assert code == 2 and "not available yet" in events[-1].message and "init_from" in events[-1].message
+    assert code == 2 and "init_from" in events[-1].message and "owner/model" in events[-1].message
     assert not (tmp_path / "grow").exists()
 
 

@@ -451,12 +451,14 @@ def test_bad_inputs_come_back_as_messages(app, exported, monkeypatch):
         assert_clean(status, *words)
         assert len(status) < 2000, "a huge payload must not be echoed back"
     assert session_of(app, c).runs == {}, "a refused training must not create a run"
-    # not available yet: starting from weights and distillation are refused before anything starts
-    for key, value in (("init_from", "someone/model"), ("teacher", {"source": "someone/model"})):
+    # a source that cannot be read (offline Hub id, a run that does not exist) is refused before anything starts
+    for key, value, words in (("init_from", "someone/model", ["Start from", "Hub"]),
+                              ("teacher", {"source": "someone/model"}, ["Teacher", "Hub"]),
+                              ("init_from", "no-such-run", ["Start from", "not one of this session's runs"])):
         job = train_args("bad")[0]
         job[key] = value
         status = c.predict(job, None, api_name="/train")[0]
-        assert_clean(status, "not available yet")
+        assert_clean(status, *words)
     assert session_of(app, c).runs == {}
 
     # numbers that cannot travel through gradio_client (1e400 reads as infinity): a raw HTTP caller gets a message

@@ -1,0 +1,375 @@
+"""The Grow tab: make a model from another one. Fine-tune (start from its weights), distill (a smaller student
+learns from it as a teacher) or prune (cut it down, then heal it by distilling from the original); a
+before/after table (parameters, held-out loss, tokens/s) and the kd / ce curves. Also the Train tab's
+"Start from" choice, and `resolve_growth`, which the /train handler calls to turn this session's run names
+into their folders (and to refuse a bad source before anything is queued).
+
+Built here so app.py only calls `grow_tab(...)`; the engine is slm_blocks.grow. Endpoints: /grow (streamed),
+/grow_table.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from ..training.data import is_hub_id
+from ..training.job import Job, JobError
+from ..training.schema import Problem, SettingsError, parse_number, short
+from .state import SessionRun, SessionStore
+from .train_tab import follow, job_problems, loss_frame, scrub
+from .uploads import UserError
+
+log = logging.getLogger("slm_blocks.app")
+
+SCRATCH = "random weights (train from scratch)"
+TECHNIQUES = ["Fine-tune", "Distill", "Prune + heal"]
+TABLE_COLUMNS = ["model", "parameters", "held-out loss", "bits/char", "tokens/s", "speed vs first"]
+
+INTRO = """## Grow a model from another one
+Real small language models are rarely trained from random numbers: they are **continued**, **taught** or
+**cut down** from models that already know something. Pick a finished run of this session (or a Hub id) and a
+technique; when it is done, the table compares before and after on the same held-out text, and the run shows up
+in **Compare** next to the others."""
+
+EXPLAIN = {
+    "Fine-tune": "**Fine-tune**: keep training a model that already learned something. The new run starts from its "
+                 "weights (step 0 has exactly its loss), with its architecture and its tokenizer, so it only has to "
+                 "learn what is new: a few hundred steps can beat thousands from scratch.",
+    "Distill": "**Distill**: a small *student* (the Build tab's blocks) learns from a bigger *teacher*. Besides the "
+               "next character in the data (cross-entropy, **ce**), it copies the teacher's whole guess: every "
+               "token's probability, softened by the temperature **T** so that near misses count too (**kd** = "
+               "T²·KL). The loss is α·kd + (1−α)·ce: α = 0 is plain training, α = 1 follows only the teacher. The "
+               "student uses the teacher's tokenizer.",
+    "Prune + heal": "**Prune + heal**: measure what each part of a trained model does on a few batches of its data, "
+                    "then cut what matters least: whole layers that barely change their input (depth), MLP neurons "
+                    "that hardly fire and attention heads whose output is small (width, whole key/value groups for "
+                    "GQA), as NVIDIA's Minitron does. The cut model is worse at first; **healing** is a short "
+                    "distillation from the uncut model that wins most of it back, in a fraction of the steps a model "
+                    "of that size would need from scratch.",
+}
+
+
+# ----------------------------------------------------------------------------- /train: session runs as sources
+
+
+def _finished_run(session, name: str, path: str) -> SessionRun:
+    run = session.runs.get(name)
+    if run is None:
+        raise JobError([Problem(path, f"{short(name)} is not one of this session's runs; pick one from the list "
+                                "(or give a Hub id 'owner/name')")])
+    if run.job is not None and not run.job.finished:
+        raise JobError([Problem(path, f"{name} is still training; wait until it finishes or stop it")])
+    return run
+
+
+def resolve_growth(job: Job, session, caps) -> None:
+    """For a job with `init_from` or a teacher: a run name becomes that session run's folder (it must have
+    finished), a Hub id is checked now (config and size against the cap, no weights downloaded), so a bad
+    source is refused before anything is queued or created. JobError names the field."""
+    from ..grow.source import locate
+
+    for path, holder, attr in (("init_from", job, "init_from"), ("teacher.source", job.teacher, "source")):
+        value = getattr(holder, attr) if holder is not None else None
+        if not value:
+            continue
+        if value in session.runs or not is_hub_id(value):
+            run = _finished_run(session, value, path)
+            locate(str(run.dir), path, caps)  # checkpoint there, under the cap
+            setattr(holder, attr, str(run.dir))
+        else:
+            locate(value, path, caps)
+
+
+def start_from_choices(session) -> list[str]:
+    return [SCRATCH] + [n for n, r in session.runs.items() if r.job is None or r.job.finished]
+
+
+def start_from_widget() -> gr.Dropdown:
+    """The Train tab's "Start from" choice: random weights, a finished run of this session, or a Hub id."""
+    return gr.Dropdown([SCRATCH], value=SCRATCH, label="Start from", allow_custom_value=True, interactive=True,
+                       elem_id="train-start-from",
+                       info="a finished run or a Hub id 'owner/name' to fine-tune: the run keeps that model's "
+                            "architecture and tokenizer (the Build tab's blocks and the tokenizer choice are not used)")
+
+
+def with_start_from(job: dict, start_from) -> dict:
+    """The Train tab's job with its "Start from" choice (random weights = no init_from)."""
+    job = dict(job or {})
+    if isinstance(start_from, str) and start_from.strip() and start_from != SCRATCH:
+        job["init_from"] = start_from.strip()
+    return job
+
+
+# ----------------------------------------------------------------------------- the tab's behaviour
+
+
+def _number(value, name: str, kind=float, lo=None, hi=None, default=None):
+    ok, v, why = parse_number(value, kind, optional=default is not None)
+    if not ok:
+        raise UserError(f"{name}: {why}")
+    v = default if v is None else v
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise UserError(f"{name}: is {v:g}; use a value from {lo:g} to {hi:g}")
+    return v
+
+
+class Grow:
+    def __init__(self, store: SessionStore, handlers):
+        self.store, self.h = store, handlers
+
+    def _session(self, request):
+        return self.store.get(getattr(request, "session_hash", None) if request is not None else None)
+
+    def choices(self, request: gr.Request):
+        s = self._session(request)
+        finished = [n for n, r in s.runs.items() if r.job is None or r.job.finished]
+        return (gr.update(choices=finished, value=finished[-1] if finished else None),
+                gr.update(choices=start_from_choices(s)), gr.update(choices=list(s.runs),
+                                                                     value=s.followed or None))
+
+    def grow(self, technique, source, run_name, steps, alpha, temperature, target_share, drop_layers, mlp_keep,
+             heads_keep, spec_json, request: gr.Request):
+        """Start the chosen technique from `source` and stream (status, curves, log, before/after table)."""
+        session = self._session(request)
+        table = pd.DataFrame(columns=TABLE_COLUMNS)
+        try:
+            if technique not in TECHNIQUES:
+                raise UserError(f"Technique: choose one of {', '.join(TECHNIQUES)}")
+            if not isinstance(source, str) or not source.strip():
+                raise UserError("Source: train a model first (Train tab), then pick it here, or give a Hub id "
+                                "'owner/name'")
+            source = source.strip()
+            steps = int(_number(steps, "Steps", int, 1, self.store.limits.max_steps))
+            name = run_name.strip() if isinstance(run_name, str) and run_name.strip() else \
+                f"{source.split('/')[-1]}-{technique.split()[0].lower()}"
+            if technique == "Prune + heal":
+                entry, name = self._prune(session, source, name, steps, alpha, temperature, target_share,
+                                          drop_layers, mlp_keep, heads_keep)
+                yield from self._follow(entry, name, session)
+                return
+            payload, files = self._job(session, technique, source, name, steps, alpha, temperature, spec_json)
+        except JobError as e:
+            yield job_problems(e), loss_frame([]), "", table
+            return
+        except SettingsError as e:  # pruning options: each problem by option
+            yield "❌ The pruning options have problems:\n" + "\n".join(
+                f"- `{p.path}`: {html.escape(scrub(p.message))}" for p in e.problems), loss_frame([]), "", table
+            return
+        except Exception as e:
+            yield f"❌ {html.escape(self.h_friendly(e))}", loss_frame([]), "", table
+            return
+        last = None
+        for status, plot, _sample, log_text, _timeline in self.h.train(payload, files, request):
+            last = status
+            yield status, plot, log_text, table
+        name = session.followed
+        if last and not last.startswith("❌") and name in session.runs:
+            yield last, self._curves(session.runs[name].dir), log_text, self._table(session.runs[name].dir)
+
+    @staticmethod
+    def h_friendly(e: Exception) -> str:
+        from .handlers import _friendly
+
+        return _friendly(e)
+
+    def _job(self, session, technique, source, name, steps, alpha, temperature, spec_json):
+        """The /train payload for fine-tuning or distillation (data: the source run's; for a Hub model the
+        built-in stories), and the data files to hand over when the source trained on uploads."""
+        limits = self.store.limits
+        data, files, train = {"source": "builtin", "name": "stories"}, None, {}
+        if source in session.runs:
+            record = json.loads((session.runs[source].dir / "run.json").read_text())
+            data = {k: v for k, v in record["data"].items() if k != "paths"}
+            t = record["train"]
+            train = {k: t[k] for k in ("batch_size", "seq_len", "lr", "seed") if t.get(k) is not None}
+            if data.get("source") == "files":  # hand the same files over again (the handler copies them)
+                tmp = Path(tempfile.mkdtemp(prefix="grow-", dir=session.root))
+                files = []
+                for p in record["data"].get("paths") or []:
+                    files.append(str(shutil.copy(p, tmp / Path(p).name)))
+        if technique == "Fine-tune":
+            train["lr"] = train.get("lr", 1e-3) / 3  # gentler than training from scratch: keep what it knows
+        train.update(max_steps=steps, max_time=float(limits.max_time_s), eval_every=max(1, steps // 10))
+        job = {"spec": json.loads(spec_json) if spec_json else "tiny-char", "data": data, "train": train,
+               "run_name": name}
+        if technique == "Fine-tune":
+            job["init_from"] = source
+        else:
+            job["teacher"] = {"source": source, "alpha": _number(alpha, "α (teacher's share)", float, 0, 1, 0.5),
+                              "temperature": _number(temperature, "Temperature", float, 0.1, 100, 2.0)}
+        return job, files
+
+    def _prune(self, session, source, name, steps, alpha, temperature, target_share, drop_layers, mlp_keep,
+               heads_keep):
+        """Prune a finished session run into a new run (in this process: a few forward passes) and queue its
+        healing. Returns (queue entry, run name)."""
+        from ..grow.prune import prune_run
+        from ..model.estimate import estimate
+        from ..training.jobs import QueuedTraining
+        from ..training.run import open_run
+
+        limits = self.store.limits
+        src = _finished_run(session, source, "source") if source in session.runs else None
+        if src is None:
+            raise UserError("Source: pruning works on a finished run of this session; pick one from the list")
+        share = _number(target_share, "Target size (% of parameters)", float, 1, 99, 0) if target_share else 0
+        drop = int(_number(drop_layers, "Drop layers", int, 0, 1000, 0))
+        keep = _number(mlp_keep, "MLP neurons kept", float, 0.001, 1, 1.0)
+        heads = int(_number(heads_keep, "Heads kept", int, 0, 1024, 0)) or None
+        options = {}
+        if drop or keep < 1 or heads:
+            options = dict(drop_layers=drop, mlp_keep=keep, heads_keep=heads)
+        else:
+            params = estimate(open_run(src.dir, load_data=False).spec).params
+            options = dict(target_params=int(params * (share or 70) / 100))
+        with session.lock:
+            if self.h._active(session):
+                raise UserError("A training of this session is already running; stop it first")
+            if len(session.runs) >= limits.max_runs_per_session:
+                raise UserError(f"This session has {len(session.runs)} runs, the most allowed here; reload the page "
+                                "for a fresh session")
+            name = session.new_run_name(name)
+            out = session.root / "runs" / name
+            prune_run(src.dir, out, heal_steps=steps, heal_max_time=float(limits.max_time_s),
+                      alpha=_number(alpha, "α (teacher's share)", float, 0, 1, 0.5),
+                      temperature=_number(temperature, "Temperature", float, 0.1, 100, 2.0), **options)
+            run = SessionRun(name, out)
+            run.job = QueuedTraining(None, out, resume=True, caps=limits.caps(), mlflow_uri=self.store.mlflow_uri,
+                                     max_steps=steps, max_time=float(limits.max_time_s))
+            session.runs[name] = run
+            session.followed = name
+            self.store.queue.submit(run.job)
+        return run.job, name
+
+    def _follow(self, entry, name, session):
+        text = ""
+        for status, plot, _sample, log_text, _timeline in follow(self.store, entry, name):
+            text = log_text
+            yield status, plot, log_text, pd.DataFrame(columns=TABLE_COLUMNS)
+        run = session.runs.get(name)
+        if run is not None and entry.status != "error":
+            yield status, self._curves(run.dir), text, self._table(run.dir)
+
+    # ----------------------------------------------------------------------------- before / after
+    @staticmethod
+    def _table(run_dir: Path) -> pd.DataFrame:
+        from ..grow.compare import grow_table
+
+        try:
+            return pd.DataFrame(grow_table(run_dir), columns=TABLE_COLUMNS)
+        except Exception:
+            log.exception("grow table failed")
+            return pd.DataFrame(columns=TABLE_COLUMNS)
+
+    @staticmethod
+    def _curves(run_dir: Path) -> pd.DataFrame:
+        """train loss, its kd and ce parts (distillation) and the validation loss, long format for one plot."""
+        from ..training.run import read_history
+
+        rows = []
+        names = {"loss": "train", "kd_loss": "kd (teacher)", "ce_loss": "ce (data)"}
+        for h in read_history(run_dir):
+            if h["kind"] == "step":
+                rows += [{"step": h["step"], "loss": h[k], "split": n} for k, n in names.items()
+                         if h.get(k) is not None and math.isfinite(h[k])]
+            elif h["kind"] == "eval" and h.get("val_loss") is not None:
+                rows.append({"step": h["step"], "loss": h["val_loss"], "split": "validation"})
+        return pd.DataFrame(rows, columns=["step", "loss", "split"]).astype({"step": "int64", "loss": "float64"})
+
+    def table(self, run_name, request: gr.Request):
+        """(before/after table, curves, message) of a grown run of this session."""
+        session = self._session(request)
+        try:
+            if not isinstance(run_name, str) or run_name not in session.runs:
+                raise UserError("Run: pick one of this session's runs")
+            run = session.runs[run_name]
+            if run.job is not None and not run.job.finished:
+                raise UserError(f"Run: {run_name} is still training; the table comes when it is done")
+            table = self._table(run.dir)
+            msg = "" if len(table) > 1 else (f"{run_name} was trained from scratch: nothing to compare it with here "
+                                             "(the Compare tab shows every run)")
+            return table, self._curves(run.dir), msg
+        except Exception as e:
+            return pd.DataFrame(columns=TABLE_COLUMNS), loss_frame([]), f"❌ {html.escape(scrub(str(e)))}"
+
+
+def grow_tab(store: SessionStore, handlers, spec_json: gr.Textbox, start_from: gr.Dropdown) -> dict:
+    """Lay out the Grow tab (inside the caller's gr.Tab) and wire its events. `spec_json`: the Build tab's spec
+    (a distilled student); `start_from`: the Train tab's choice, refreshed with the run lists. Returns
+    {"refresh": fn, "outputs": [...]} for other tabs' events that change the run list, and "started" (the /grow
+    event) for refreshing other tabs' run lists when a grown run starts."""
+    g = Grow(store, handlers)
+    gr.Markdown(INTRO)
+    with gr.Row():
+        with gr.Column(scale=1):
+            technique = gr.Radio(TECHNIQUES, value="Fine-tune", label="Technique", elem_id="grow-technique")
+            explain = gr.Markdown(EXPLAIN["Fine-tune"], elem_id="grow-explain")
+            with gr.Row():
+                source = gr.Dropdown([], label="Source / teacher (a finished run, or a Hub id)",
+                                     allow_custom_value=True, interactive=True, elem_id="grow-source")
+                refresh = gr.Button("↻", size="sm", min_width=40)
+            run_name = gr.Textbox("", label="New run name", placeholder="automatic", elem_id="grow-name")
+            steps = gr.Number(200, label="Steps", precision=0, info="fine-tuning, distillation or healing steps")
+            with gr.Group(visible=False) as distill_box:
+                alpha = gr.Slider(0, 1, 0.5, step=0.05, label="α: the teacher's share of the loss",
+                                  info="0 = plain training, 1 = follow only the teacher")
+                temperature = gr.Slider(0.5, 8, 2.0, step=0.5, label="Temperature T",
+                                        info="higher = softer teacher distribution, near misses count more")
+            student = gr.Markdown(visible=False, elem_id="grow-student")
+            with gr.Group(visible=False) as prune_box:
+                target = gr.Slider(10, 95, 70, step=5, label="Target size (% of the source's parameters)",
+                                   info="tries depth and head counts, sizes the MLP to fit, keeps the shape with "
+                                        "the lowest loss")
+                with gr.Accordion("Or choose exactly what to cut", open=False):
+                    drop = gr.Number(0, label="Drop layers", precision=0)
+                    mlp_keep = gr.Slider(0.05, 1, 1.0, step=0.05, label="MLP neurons kept (share)")
+                    heads = gr.Number(0, label="Heads kept per layer (0 = all)", precision=0)
+            go = gr.Button("Grow", variant="primary", elem_id="grow-start")
+        with gr.Column(scale=2):
+            status = gr.Markdown("Pick a source and a technique, then press **Grow**.", elem_id="grow-status")
+            curves = gr.LinePlot(x="step", y="loss", color="split", title="Loss: train, kd (teacher), ce (data), "
+                                 "validation", height=300)
+            table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, label="Before / after (same held-out "
+                                 "text; tokens/s as a ratio to the first row)", elem_id="grow-table")
+            with gr.Row():
+                table_run = gr.Dropdown([], label="Grown run", allow_custom_value=True, interactive=True)
+                table_btn = gr.Button("Before / after")
+            table_msg = gr.Markdown()
+            log_box = gr.Textbox(label="Log (newest first)", lines=6, max_lines=10, autoscroll=False)
+
+    def on_technique(t, spec_text):
+        summary = ""
+        if t == "Distill":
+            try:
+                from ..model.estimate import estimate, human
+                from ..model.spec import ModelSpec
+
+                spec = ModelSpec.from_json(spec_text) if spec_text else None
+                summary = (f"**Student** (the Build tab's blocks): {html.escape(spec.summary())}, "
+                           f"{human(estimate(spec).params)} parameters before its vocabulary becomes the teacher's"
+                           if spec else "")
+            except Exception:
+                summary = "**Student**: fix the Build tab's problems first"
+        return (EXPLAIN.get(t, ""), gr.update(visible=t != "Fine-tune"), gr.update(visible=t == "Distill",
+                                                                                     value=summary),
+                gr.update(visible=t == "Prune + heal"))
+
+    technique.change(on_technique, [technique, spec_json], [explain, distill_box, student, prune_box],
+                     api_visibility="private")
+    lists = [source, start_from, table_run]
+    refresh.click(g.choices, None, lists, api_visibility="private")
+    inputs = [technique, source, run_name, steps, alpha, temperature, target, drop, mlp_keep, heads, spec_json]
+    started = go.click(g.grow, inputs, [status, curves, log_box, table], api_name="grow", concurrency_limit=None,
+                       preprocess=False)
+    started.then(g.choices, None, lists, api_visibility="private")
+    table_btn.click(g.table, table_run, [table, curves, table_msg], api_name="grow_table")
+    return {"refresh": g.choices, "outputs": lists, "started": started}

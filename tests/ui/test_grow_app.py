@@ -1,0 +1,102 @@
+"""The Grow tab through the real app server (gradio_client): distill a small student from a trained run, prune +
+heal it, fine-tune through the Train tab's "Start from", the before/after table and the kd / ce curves; bad
+inputs come back as messages naming the field, and create no run."""
+
+import html
+import json
+import shutil
+
+import pytest
+
+from conftest import small_spec
+from slm_blocks.ui.state import Limits, SessionRun, SessionStore
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, trained_tiny_char, mlflow_uri):
+    import os
+
+    from gradio_client import Client
+
+    from conftest import running_app
+
+    saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MLFLOW_TRACKING_URI")}
+    os.environ.update(OMP_NUM_THREADS="1", MLFLOW_TRACKING_URI=mlflow_uri)  # workers: one thread, one store
+    store = SessionStore(Limits(data_dir=tmp_path_factory.mktemp("grow-app"), max_time_s=300))
+    try:
+        with running_app(store) as (demo, url):
+            c = Client(url, verbose=False)
+            session = store.get(c.session_hash)
+            run_dir = session.root / "runs" / "shakespeare"
+            shutil.copytree(trained_tiny_char.dir, run_dir)  # as if this session had trained it
+            session.runs["shakespeare"] = SessionRun("shakespeare", run_dir)
+            yield c, store, session
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def grow(c, technique, source="shakespeare", name="", steps=4, alpha=0.5, temperature=2.0, target=60, drop=0,
+         mlp_keep=1.0, heads=0, spec=None):
+    spec = (spec or small_spec(seq=64, d_model=32, layers=2)).to_json()
+    outs = list(c.submit(technique, source, name, steps, alpha, temperature, target, drop, mlp_keep, heads, spec,
+                         api_name="/grow"))
+    assert outs, "the stream produced no output"
+    return outs[-1]
+
+
+def rows(df):
+    return [dict(zip(df["headers"], r)) for r in df["data"]]
+
+
+def splits(plot):
+    return {dict(zip(plot["columns"], r))["split"] for r in plot["data"]}
+
+
+def test_distill_prune_and_fine_tune_from_a_trained_run(served):
+    c, store, session = served
+    status, curves, log, table = grow(c, "Distill", name="student")
+    assert status.startswith("**student**") and "Done" in status, status
+    t = rows(table)
+    assert [r["model"] for r in t] == ["teacher: shakespeare", "student after 4 steps"], t
+    assert t[1]["parameters"] < t[0]["parameters"] and t[0]["speed vs first"] == 1.0
+    assert {"kd (teacher)", "ce (data)", "train", "validation"} <= splits(curves)
+    record = json.loads((session.runs["student"].dir / "run.json").read_text())
+    assert record["teacher"]["source"] == "shakespeare" and record["teacher"]["alpha"] == 0.5
+
+    status, curves, log, table = grow(c, "Prune + heal", name="small", target=60)
+    assert "Done" in status, status
+    t = rows(table)
+    assert [r["model"] for r in t] == ["teacher: shakespeare", "pruned, before healing", "small after 4 steps"], t
+    assert t[1]["parameters"] == t[2]["parameters"] <= 0.6 * t[0]["parameters"]
+    # the table of any grown run, later
+    again, _, msg = c.predict("small", api_name="/grow_table")
+    assert [r["model"] for r in rows(again)] == [r["model"] for r in t] and not msg
+
+    # the Train tab's "Start from": the same /train job with init_from = a run of this session
+    job = {"spec": "tiny-char", "data": {"source": "builtin", "name": "stories"}, "tokenizer": {"kind": "char"},
+           "run_name": "tuned", "init_from": "shakespeare",
+           "train": {"max_steps": 3, "batch_size": 4, "max_time": 120, "eval_every": 3, "eval_batches": 2}}
+    status = list(c.submit(job, None, api_name="/train"))[-1][0]
+    assert "Done" in status, status
+    record = json.loads((session.runs["tuned"].dir / "run.json").read_text())
+    assert record["init_from"]["source"] == "shakespeare" and record["spec"] == json.loads(
+        (session.runs["shakespeare"].dir / "run.json").read_text())["spec"]
+
+
+@pytest.mark.parametrize("args, words", [
+    (dict(technique="Prune + heal", drop=9), ["drop_layers", "at least one"]),
+    (dict(technique="Prune + heal", heads=5, target=0), ["heads_keep", "only 4 heads"]),
+    (dict(technique="Prune + heal", source="someone/model"), ["Source", "finished run of this session"]),
+    (dict(technique="Distill", source="someone/model"), ["Teacher", "Hub"]),
+    (dict(technique="Fine-tune", source="nope-run"), ["Start from", "not one of this session's runs"]),
+    (dict(technique="Fine-tune", steps=0), ["Steps"]),
+    (dict(technique="Shrink"), ["Technique"]),
+])
+def test_bad_grow_inputs_name_the_field_and_create_nothing(served, args, words):
+    c, store, session = served
+    before = set(session.runs)
+    status = html.unescape(grow(c, **args)[0])
+    assert status.startswith("❌") and "Traceback" not in status, status
+    assert all(w in status for w in words), status
+    assert set(session.runs) == before
