@@ -42,7 +42,7 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
                 with gr.Column(scale=1):
                     form = build_form(store.limits)
                     job_box = gr.JSON(visible=False)  # the job the form describes: the /train payload
-                    start_from = start_from_widget()  # random weights, or a model to fine-tune (grow_tab.py)
+                    start_from = start_from_widget(store)  # random weights, or a model to fine-tune (grow_tab.py)
                     preview_md = gr.Markdown("Pick data and a tokenizer to see what this run will train.",
                                              elem_id="train-preview")
                     with gr.Row():

@@ -25,7 +25,7 @@ from ..training.data import is_hub_id
 from ..training.job import Job, JobError
 from ..training.schema import Problem, SettingsError, parse_number, short
 from .state import SessionRun, SessionStore
-from .train_tab import follow, job_problems, loss_frame, scrub
+from .train_tab import follow, job_problems, scrub
 from .uploads import UserError
 
 log = logging.getLogger("slm_blocks.app")
@@ -93,12 +93,39 @@ def start_from_choices(session) -> list[str]:
     return [SCRATCH] + [n for n, r in session.runs.items() if r.job is None or r.job.finished]
 
 
-def start_from_widget() -> gr.Dropdown:
-    """The Train tab's "Start from" choice: random weights, a finished run of this session, or a Hub id."""
-    return gr.Dropdown([SCRATCH], value=SCRATCH, label="Start from", allow_custom_value=True, interactive=True,
-                       elem_id="train-start-from",
-                       info="a finished run or a Hub id 'owner/name' to fine-tune: the run keeps that model's "
-                            "architecture and tokenizer (the Build tab's blocks and the tokenizer choice are not used)")
+def start_from_widget(store: SessionStore) -> gr.Dropdown:
+    """The Train tab's "Start from" choice (random weights, a finished run of this session, or a Hub id), with a
+    line under it that says what the run will be when it is not random."""
+    choice = gr.Dropdown([SCRATCH], value=SCRATCH, label="Start from", allow_custom_value=True, interactive=True,
+                         elem_id="train-start-from",
+                         info="a finished run or a Hub id 'owner/name' to fine-tune: the run keeps that model's "
+                              "architecture and tokenizer (the Build tab's blocks and the tokenizer choice are not "
+                              "used)")
+    note = gr.Markdown(elem_id="train-start-from-note")
+
+    def describe(value, request: gr.Request):
+        from ..model.estimate import estimate, human
+        from ..model.spec import ModelSpec
+
+        if not isinstance(value, str) or not value.strip() or value == SCRATCH:
+            return ""
+        session = store.get(getattr(request, "session_hash", None))
+        if value in session.runs:
+            try:
+                record = json.loads((session.runs[value].dir / "run.json").read_text())
+                spec = ModelSpec.from_dict(record["spec"])
+            except (OSError, ValueError, KeyError):
+                return f"⚠️ {html.escape(value)} has no readable run.json yet"
+            return (f"🌱 **Fine-tuning {html.escape(value)}**: {html.escape(spec.summary())}, "
+                    f"{human(estimate(spec).params)} parameters, its {html.escape(record['tokenizer']['kind'])} "
+                    "tokenizer. The preview below describes the Build tab's blocks, which this run does not use.")
+        if is_hub_id(value):
+            return (f"🌱 **Fine-tuning {html.escape(value)}** from the Hub: only its config, safetensors and "
+                    "tokenizer files are downloaded, after its size is checked against this app's cap.")
+        return f"⚠️ {html.escape(short(value))} is neither a run of this session nor a Hub id 'owner/name'"
+
+    choice.change(describe, choice, note, api_visibility="private")
+    return choice
 
 
 def with_start_from(job: dict, start_from) -> dict:
@@ -110,6 +137,34 @@ def with_start_from(job: dict, start_from) -> dict:
 
 
 # ----------------------------------------------------------------------------- the tab's behaviour
+
+SPLITS = {"loss": "train (total)", "kd_loss": "kd (teacher)", "ce_loss": "ce (data)"}
+
+
+def curves_frame(records) -> pd.DataFrame:
+    """The training loss, its kd and ce parts (distillation) and the validation loss, long format, from
+    metrics records (`read_history`) or events. Every split has a row from the start (NaN: not drawn): a Gradio
+    plot keeps the colours of the first frame it draws, so a split that appeared later would stay invisible."""
+    from dataclasses import asdict
+
+    from ..training.events import EvalEvent, StepEvent
+
+    rows = []
+    for r in records:
+        if isinstance(r, (StepEvent, EvalEvent)):
+            r = {"kind": "step" if isinstance(r, StepEvent) else "eval", **asdict(r)}
+        if not isinstance(r, dict):
+            continue
+        if r.get("kind") == "step":
+            rows += [{"step": r["step"], "loss": r[k], "split": n} for k, n in SPLITS.items()
+                     if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])]
+        elif r.get("kind") == "eval" and isinstance(r.get("val_loss"), (int, float)):
+            rows.append({"step": r["step"], "loss": r["val_loss"], "split": "validation"})
+    first = min((r["step"] for r in rows), default=0)
+    rows += [{"step": first, "loss": float("nan"), "split": split} for split in [*SPLITS.values(), "validation"]
+             if not any(r["split"] == split for r in rows)]
+    return pd.DataFrame(rows, columns=["step", "loss", "split"]).astype({"step": "int64", "loss": "float64"})
+
 
 
 def _number(value, name: str, kind=float, lo=None, hi=None, default=None):
@@ -158,19 +213,20 @@ class Grow:
                 return
             payload, files = self._job(session, technique, source, name, steps, alpha, temperature, spec_json)
         except JobError as e:
-            yield job_problems(e), loss_frame([]), "", table
+            yield job_problems(e), curves_frame([]), "", table
             return
         except SettingsError as e:  # pruning options: each problem by option
             yield "❌ The pruning options have problems:\n" + "\n".join(
-                f"- `{p.path}`: {html.escape(scrub(p.message))}" for p in e.problems), loss_frame([]), "", table
+                f"- `{p.path}`: {html.escape(scrub(p.message))}" for p in e.problems), curves_frame([]), "", table
             return
         except Exception as e:
-            yield f"❌ {html.escape(self.h_friendly(e))}", loss_frame([]), "", table
+            yield f"❌ {html.escape(self.h_friendly(e))}", curves_frame([]), "", table
             return
         last = None
-        for status, plot, _sample, log_text, _timeline in self.h.train(payload, files, request):
+        for status, _plot, _sample, log_text, _timeline in self.h.train(payload, files, request):
             last = status
-            yield status, plot, log_text, table
+            run = session.runs.get(session.followed) if not status.startswith("❌") else None
+            yield status, curves_frame(run.job.events if run and run.job else []), log_text, table
         name = session.followed
         if last and not last.startswith("❌") and name in session.runs:
             yield last, self._curves(session.runs[name].dir), log_text, self._table(session.runs[name].dir)
@@ -252,9 +308,9 @@ class Grow:
 
     def _follow(self, entry, name, session):
         text = ""
-        for status, plot, _sample, log_text, _timeline in follow(self.store, entry, name):
+        for status, _plot, _sample, log_text, _timeline in follow(self.store, entry, name):
             text = log_text
-            yield status, plot, log_text, pd.DataFrame(columns=TABLE_COLUMNS)
+            yield status, curves_frame(entry.events), log_text, pd.DataFrame(columns=TABLE_COLUMNS)
         run = session.runs.get(name)
         if run is not None and entry.status != "error":
             yield status, self._curves(run.dir), text, self._table(run.dir)
@@ -272,18 +328,9 @@ class Grow:
 
     @staticmethod
     def _curves(run_dir: Path) -> pd.DataFrame:
-        """train loss, its kd and ce parts (distillation) and the validation loss, long format for one plot."""
         from ..training.run import read_history
 
-        rows = []
-        names = {"loss": "train", "kd_loss": "kd (teacher)", "ce_loss": "ce (data)"}
-        for h in read_history(run_dir):
-            if h["kind"] == "step":
-                rows += [{"step": h["step"], "loss": h[k], "split": n} for k, n in names.items()
-                         if h.get(k) is not None and math.isfinite(h[k])]
-            elif h["kind"] == "eval" and h.get("val_loss") is not None:
-                rows.append({"step": h["step"], "loss": h["val_loss"], "split": "validation"})
-        return pd.DataFrame(rows, columns=["step", "loss", "split"]).astype({"step": "int64", "loss": "float64"})
+        return curves_frame(read_history(run_dir))
 
     def table(self, run_name, request: gr.Request):
         """(before/after table, curves, message) of a grown run of this session."""
@@ -299,7 +346,7 @@ class Grow:
                                              "(the Compare tab shows every run)")
             return table, self._curves(run.dir), msg
         except Exception as e:
-            return pd.DataFrame(columns=TABLE_COLUMNS), loss_frame([]), f"❌ {html.escape(scrub(str(e)))}"
+            return pd.DataFrame(columns=TABLE_COLUMNS), curves_frame([]), f"❌ {html.escape(scrub(str(e)))}"
 
 
 def grow_tab(store: SessionStore, handlers, spec_json: gr.Textbox, start_from: gr.Dropdown) -> dict:
@@ -313,10 +360,10 @@ def grow_tab(store: SessionStore, handlers, spec_json: gr.Textbox, start_from: g
         with gr.Column(scale=1):
             technique = gr.Radio(TECHNIQUES, value="Fine-tune", label="Technique", elem_id="grow-technique")
             explain = gr.Markdown(EXPLAIN["Fine-tune"], elem_id="grow-explain")
-            with gr.Row():
+            with gr.Row(equal_height=True):
                 source = gr.Dropdown([], label="Source / teacher (a finished run, or a Hub id)",
-                                     allow_custom_value=True, interactive=True, elem_id="grow-source")
-                refresh = gr.Button("↻", size="sm", min_width=40)
+                                     allow_custom_value=True, interactive=True, elem_id="grow-source", scale=5)
+                refresh = gr.Button("↻", size="sm", min_width=40, scale=0)
             run_name = gr.Textbox("", label="New run name", placeholder="automatic", elem_id="grow-name")
             steps = gr.Number(200, label="Steps", precision=0, info="fine-tuning, distillation or healing steps")
             with gr.Group(visible=False) as distill_box:
@@ -336,8 +383,8 @@ def grow_tab(store: SessionStore, handlers, spec_json: gr.Textbox, start_from: g
             go = gr.Button("Grow", variant="primary", elem_id="grow-start")
         with gr.Column(scale=2):
             status = gr.Markdown("Pick a source and a technique, then press **Grow**.", elem_id="grow-status")
-            curves = gr.LinePlot(x="step", y="loss", color="split", title="Loss: train, kd (teacher), ce (data), "
-                                 "validation", height=300)
+            curves = gr.LinePlot(curves_frame([]), x="step", y="loss", color="split", height=300,
+                                 title="Loss: train (total = α·kd + (1−α)·ce), kd (teacher), ce (data), validation")
             table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, label="Before / after (same held-out "
                                  "text; tokens/s as a ratio to the first row)", elem_id="grow-table")
             with gr.Row():
