@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ..model.estimate import estimate
-from ..training.distill import TEACHER_DIR, Teacher
+from ..training.distill import Teacher
 from ..training.loop import evaluate, get_batch
 from ..training.run import INIT_WEIGHTS, open_run
 

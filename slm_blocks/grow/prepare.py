@@ -64,6 +64,12 @@ def prepare_grown_run(job: Job, run_dir: str | Path, caps=None, status=None) -> 
     existed = out.exists()
     run = prepare_run(out, spec, job.data, given.tokenizer_config, job.train, caps=caps, status=say,
                       tokenizer_obj=given.tokenizer)
+    unk = getattr(given.tokenizer, "unk_token_id", None)
+    if unk is not None and len(run.train_tokens):
+        share = float((run.train_tokens == unk).float().mean())
+        if share > 0.01:  # e.g. a char tokenizer from other text: those characters all read as one token
+            say(f"note: {share:.0%} of this data's tokens are unknown to {(init or teacher).label}'s tokenizer "
+                "(characters it never saw); the model cannot learn them")
     try:
         if w_init:
             say(f"copying the weights of {init.label}")

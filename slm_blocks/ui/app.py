@@ -171,7 +171,7 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
             .then(h.run_choices, None, resume_run, api_visibility="private") \
             .then(h.run_choices, None, model_pick, api_visibility="private") \
             .then(h.run_choices, None, share_run, api_visibility="private") \
-            .then(grow["refresh"], None, grow["outputs"], api_visibility="private")
+            .then(grow["refresh"], grow["inputs"], grow["outputs"], api_visibility="private")
         start.click(h.run_choices, None, model_pick, api_visibility="private")
         stop.click(h.stop, None, stop_msg, api_name="stop")
         resume.click(lambda: "", None, stop_msg, api_visibility="private")
@@ -183,7 +183,7 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
                           preprocess=False)
         for target in run_lists:
             refresh.click(h.run_choices, None, target, api_visibility="private")
-        refresh.click(grow["refresh"], None, grow["outputs"], api_visibility="private")
+        refresh.click(grow["refresh"], grow["inputs"], grow["outputs"], api_visibility="private")
         for target in run_lists:  # a grown run is a run like any other
             grow["started"].then(h.run_choices, None, target, api_visibility="private")
         # preprocess=False: the handler checks every sampling value itself and names the field (Gradio's own

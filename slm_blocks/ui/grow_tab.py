@@ -184,10 +184,12 @@ class Grow:
     def _session(self, request):
         return self.store.get(getattr(request, "session_hash", None) if request is not None else None)
 
-    def choices(self, request: gr.Request):
+    def choices(self, current, request: gr.Request):
+        """The run lists (Grow's source keeps its choice while it is still a finished run, or a Hub id)."""
         s = self._session(request)
         finished = [n for n, r in s.runs.items() if r.job is None or r.job.finished]
-        return (gr.update(choices=finished, value=finished[-1] if finished else None),
+        keep = current if isinstance(current, str) and (current in finished or is_hub_id(current)) else None
+        return (gr.update(choices=finished, value=keep or (finished[-1] if finished else None)),
                 gr.update(choices=start_from_choices(s)), gr.update(choices=list(s.runs),
                                                                      value=s.followed or None))
 
@@ -352,7 +354,7 @@ class Grow:
 def grow_tab(store: SessionStore, handlers, spec_json: gr.Textbox, start_from: gr.Dropdown) -> dict:
     """Lay out the Grow tab (inside the caller's gr.Tab) and wire its events. `spec_json`: the Build tab's spec
     (a distilled student); `start_from`: the Train tab's choice, refreshed with the run lists. Returns
-    {"refresh": fn, "outputs": [...]} for other tabs' events that change the run list, and "started" (the /grow
+    {"refresh": fn, "inputs": ..., "outputs": [...]} for other tabs' events that change the run list, and "started" (the /grow
     event) for refreshing other tabs' run lists when a grown run starts."""
     g = Grow(store, handlers)
     gr.Markdown(INTRO)
@@ -413,10 +415,10 @@ def grow_tab(store: SessionStore, handlers, spec_json: gr.Textbox, start_from: g
     technique.change(on_technique, [technique, spec_json], [explain, distill_box, student, prune_box],
                      api_visibility="private")
     lists = [source, start_from, table_run]
-    refresh.click(g.choices, None, lists, api_visibility="private")
+    refresh.click(g.choices, source, lists, api_visibility="private")
     inputs = [technique, source, run_name, steps, alpha, temperature, target, drop, mlp_keep, heads, spec_json]
     started = go.click(g.grow, inputs, [status, curves, log_box, table], api_name="grow", concurrency_limit=None,
                        preprocess=False)
-    started.then(g.choices, None, lists, api_visibility="private")
+    started.then(g.choices, source, lists, api_visibility="private")
     table_btn.click(g.table, table_run, [table, curves, table_msg], api_name="grow_table")
-    return {"refresh": g.choices, "outputs": lists, "started": started}
+    return {"refresh": g.choices, "inputs": source, "outputs": lists, "started": started}

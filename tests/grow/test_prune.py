@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import SHAKESPEARE, small_spec
+from conftest import SHAKESPEARE
 from slm_blocks import ModelSpec, build_model, estimate, load_preset
 from slm_blocks.grow.prune import Plan, PruneError, build_pruned, explicit_plan, importance, prune_run
 from slm_blocks.model.mlp import mlp_hidden

@@ -8,8 +8,6 @@ in the browser is the Train tab's test); the healing is a few steps in one worke
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
 
 import pytest
