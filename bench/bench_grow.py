@@ -161,7 +161,7 @@ def main() -> None:
         model, p, loss, bpc = measure(d, initial)
         models_b.append(model)
         rows_b.append({"model": name, "parameters": p, "steps": steps, "held-out loss": loss, "bits/char": bpc})
-    speeds = forward_speed(models_b, x, rounds=5)
+    speeds = forward_speed(models_b, x, rounds=21)
     for row, s in zip(rows_b, speeds):
         row["forward speed vs teacher"] = s / speeds[0]
 
@@ -181,7 +181,8 @@ def main() -> None:
     md = (f"(a) distillation: a student with {rows_a[1]['parameters'] / rows_a[0]['parameters']:.0%} of the "
           f"teacher's parameters, {args.student_steps} steps, same seed and data order\n\n" + table(rows_a)
           + f"\n\n(b) pruning tiny-char to {args.prune_to:.0%} of its parameters ({pruned_info['plan']}), then "
-          f"healing by distillation from the unpruned model (α {args.alpha:g}, T {args.temperature:g}); 'steps' counts "
+          f"healing by distillation from the unpruned model (α {args.alpha:g}, T {args.temperature:g}, peak lr "
+          f"{open_run(pruned_dir, load_data=False).train_config.lr:g}); 'steps' counts "
           "every step that shaped the weights (the teacher's included)\n\n" + table(rows_b, ("forward speed vs teacher",)))
     print(info + "\n\n" + md)
     out = Path(args.out)

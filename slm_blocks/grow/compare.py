@@ -25,15 +25,17 @@ from ..training.run import INIT_WEIGHTS, open_run
 
 
 def forward_speed(models: list, x: torch.Tensor, rounds: int = 3) -> list[float]:
-    """Forward tokens/s of each model on batch x, alternating models round by round; medians."""
+    """Forward tokens/s of each model on batch x: every model once per round, the order rotated from round to
+    round (a busy machine slows whoever runs at the wrong moment), medians over the rounds."""
     times: list[list[float]] = [[] for _ in models]
     with torch.no_grad():
         for m in models:  # warm-up
             m(input_ids=x, use_cache=False)
-        for _ in range(rounds):
-            for i, m in enumerate(models):
+        for r in range(rounds):
+            for k in range(len(models)):
+                i = (k + r) % len(models)
                 t = time.perf_counter()
-                m(input_ids=x, use_cache=False)
+                models[i](input_ids=x, use_cache=False)
                 times[i].append(time.perf_counter() - t)
     return [x.numel() / max(statistics.median(ts), 1e-9) for ts in times]
 

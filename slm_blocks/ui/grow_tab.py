@@ -213,7 +213,7 @@ class Grow:
                                           drop_layers, mlp_keep, heads_keep)
                 yield from self._follow(entry, name, session)
                 return
-            payload, files = self._job(session, technique, source, name, steps, alpha, temperature, spec_json)
+            payload, files, tmp = self._job(session, technique, source, name, steps, alpha, temperature, spec_json)
         except JobError as e:
             yield job_problems(e), curves_frame([]), "", table
             return
@@ -224,11 +224,15 @@ class Grow:
         except Exception as e:
             yield f"❌ {html.escape(self.h_friendly(e))}", curves_frame([]), "", table
             return
-        last = None
-        for status, _plot, _sample, log_text, _timeline in self.h.train(payload, files, request):
-            last = status
-            run = session.runs.get(session.followed) if not status.startswith("❌") else None
-            yield status, curves_frame(run.job.events if run and run.job else []), log_text, table
+        last = log_text = None
+        try:
+            for status, _plot, _sample, log_text, _timeline in self.h.train(payload, files, request):
+                last = status
+                run = session.runs.get(session.followed) if not status.startswith("❌") else None
+                yield status, curves_frame(run.job.events if run and run.job else []), log_text, table
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
         name = session.followed
         if last and not last.startswith("❌") and name in session.runs:
             yield last, self._curves(session.runs[name].dir), log_text, self._table(session.runs[name].dir)
@@ -241,9 +245,10 @@ class Grow:
 
     def _job(self, session, technique, source, name, steps, alpha, temperature, spec_json):
         """The /train payload for fine-tuning or distillation (data: the source run's; for a Hub model the
-        built-in stories), and the data files to hand over when the source trained on uploads."""
+        built-in stories), the data files to hand over when the source trained on uploads, and the temporary
+        folder holding them."""
         limits = self.store.limits
-        data, files, train = {"source": "builtin", "name": "stories"}, None, {}
+        data, files, tmp, train = {"source": "builtin", "name": "stories"}, None, None, {}
         if source in session.runs:
             record = json.loads((session.runs[source].dir / "run.json").read_text())
             data = {k: v for k, v in record["data"].items() if k != "paths"}
@@ -257,14 +262,13 @@ class Grow:
         if technique == "Fine-tune":
             train["lr"] = train.get("lr", 1e-3) / 3  # gentler than training from scratch: keep what it knows
         train.update(max_steps=steps, max_time=float(limits.max_time_s), eval_every=max(1, steps // 10))
-        job = {"spec": json.loads(spec_json) if spec_json else "tiny-char", "data": data, "train": train,
-               "run_name": name}
+        job = {"spec": spec_json or "tiny-char", "data": data, "train": train, "run_name": name}  # parser checks it
         if technique == "Fine-tune":
             job["init_from"] = source
         else:
             job["teacher"] = {"source": source, "alpha": _number(alpha, "α (teacher's share)", float, 0, 1, 0.5),
                               "temperature": _number(temperature, "Temperature", float, 0.1, 100, 2.0)}
-        return job, files
+        return job, files, tmp
 
     def _prune(self, session, source, name, steps, alpha, temperature, target_share, drop_layers, mlp_keep,
                heads_keep):
@@ -295,6 +299,10 @@ class Grow:
             if len(session.runs) >= limits.max_runs_per_session:
                 raise UserError(f"This session has {len(session.runs)} runs, the most allowed here; reload the page "
                                 "for a fresh session")
+            used_mb = session.disk_mb()
+            if used_mb > limits.session_quota_mb:
+                raise UserError(f"This session uses {used_mb:.0f} MB of disk, over the {limits.session_quota_mb} MB "
+                                "allowed; reload the page for a fresh session")
             name = session.new_run_name(name)
             out = session.root / "runs" / name
             prune_run(src.dir, out, heal_steps=steps, heal_max_time=float(limits.max_time_s),

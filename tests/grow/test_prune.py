@@ -186,3 +186,21 @@ def test_pruning_into_an_existing_folder_is_refused(trained, tmp_path):
     (tmp_path / "taken").mkdir()
     with pytest.raises(PruneError, match="already exists"):
         prune_run(trained, tmp_path / "taken", drop_layers=1)
+
+
+def test_prune_command_line(trained, tmp_path):
+    """`python -m slm_blocks prune`: one process prunes, heals two steps and prints the before/after table (bad
+    options: PruneError, a ValueError, which the CLI prints as `error: ...` with exit 2 like every other)."""
+    import os
+    import subprocess
+    import sys
+
+    def cli(*args):
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.run([sys.executable, "-m", "slm_blocks", "prune", str(trained), *map(str, args)],
+                              capture_output=True, text=True, env=env, timeout=300)
+
+    r = cli("--out", tmp_path / "cut", "--drop-layers", 1, "--heal", "--heal-steps", 2, "--no-mlflow")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "pruned: dropped layer" in r.stdout and "right after pruning" in r.stdout
+    assert "pruned, before healing" in r.stdout and "cut after 2 steps" in r.stdout and "teacher: base" in r.stdout
