@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from slm_blocks import estimate, load_preset  # noqa: E402
-from slm_blocks.training.driver import drive  # noqa: E402
+from slm_blocks.grow.prepare import drive  # noqa: E402
 from slm_blocks.training.job import Job  # noqa: E402
 
 START, END = "<!-- bench_grow:start -->", "<!-- bench_grow:end -->"

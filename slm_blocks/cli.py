@@ -277,6 +277,7 @@ def train_command(args) -> int:
 
     from accelerate import Accelerator
 
+    from .grow.prepare import prepare_grown_run
     from .training.driver import device_of, drive
 
     if args.resume:
@@ -305,7 +306,7 @@ def train_command(args) -> int:
     printer = _Printer(acc.is_main_process)
     try:
         code = drive(job, out, emit=printer, resume=args.resume, extra_steps=extra or 0, train_overrides=overrides,
-                     accelerator=acc, track=not args.no_mlflow)
+                     accelerator=acc, track=not args.no_mlflow, grow_prepare=prepare_grown_run)
     finally:
         printer.close()
     if printer.error:

@@ -1,7 +1,7 @@
 """Prepare a run that starts from trained weights (`init_from`) and/or learns from a teacher (`teacher`).
 
-The driver calls `prepare_grown_run` instead of `prepare_run` for such jobs (training/driver.py,
-`growth_hook`). Everything that can be refused is checked first (where the sources are, their size against
+The driver calls `prepare_grown_run` instead of `prepare_run` for such jobs when the entry point hands it in
+(training/driver.py, `growth_hook`: the CLI, the app's grow worker, `drive` below). Everything that can be refused is checked first (where the sources are, their size against
 the cap, whether student and teacher read the same tokens), so a refused job writes nothing. Then the run
 folder is prepared like any other, with two additions the training loop reads on its own:
 
@@ -94,3 +94,11 @@ def prepare_grown_run(job: Job, run_dir: str | Path, caps=None, status=None) -> 
             shutil.rmtree(out, ignore_errors=True)
         raise
     return run
+
+
+def drive(job: Job | None, run_dir: str | Path, **kw) -> int:
+    """`training.driver.drive` with this layer's preparer: runs that start from weights or learn from a teacher
+    (what the CLI and the app's grow worker run; see training/driver.py, growth_hook)."""
+    from ..training.driver import drive as _drive
+
+    return _drive(job, run_dir, grow_prepare=prepare_grown_run, **kw)

@@ -28,9 +28,8 @@ from pathlib import Path
 import torch
 
 from ..model.estimate import estimate, human
-from ..model.mlp import mlp_hidden
 from ..model.spec import AttentionLayerBlock, MLPLayerBlock, ModelSpec, NormBlock, TransformerBlock
-from ..model.validate import SpecError, head_dim
+from ..model.validate import SpecError
 from ..training.schema import Problem, SettingsError
 
 HEAL_STEPS = 200  # the pruned run's max_steps unless told otherwise
@@ -66,7 +65,7 @@ class Plan:
             if h != a.n_heads:
                 parts.append(f"block {b}: {h} of {a.n_heads} heads")
         for b, H in sorted(self.hidden.items()):
-            old = mlp_hidden(spec.blocks[b].mlp, spec.d_model)
+            old = spec.blocks[b].mlp.hidden_size(spec.d_model)
             if H != old:
                 parts.append(f"block {b}: MLP {H} of {old} neurons")
         return "; ".join(parts) or "nothing pruned"
@@ -169,8 +168,8 @@ def pruned_spec(spec: ModelSpec, plan: Plan) -> ModelSpec:
             raw["mlp"]["hidden"] = plan.hidden[i]
         if i in plan.heads:
             a = b.attention
-            groups = a.n_heads // (a.n_kv_heads or a.n_heads)
-            raw["attention"]["head_dim"] = head_dim(spec, a)
+            groups = a.n_heads // a.kv_heads()
+            raw["attention"]["head_dim"] = a.head_size(spec.d_model)
             raw["attention"]["n_heads"] = plan.heads[i]
             raw["attention"]["n_kv_heads"] = None if a.n_kv_heads is None else plan.heads[i] // groups
         blocks.append(raw)
@@ -213,8 +212,8 @@ def pruned_state(model, spec: ModelSpec, plan: Plan, scores: dict) -> dict[str, 
         if b in plan.heads and rest.startswith("self_attn.") and rest.split(".")[1] in ("q_proj", "k_proj", "v_proj",
                                                                                         "o_proj"):
             a = plan_layers[old][1]
-            hd, nh = head_dim(spec, a), a.n_heads
-            per_group = nh // (a.n_kv_heads or nh)
+            hd, nh = a.head_size(spec.d_model), a.n_heads
+            per_group = nh // a.kv_heads()
             group_score = scores["heads"][old].view(-1, per_group).sum(-1)  # (n_kv,)
             groups = torch.sort(torch.topk(group_score, plan.heads[b] // per_group).indices).values
             q_heads = (groups[:, None] * per_group + torch.arange(per_group)).flatten()
@@ -292,16 +291,16 @@ def check_options(spec: ModelSpec, drop_layers: int, mlp_keep: float, heads_keep
         problems.append(Problem("mlp_keep", f"is {mlp_keep:g}; use a share of the MLP neurons in (0, 1], e.g. 0.5"))
     else:
         for b, m in _mlp_blocks(spec).items():
-            if round(mlp_keep * mlp_hidden(m, spec.d_model)) < 1:
+            if round(mlp_keep * m.hidden_size(spec.d_model)) < 1:
                 problems.append(Problem("mlp_keep", f"is {mlp_keep:g}: block {b} would keep no neuron of its "
-                                        f"{mlp_hidden(m, spec.d_model)}; keep at least one"))
+                                        f"{m.hidden_size(spec.d_model)}; keep at least one"))
                 break
     if heads_keep is not None:
         if spec.positional() == "alibi":
             problems.append(Problem("heads_keep", "ALiBi's slopes depend on the number of heads, so removing heads "
                                     "would change the ones that stay; prune layers or MLP neurons instead"))
         for b, a in _attention_blocks(spec).items():
-            per_group = a.n_heads // (a.n_kv_heads or a.n_heads)
+            per_group = a.n_heads // a.kv_heads()
             if heads_keep < 1:
                 problems.append(Problem("heads_keep", f"is {heads_keep}; every attention layer must keep at least "
                                         + (f"one key/value group ({per_group} heads)" if per_group > 1 else
@@ -322,7 +321,7 @@ def check_options(spec: ModelSpec, drop_layers: int, mlp_keep: float, heads_keep
 def explicit_plan(spec: ModelSpec, scores: dict, drop_layers: int, mlp_keep: float, heads_keep: int | None) -> Plan:
     can_drop = droppable(spec)
     ranked = sorted(can_drop, key=lambda i: scores["layer"][i])[:drop_layers]
-    hidden = {b: max(1, round(mlp_keep * mlp_hidden(m, spec.d_model))) for b, m in _mlp_blocks(spec).items()}
+    hidden = {b: max(1, round(mlp_keep * m.hidden_size(spec.d_model))) for b, m in _mlp_blocks(spec).items()}
     heads = {b: heads_keep for b in _attention_blocks(spec)} if heads_keep is not None else {}
     return Plan(tuple(sorted(ranked)), heads, hidden)
 
@@ -335,7 +334,7 @@ def _head_options(spec: ModelSpec, limit: int = 4) -> list[dict[int, int]]:
     attn = _attention_blocks(spec)
     if not attn or spec.positional() == "alibi":
         return [{}]
-    most = max((a.n_kv_heads or a.n_heads) for a in attn.values())
+    most = max(a.kv_heads() for a in attn.values())
     shares = sorted({k / most for k in range(1, most + 1)}, reverse=True)
     if len(shares) > limit:
         shares = [shares[round(i * (len(shares) - 1) / (limit - 1))] for i in range(limit)]
@@ -343,7 +342,7 @@ def _head_options(spec: ModelSpec, limit: int = 4) -> list[dict[int, int]]:
     for s in shares:
         opt = {}
         for b, a in attn.items():
-            groups = a.n_kv_heads or a.n_heads
+            groups = a.kv_heads()
             opt[b] = max(1, round(s * groups)) * (a.n_heads // groups)
         if opt not in out:
             out.append(opt)
@@ -355,7 +354,7 @@ def _fit_mlp(spec: ModelSpec, drop: tuple, heads: dict, target: int) -> Plan | N
     mlps = _mlp_blocks(spec)
 
     def plan_at(share: float) -> Plan:
-        return Plan(drop, heads, {b: max(1, round(share * mlp_hidden(m, spec.d_model))) for b, m in mlps.items()})
+        return Plan(drop, heads, {b: max(1, round(share * m.hidden_size(spec.d_model))) for b, m in mlps.items()})
 
     def params(p: Plan) -> int:
         return estimate(pruned_spec(spec, p)).params

@@ -22,43 +22,50 @@ from pathlib import Path
 from typing import Callable
 
 from .events import DoneEvent, ErrorEvent, Event, ReadyEvent, StatusEvent, WarningEvent
-from .job import Caps, Job
+from .job import Caps, Job, JobError
+from .schema import Problem
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError)
 
 
-def growth_hook(job: Job):
+def growth_hook(job: Job, grow_prepare: Callable | None = None):
     """The single place where starting from trained weights (`init_from`) and distillation from a teacher
-    (`teacher`) plug in: the preparer of such a job (None for a plain one, which `prepare_run` prepares).
+    (`teacher`) plug in: the function that prepares such a job's run (None for a plain job: prepare_run).
 
-    Both live in `slm_blocks.grow`, above `sharing`: a source may be an exported or native transformers folder
-    or a Hub id, which only the sharing layer reads. This lazy import, made only for such jobs, is the one
-    place where training reaches up; what the preparer leaves in the run folder (`init/`, `teacher/`) the loop
-    reads with training-level code alone, so resuming needs nothing from above."""
+    That function is `grow_prepare`, handed in by the entry point (the CLI, the app's grow worker, or
+    `slm_blocks.grow.prepare.drive`): it lives in slm_blocks.grow, above sharing, because a source may be an
+    exported or native transformers folder or a Hub id, and training imports nothing from above. What it leaves
+    in the run folder (`init/`, `teacher/`) the loop reads with training-level code alone, so resuming needs
+    nothing from above. Without it, such a job is refused before anything is prepared."""
     if not job.init_from and job.teacher is None:
         return None
-    from ..grow.prepare import prepare_grown_run
-
-    return prepare_grown_run
+    if grow_prepare is None:
+        raise JobError([Problem("init_from" if job.init_from else "teacher",
+                                "starting from weights and distillation are prepared by slm_blocks.grow: run this "
+                                "job with `python -m slm_blocks train`, in the app, or with "
+                                "slm_blocks.grow.prepare.drive")])
+    return grow_prepare
 
 
 def drive(job: Job | None, run_dir: str | Path, *, emit: Callable[[Event], None], resume: bool = False,
           extra_steps: int = 0, train_overrides: dict | None = None, caps: Caps | None = None,
           stop: threading.Event | None = None, accelerator=None, track: bool = True,
-          mlflow_uri: str | None = None) -> int:
-    """Prepare or reopen, track, train; see the module docstring. `job` is None when resuming."""
+          mlflow_uri: str | None = None, grow_prepare: Callable | None = None) -> int:
+    """Prepare or reopen, track, train; see the module docstring. `job` is None when resuming; `grow_prepare`
+    prepares jobs that start from weights or learn from a teacher (see growth_hook)."""
     from .loop import train
 
     run_dir = Path(run_dir)
     tracker, acc = None, accelerator
     try:
+        grow = None if resume else growth_hook(job, grow_prepare)  # refused here, before anything is prepared
         if acc is None:
             from accelerate import Accelerator
 
             acc = Accelerator(cpu=device_of(job, run_dir, train_overrides) == "cpu")
         main = acc.is_main_process
         run = _reopen(run_dir, extra_steps, train_overrides, acc, emit) if resume else \
-            _prepare(job, run_dir, caps, acc, emit)
+            _prepare(job, run_dir, caps, acc, emit, grow)
         if main:
             from ..model.estimate import estimate
 
@@ -121,13 +128,12 @@ def device_of(job: Job | None, run_dir: Path, overrides: dict | None) -> str:
         return "auto"  # open_run reports the missing or broken run folder
 
 
-def _prepare(job: Job, run_dir: Path, caps: Caps | None, acc, emit):
+def _prepare(job: Job, run_dir: Path, caps: Caps | None, acc, emit, grow: Callable | None):
     from .run import open_run, prepare_run
 
     run = None
     if acc.is_main_process:
         status = lambda text: emit(StatusEvent(text))  # noqa: E731
-        grow = growth_hook(job)
         if grow is not None:
             run = grow(job, run_dir, caps=caps, status=status)
         else:

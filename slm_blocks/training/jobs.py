@@ -28,6 +28,9 @@ from .events import DoneEvent, ErrorEvent, Event, StatusEvent, StepEvent, decode
 from .job import Caps, Job
 
 ROOT = Path(__file__).resolve().parents[2]
+# the worker modules a training may run in: the plain one, and the growth layer's (the same worker, which can also
+# prepare runs that start from weights or learn from a teacher; see training/driver.py, growth_hook)
+WORKERS = ("slm_blocks.training.worker", "slm_blocks.grow.worker")
 TERMINAL = ("done", "stopped", "error")
 
 
@@ -40,7 +43,11 @@ class QueuedTraining:
 
     def __init__(self, job: Job | None, run_dir: str | Path, *, resume: bool = False, extra_steps: int = 0,
                  train_overrides: dict | None = None, caps: Caps | None = None, mlflow_uri: str | None = None,
-                 track: bool = True, max_steps: int | None = None, max_time: float | None = None):
+                 track: bool = True, max_steps: int | None = None, max_time: float | None = None,
+                 worker: str = WORKERS[0]):
+        if worker not in WORKERS:
+            raise ValueError(f"worker must be one of {WORKERS}")  # a caller's bug: never a user's value
+        self.worker = worker
         self.id = uuid.uuid4().hex[:12]
         self.job, self.resume, self.extra_steps, self.caps = job, resume, extra_steps, caps
         self.train_overrides = train_overrides
@@ -78,7 +85,7 @@ class QueuedTraining:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
                "SLM_MLFLOW_CHECKPOINTS": "0",  # the run folder holds the checkpoints: MLflow gets metrics only
                "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
-        self.proc = subprocess.Popen([sys.executable, "-m", "slm_blocks.training.worker", str(work_file)], cwd=cwd,
+        self.proc = subprocess.Popen([sys.executable, "-m", self.worker, str(work_file)], cwd=cwd,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
         self.started_at = time.time()
         self.turns += 1

@@ -34,7 +34,8 @@ def _watch_stdin(stop: threading.Event) -> None:
     stop.set()  # the app went away: stop and keep a checkpoint
 
 
-def main(work_file: str) -> int:
+def main(work_file: str, grow_prepare=None) -> int:
+    """Run the work file's job; `grow_prepare`: see driver.growth_hook (slm_blocks/grow/worker.py hands it in)."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     threading.Thread(target=_watch_stdin, args=(stop,), daemon=True).start()
@@ -50,7 +51,7 @@ def main(work_file: str) -> int:
         return 2
     return drive(job, work["run_dir"], emit=emit, resume=bool(work.get("resume")),
                  extra_steps=int(work.get("extra_steps") or 0), train_overrides=work.get("train_overrides"),
-                 caps=caps, stop=stop,
+                 caps=caps, stop=stop, grow_prepare=grow_prepare,
                  track=work.get("mlflow", True), mlflow_uri=work.get("mlflow_uri"))
 
 

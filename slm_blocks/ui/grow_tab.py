@@ -89,6 +89,13 @@ def resolve_growth(job: Job, session, caps) -> None:
             locate(value, path, caps)
 
 
+def worker_for(job: Job) -> str:
+    """The worker module a job trains in: the growth layer's when it starts from weights or has a teacher."""
+    from ..training.jobs import WORKERS
+
+    return WORKERS[1] if job.init_from or job.teacher is not None else WORKERS[0]
+
+
 def start_from_choices(session) -> list[str]:
     return [SCRATCH] + [n for n, r in session.runs.items() if r.job is None or r.job.finished]
 
@@ -239,9 +246,11 @@ class Grow:
 
     @staticmethod
     def h_friendly(e: Exception) -> str:
-        from .handlers import _friendly
-
-        return _friendly(e)
+        """A message for the learner (no traceback; an unexpected error is logged and named only by its type)."""
+        if isinstance(e, (UserError, ValueError, FileNotFoundError, FileExistsError, RuntimeError)):
+            return scrub(str(e))
+        log.exception("grow: unexpected error")
+        return f"Something went wrong ({type(e).__name__}); the app is still running — try again."
 
     def _job(self, session, technique, source, name, steps, alpha, temperature, spec_json):
         """The /train payload for fine-tuning or distillation (data: the source run's; for a Hub model the

@@ -78,7 +78,7 @@ class Handlers:
     def train(self, job_payload, files, request: gr.Request):
         """Start training the job (JSON; data files optional) and stream (status, loss curve, sample, log,
         timeline) until it ends."""
-        from .grow_tab import resolve_growth
+        from .grow_tab import resolve_growth, worker_for
 
         session = self.store.get(_sid(request))
         try:
@@ -103,7 +103,7 @@ class Handlers:
                 job.run_name = name
                 run = SessionRun(name, session.root / "runs" / name)
                 run.job = QueuedTraining(job, run.dir, caps=self.store.limits.caps(),
-                                         mlflow_uri=self.store.mlflow_uri)
+                                         mlflow_uri=self.store.mlflow_uri, worker=worker_for(job))
                 run.job.client = client_address(request)
                 self.store.queue.submit(run.job)  # QueueFull: nothing registered
                 session.runs[name] = run

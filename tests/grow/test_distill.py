@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import SHAKESPEARE, small_spec
 from slm_blocks.training.distill import kd_loss
-from slm_blocks.training.driver import drive
+from slm_blocks.grow.prepare import drive
 from slm_blocks.training.events import DoneEvent, StepEvent
 from slm_blocks.training.job import Job
 from slm_blocks.training.run import open_run

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from conftest import SHAKESPEARE, small_spec
-from slm_blocks.training.driver import drive
+from slm_blocks.grow.prepare import drive
 from slm_blocks.training.events import ErrorEvent, StepEvent
 from slm_blocks.training.job import Caps, Job
 from slm_blocks.training.loop import get_batch

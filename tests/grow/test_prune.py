@@ -11,8 +11,7 @@ import torch
 from conftest import SHAKESPEARE
 from slm_blocks import ModelSpec, build_model, estimate, load_preset
 from slm_blocks.grow.prune import Plan, PruneError, build_pruned, explicit_plan, importance, prune_run
-from slm_blocks.model.mlp import mlp_hidden
-from slm_blocks.training.driver import drive
+from slm_blocks.grow.prepare import drive
 from slm_blocks.training.events import StepEvent
 from slm_blocks.training.job import Job
 from slm_blocks.training.run import open_run
@@ -48,7 +47,7 @@ def test_estimate_equals_the_pruned_models_parameter_count(name):
     torch.manual_seed(0)
     model = build_model(spec).eval()
     scores = _scores(model, spec)
-    heads = math.lcm(*[a.n_heads // (a.n_kv_heads or a.n_heads) for _, a, _ in spec.layer_plan() if a])  # whole groups
+    heads = math.lcm(*[a.n_heads // a.kv_heads() for _, a, _ in spec.layer_plan() if a])  # whole groups
     layers = len(model.model.layers)
     drops = 1 if name != "gemma3" else 0  # Gemma 3's sliding/full pattern: width only
     for kw in (dict(drop_layers=drops), dict(mlp_keep=0.5), dict(heads_keep=heads), dict(drop_layers=drops,
@@ -73,7 +72,7 @@ def test_pruning_nothing_gives_the_same_logits(name):
     scores = _scores(model, spec)
     full = {b: a.n_heads for b, a in ((i, getattr(blk, "attention", None)) for i, blk in enumerate(spec.blocks))
             if a is not None}
-    hidden = {i: mlp_hidden(blk.mlp, spec.d_model) for i, blk in enumerate(spec.blocks) if hasattr(blk, "mlp")}
+    hidden = {i: blk.mlp.hidden_size(spec.d_model) for i, blk in enumerate(spec.blocks) if hasattr(blk, "mlp")}
     for plan in (Plan(), Plan((), full, hidden)):
         small, pruned, _ = build_pruned(model, spec, plan, scores, {})
         x = torch.randint(0, spec.vocab_size, (2, min(96, spec.max_seq_len)),  # past Gemma 3's window

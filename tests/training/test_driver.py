@@ -1,6 +1,6 @@
 """The driver the CLI and the worker share: MLflow runs always end in a final state (FAILED when training raises or
 the worker is killed, KILLED when stopped), caps hold on the model the tokenizer's vocabulary really gives (before
-anything is allocated), and a growth job with a bad source is refused before anything is prepared."""
+anything is allocated), and a growth job is refused unless the growth layer's preparer is handed in."""
 
 import os
 import signal
@@ -97,13 +97,20 @@ def test_a_killed_worker_leaves_its_mlflow_run_failed_not_running(tmp_path, mlfl
     assert r.info.status == "FAILED" and "exited unexpectedly" in r.data.tags["slm.error"]
 
 
-def test_a_growth_job_whose_source_cannot_be_reached_is_refused_before_anything_is_prepared(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # (no folder named owner/model here; tests run offline)
-    j = job()
-    j.init_from, j.teacher = "owner/model", None
-    code, events = run_drive(j, tmp_path / "grow", track=False)
-    assert code == 2 and "init_from" in events[-1].message and "owner/model" in events[-1].message
-    assert not (tmp_path / "grow").exists()
+def test_a_growth_job_needs_the_growth_layers_preparer(tmp_path):
+    """training imports nothing from above: a job with init_from / teacher runs only when the entry point hands in
+    slm_blocks.grow's preparer (the CLI, the app's grow worker); without it, it is refused before anything is
+    prepared (tests/grow cover the real thing)."""
+    for init_from, teacher, field in (("owner/model", None, "init_from"), (None, {"source": "owner/model"}, "teacher")):
+        j = job()
+        j.init_from = init_from
+        if teacher:
+            from slm_blocks.training.job import TeacherConfig
+
+            j.teacher = TeacherConfig(**teacher)
+        code, events = run_drive(j, tmp_path / "grow", track=False)
+        assert code == 2 and field in events[-1].message and "slm_blocks.grow" in events[-1].message
+        assert not (tmp_path / "grow").exists()
 
 
 def test_caps_hold_on_the_vocabulary_the_tokenizer_really_gives(tmp_path, monkeypatch):
