@@ -112,15 +112,19 @@ class Source:
         return Weights(state, tok, TokenizerConfig("pretrained", None, self.label))
 
 
-def locate(text: str, field_path: str, caps=None) -> Source:
+def locate(text: str, field_path: str, caps=None, hub_only: bool = False) -> Source:
     """The source `text` names (a run folder, a model folder or a Hub id), its architecture read and checked
-    against the parameter cap; nothing big is read, downloaded or allocated. JobError names `field_path`."""
+    against the parameter cap; nothing big is read, downloaded or allocated. JobError names `field_path`.
+    `hub_only`: `text` is a Hub id and never a local path (the app process: a relative path could otherwise
+    name a folder in its working directory)."""
     if not isinstance(text, str) or not text.strip():
         raise problem(field_path, "is empty; name a run, a model folder or a Hub id 'owner/name'")
     text = text.strip()
     cap = max_params_from(caps)
     path = Path(text).expanduser()
-    if path.is_dir():
+    if hub_only and not is_hub_id(text):
+        raise problem(field_path, f"{short(text)} is not a Hub id 'owner/name'")
+    if not hub_only and path.is_dir():
         src = _locate_run(text, path, field_path) if (path / "run.json").is_file() else \
             _locate_folder(text, path, field_path)
     elif is_hub_id(text):

@@ -86,7 +86,7 @@ def resolve_growth(job: Job, session, caps) -> None:
             locate(str(run.dir), path, caps)  # checkpoint there, under the cap
             setattr(holder, attr, str(run.dir))
         else:
-            locate(value, path, caps)
+            locate(value, path, caps, hub_only=True)  # never a folder of the server's working directory
 
 
 def worker_for(job: Job) -> str:

@@ -199,3 +199,14 @@ def test_a_teacher_with_another_tokenizer_is_refused_and_nothing_is_written(tmp_
     assert code == 2 and "teacher.source" in events[-1].message and "byte" in events[-1].message
     assert not (tmp_path / "byte").exists()
     assert json.loads((tmp_path / "plays" / "run.json").read_text())["spec"]  # the sources are untouched
+
+
+def test_the_app_never_reads_a_hub_id_as_a_folder_of_its_working_directory(tmp_path, monkeypatch):
+    from slm_blocks.grow.source import locate
+    from slm_blocks.training.job import JobError
+
+    native_folder(tmp_path / "owner" / "model", "llama")
+    monkeypatch.chdir(tmp_path)
+    assert locate("owner/model", "init_from").kind == "folder"  # the command line: a local folder wins
+    with pytest.raises(JobError, match="Hugging Face Hub"):  # the app: only ever the Hub (offline here)
+        locate("owner/model", "init_from", hub_only=True)
