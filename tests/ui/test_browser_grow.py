@@ -58,13 +58,13 @@ def test_grow_tab_prune_and_heal_in_a_browser(tmp_path, trained_tiny_char, mlflo
         assert list(session.runs) == ["shakespeare"]
         field(page, "Drop layers").fill("0")
 
-        field(page, "Steps").fill("4")
+        field(page, "Steps").fill("2")
         field(page, "New run name").fill("small")
         page.get_by_role("button", name="Grow", exact=True).click()
         expect(status).to_contain_text("Done", timeout=180_000)
         table = page.locator("#grow-table")
         expect(table).to_contain_text("pruned, before healing", timeout=60_000)
-        expect(table).to_contain_text("small after 4 steps")
+        expect(table).to_contain_text("small after 2 steps")
         expect(table).to_contain_text("teacher: shakespeare")
         no_traceback(page, "Grow")
         shot(page, "Grow-pruned")

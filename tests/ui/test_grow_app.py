@@ -36,7 +36,7 @@ def served(tmp_path_factory, trained_tiny_char, mlflow_uri):
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
-def grow(c, technique, source="shakespeare", name="", steps=4, alpha=0.5, temperature=2.0, target=60, drop=0,
+def grow(c, technique, source="shakespeare", name="", steps=2, alpha=0.5, temperature=2.0, target=60, drop=0,
          mlp_keep=1.0, heads=0, spec=None):
     spec = (spec or small_spec(seq=64, d_model=32, layers=2)).to_json()
     outs = list(c.submit(technique, source, name, steps, alpha, temperature, target, drop, mlp_keep, heads, spec,
@@ -60,7 +60,7 @@ def test_distill_and_fine_tune_from_a_trained_run(served):
     status, curves, log, table = grow(c, "Distill", name="student")
     assert status.startswith("**student**") and "Done" in status, status
     t = rows(table)
-    assert [r["model"] for r in t] == ["teacher: shakespeare", "student after 4 steps"], t
+    assert [r["model"] for r in t] == ["teacher: shakespeare", "student after 2 steps"], t
     assert t[1]["parameters"] < t[0]["parameters"] and t[0]["speed vs first"] == 1.0
     assert {"kd (teacher)", "ce (data)", "train (total)", "validation"} <= splits(curves)
     record = json.loads((session.runs["student"].dir / "run.json").read_text())
