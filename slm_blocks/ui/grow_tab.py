@@ -217,7 +217,7 @@ class Grow:
                 f"{source.split('/')[-1]}-{technique.split()[0].lower()}"
             if technique == "Prune + heal":
                 entry, name = self._prune(session, source, name, steps, alpha, temperature, target_share,
-                                          drop_layers, mlp_keep, heads_keep)
+                                          drop_layers, mlp_keep, heads_keep, request)
                 yield from self._follow(entry, name, session)
                 return
             payload, files, tmp = self._job(session, technique, source, name, steps, alpha, temperature, spec_json)
@@ -280,13 +280,14 @@ class Grow:
         return job, files, tmp
 
     def _prune(self, session, source, name, steps, alpha, temperature, target_share, drop_layers, mlp_keep,
-               heads_keep):
+               heads_keep, request):
         """Prune a finished session run into a new run (in this process: a few forward passes) and queue its
-        healing. Returns (queue entry, run name)."""
+        healing, a resume of the new run. Returns (queue entry, run name)."""
         from ..grow.prune import prune_run
         from ..model.estimate import estimate
-        from ..training.jobs import QueuedTraining
+        from ..training.jobs import QueueFull
         from ..training.run import open_run
+        from .guard import client_address
 
         limits = self.store.limits
         src = _finished_run(session, source, "source") if source in session.runs else None
@@ -312,18 +313,23 @@ class Grow:
             if used_mb > limits.session_quota_mb:
                 raise UserError(f"This session uses {used_mb:.0f} MB of disk, over the {limits.session_quota_mb} MB "
                                 "allowed; reload the page for a fresh session")
+            self.store.check_disk("Prune")
             name = session.new_run_name(name)
             out = session.root / "runs" / name
             prune_run(src.dir, out, heal_steps=steps, heal_max_time=float(limits.max_time_s),
                       alpha=_number(alpha, "α (teacher's share)", float, 0, 1, 0.5),
                       temperature=_number(temperature, "Temperature", float, 0.1, 100, 2.0), **options)
             run = SessionRun(name, out)
-            run.job = QueuedTraining(None, out, resume=True, caps=limits.caps(), mlflow_uri=self.store.mlflow_uri,
-                                     max_steps=steps, max_time=float(limits.max_time_s))
-            session.runs[name] = run
+            session.runs[name] = run  # a run like any other from now on, healed or not
+            entry = self.h._resume_entry(run, 0)  # healing = training the new run from its pruned weights
+            entry.client = client_address(request)
+            try:
+                self.store.queue.submit(entry)
+            except QueueFull as e:
+                raise UserError(f"{e}. {name} is pruned and kept: heal it later with Resume on the Train tab") from None
+            run.job = entry
             session.followed = name
-            self.store.queue.submit(run.job)
-        return run.job, name
+        return entry, name
 
     def _follow(self, entry, name, session):
         text = ""

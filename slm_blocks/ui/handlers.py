@@ -162,11 +162,12 @@ class Handlers:
         import json
 
         from ..training.checkpoint import latest_checkpoint
+        from ..training.run import INIT_WEIGHTS
 
         ckpt = latest_checkpoint(run.dir)
-        if ckpt is None:
+        if ckpt is None and not (run.dir / INIT_WEIGHTS).is_file():  # (a pruned run starts from its init weights)
             raise UserError(f"Resume: {run.name} has no checkpoint yet; train it first")
-        state = json.loads((ckpt / "trainer_state.json").read_text())
+        state = json.loads((ckpt / "trainer_state.json").read_text()) if ckpt else {"step": 0}
         train = json.loads((run.dir / "run.json").read_text())["train"]
         step, elapsed = state["step"], float(state.get("elapsed_s", 0.0))
         max_steps, max_time = train["max_steps"] + extra, train.get("max_time")
