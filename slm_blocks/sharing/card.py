@@ -12,13 +12,40 @@ from ..model.spec import ModelSpec
 from ..training.schema import flatten
 
 
+def applicable_settings(block) -> dict:
+    """A block's settings that change what it computes, flattened ("attention.n_heads": 4): empty optional
+    fields are left out, and so are fields its other choices make irrelevant (a RoPE base with learned
+    positions, a bias on RMSNorm, which has none)."""
+    d = block.to_dict() if hasattr(block, "to_dict") else dict(block.__dict__)
+    flat = flatten(d, redact=False, skip_none=True)  # values as text
+    flat.pop("type", None)
+    if flat.get("kind") in ("learned", "sinusoidal", "alibi", "none"):
+        flat.pop("rope_theta", None)
+        flat.pop("local_rope_theta", None)
+    for prefix in ("", "norm."):
+        if flat.get(prefix + "kind") == "rmsnorm" and flat.get(prefix + "bias") == "False":
+            flat.pop(prefix + "bias", None)
+    return flat
+
+
 def _architecture_table(spec: ModelSpec) -> str:
     rows = ["| # | block | settings |", "|---|---|---|"]
     for i, b in enumerate(spec.blocks):
-        d = b.__dict__ if not hasattr(b, "to_dict") else b.to_dict()
-        settings = ", ".join(f"{k}={v}" for k, v in flatten(d, redact=False, skip_none=True).items() if k != "type")
+        settings = ", ".join(f"{k}={v}" for k, v in applicable_settings(b).items())
         rows.append(f"| {i} | {b.type} | {settings or '—'} |")
     return "\n".join(rows)
+
+
+def usage_prompt(card: dict) -> str:
+    """A prompt in the language of the training data (digits for the built-in addition set)."""
+    data = card.get("data") or {}
+    return "12+34=" if data.get("source") == "builtin" and data.get("name") == "addition" else "Once upon a time"
+
+
+def usage_new_tokens(spec: ModelSpec) -> int:
+    """New tokens the usage example asks for: at most 100, and prompt + new tokens within the context (a
+    64-token context with learned positions has no position for token 65: asking for more crashed)."""
+    return max(1, min(100, spec.max_seq_len - 24))
 
 
 def _loss_plot(history: list[dict], path: Path) -> bool:
@@ -132,7 +159,9 @@ def write_model_card(folder: Path, spec: ModelSpec, result, card: dict) -> None:
         f'model = AutoModelForCausalLM.from_pretrained("REPO_OR_FOLDER"{remote})',
         'tokenizer = AutoTokenizer.from_pretrained("REPO_OR_FOLDER")',
         'generate = pipeline("text-generation", model=model, tokenizer=tokenizer)',
-        'print(generate("Once upon a time", max_new_tokens=100)[0]["generated_text"])', "```", "",
+        f"# the model reads at most {spec.max_seq_len} tokens: the prompt and the new tokens must fit",
+        f'print(generate("{usage_prompt(card)}", max_new_tokens={usage_new_tokens(spec)})[0]["generated_text"])',
+        "```", "",
         "## Format", "",
         f"- Class: `{result.model_class}` — " + ("a native transformers class, no remote code." if result.native else
           f"SLM Blocks' own modeling code, included in this folder; load it with `trust_remote_code=True`. "
