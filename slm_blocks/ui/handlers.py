@@ -19,9 +19,11 @@ from ..training.events import EvalEvent, SampleEvent, StepEvent
 from ..training.job import Job, JobError
 from ..training.jobs import QueuedTraining
 from ..training.schema import parse_number, short
+from .card_view import card_preview
 from .deploy import with_weights
 from .guard import client_address, one_at_a_time
-from .state import SessionRun, SessionStore, safe_filename
+from .import_upload import gather_import_files
+from .state import SessionRun, SessionStore
 from .train_tab import follow, job_problems, loss_frame, preview_markdown, sample_at, scrub
 from .uploads import UserError, copy_data_uploads, refuse_pickle
 
@@ -403,7 +405,7 @@ class Handlers:
                     f"{html.escape(scrub(r.why_not_native))}")
             result = (f"✅ Exported **{r.model_class}** ({kind}).\n\nVerified in a fresh process: max |Δlogits| "
                       f"{r.max_abs_diff:.2e}, greedy continuation {'identical' if r.greedy_match else 'different'}.")
-            return archive, result, (out / "README.md").read_text()
+            return archive, result, card_preview(out)
         except Exception as e:
             return None, f"❌ {html.escape(_friendly(e))}", ""
 
@@ -444,8 +446,8 @@ class Handlers:
         folder = None
         try:
             if not files:
-                raise UserError("Import: upload the files of an exported folder (config.json, model.safetensors, "
-                                "tokenizer files)")
+                raise UserError("Import: upload the .zip from Export, or the files of an exported folder "
+                                "(config.json, model.safetensors, tokenizer files)")
             sources = [Path(f if isinstance(f, str) else f.name) for f in (files if isinstance(files, list)
                                                                            else [files])]
             for src in sources:
@@ -458,8 +460,8 @@ class Handlers:
             name = session.new_run_name("imported")
             folder = session.root / "imports" / name
             folder.mkdir(parents=True, exist_ok=True)
-            for src in sources:
-                shutil.copyfile(src, folder / safe_filename(src.name))
+            # the files, or the export's own .zip (unpacked to at most the same size: weights barely compress)
+            gather_import_files(sources, folder, self.store.limits.max_upload_request_bytes)
             model, tok, spec = import_hf(folder, caps=self.store.limits.caps())  # caps: before allocating
             if tok is None:
                 raise UserError("Import: the folder has no tokenizer files (tokenizer.json, tokenizer_config.json)")
