@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .spec import (
-    AttentionLayerBlock, AttentionSpec, FinalNormBlock, MLPLayerBlock, ModelSpec, NormBlock, NormSpec, TransformerBlock,
+    AttentionLayerBlock, AttentionSpec, EmbeddingBlock, FinalNormBlock, LMHeadBlock, MLPLayerBlock, ModelSpec, NormBlock,
+    NormSpec, PositionalBlock, TransformerBlock,
 )
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -131,3 +132,123 @@ def human(n: float, unit: str = "") -> str:
             return f"{n:.3g}{u}{unit}"
         n /= 1000
     return str(n)
+
+
+# ----------------------------------------------------------------------------- per block (the Build diagram)
+
+
+@dataclass
+class BlockCost:
+    """What one block of the spec holds: every weight tensor (named as in the built model, repeats expanded),
+    the parameters it adds, and the shapes of the activations it reads and writes (B = batch, T = tokens)."""
+
+    index: int
+    type: str
+    tensors: list[tuple[str, tuple[int, ...]]]
+    params: int  # unique parameters this block adds (0 for an LM head tied to the embedding)
+    shapes: list[tuple[str, str]]  # (what, shape) of its activations, e.g. ("attention scores", "(B, 4, T, T)")
+    note: str = ""
+
+
+def _norm_tensors(prefix: str, norm: NormSpec | None, C: int) -> list:
+    if norm is None:
+        return []
+    return [(f"{prefix}.weight", (C,))] + ([(f"{prefix}.bias", (C,))] if norm.kind == "layernorm" and norm.bias else [])
+
+
+def _attn_tensors(prefix: str, C: int, spec: ModelSpec, a: AttentionSpec) -> list:
+    hd, nh, nkv = a.head_size(spec.d_model), a.n_heads, a.kv_heads()
+    out = []
+    for name, rows in (("q_proj", nh * hd), ("k_proj", nkv * hd), ("v_proj", nkv * hd)):
+        out.append((f"{prefix}.{name}.weight", (rows, C)))
+        if a.qkv_bias:
+            out.append((f"{prefix}.{name}.bias", (rows,)))
+    out.append((f"{prefix}.o_proj.weight", (C, nh * hd)))
+    if a.out_bias:
+        out.append((f"{prefix}.o_proj.bias", (C,)))
+    if a.qk_norm:
+        out += [(f"{prefix}.q_norm.weight", (hd,)), (f"{prefix}.k_norm.weight", (hd,))]
+    return out
+
+
+def _mlp_tensors(prefix: str, C: int, m) -> list:
+    H = m.hidden_size(C)
+    out = []
+    for name, shape in ((("gate_proj", (H, C)),) if m.gated else ()) + (("up_proj", (H, C)), ("down_proj", (C, H))):
+        out.append((f"{prefix}.{name}.weight", shape))
+        if m.bias:
+            out.append((f"{prefix}.{name}.bias", (shape[0],)))
+    return out
+
+
+def _attn_shapes(spec: ModelSpec, a: AttentionSpec) -> list[tuple[str, str]]:
+    hd, nh, nkv = a.head_size(spec.d_model), a.n_heads, a.kv_heads()
+    window = f" (each query sees at most {a.sliding_window} keys)" if a.sliding_window else ""
+    return [("queries", f"(B, {nh}, T, {hd})"), ("keys, values", f"(B, {nkv}, T, {hd}) each"),
+            ("attention scores", f"(B, {nh}, T, T){window}")]
+
+
+def block_costs(spec: ModelSpec) -> list[BlockCost]:
+    """One BlockCost per block of a valid spec; their params add up to estimate(spec).params, and their tensors
+    are exactly the model's named parameters (tests/model/test_estimate.py builds the model to check)."""
+    from .layers import NORM_NAMES  # the norm slots of each placement, as the model names them
+
+    C, V = spec.d_model, spec.vocab_size
+    stream = ("residual stream in and out", f"(B, T, {C})")
+    out, layer = [], 0
+    for i, b in enumerate(spec.blocks):
+        tensors, shapes, note = [], [stream], ""
+        if isinstance(b, EmbeddingBlock):
+            tensors = [("model.embed_tokens.weight", (V, C))]
+            shapes = [("token ids in", "(B, T)"), ("vectors out", f"(B, T, {C})")]
+            note = "scaled by √d_model" if b.scale else ""
+        elif isinstance(b, PositionalBlock):
+            if b.kind == "learned":
+                tensors = [("model.embed_positions.weight", (spec.max_seq_len, C))]
+                note = "one learned vector per position, added to the token vectors"
+            else:
+                note = {"rope": "no weights: rotates queries and keys by position inside attention",
+                        "alibi": "no weights: a distance penalty added to the attention scores",
+                        "sinusoidal": "no weights: fixed sine waves added to the token vectors",
+                        "none": "no weights and no position information"}[b.kind]
+        elif isinstance(b, TransformerBlock):
+            for r in range(b.repeat):
+                p = f"model.layers.{layer + r}"
+                tensors += _attn_tensors(f"{p}.self_attn", C, spec, b.attention) + _mlp_tensors(f"{p}.mlp", C, b.mlp)
+                tensors += [t for name in NORM_NAMES[b.norm_placement] if name
+                            for t in _norm_tensors(f"{p}.{name}", b.norm, C)]
+            shapes += _attn_shapes(spec, b.attention) + [("MLP hidden", f"(B, T, {b.mlp.hidden_size(C)})")]
+            note = f"{b.repeat} layers (model.layers.{layer}–{layer + b.repeat - 1}), each with its own weights" \
+                if b.repeat > 1 else f"model.layers.{layer}"
+            layer += b.repeat
+        elif isinstance(b, (AttentionLayerBlock, MLPLayerBlock)):
+            p = f"model.layers.{layer}"
+            tensors = _norm_tensors(f"{p}.input_layernorm", b.norm, C)
+            if isinstance(b, AttentionLayerBlock):
+                tensors += _attn_tensors(f"{p}.self_attn", C, spec, b.attention)
+                shapes += _attn_shapes(spec, b.attention)
+            else:
+                tensors += _mlp_tensors(f"{p}.mlp", C, b.mlp)
+                shapes.append(("MLP hidden", f"(B, T, {b.mlp.hidden_size(C)})"))
+            note, layer = p, layer + 1
+        elif isinstance(b, NormBlock):
+            tensors, note, layer = _norm_tensors(f"model.layers.{layer}.norm", b.norm, C), f"model.layers.{layer}", \
+                layer + 1
+        elif isinstance(b, FinalNormBlock):
+            tensors = _norm_tensors("model.norm", b.norm, C)
+        elif isinstance(b, LMHeadBlock):
+            shapes = [("vectors in", f"(B, T, {C})"), ("next-token scores out", f"(B, T, {V})")]
+            if spec.tie_embeddings:
+                note = f"tied: reuses the embedding matrix ({V}×{C}), no new parameters"
+            else:
+                tensors = [("lm_head.weight", (V, C))]
+        params = sum(_numel(shape) for _, shape in tensors)
+        out.append(BlockCost(i, b.type, tensors, params, shapes, note))
+    return out
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n

@@ -18,6 +18,7 @@ from .handlers import Handlers
 from .state import Limits, SessionStore
 from .train_form import VISIBILITY, build_form, collect, paths, visibility
 
+DEFAULT_PROMPT = "One morning, "  # in the style of the default built-in data (stories)
 INTRO = """# 🧱 SLM Blocks
 Build a small language model from blocks, train it and watch it learn, play with it, compare runs, and share
 it as a standard `transformers` checkpoint. Start on **Build**, then press **Start training** on **Train**."""
@@ -77,7 +78,8 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
                 with gr.Column(scale=1):
                     model_pick = gr.Dropdown([], label="Model (this session's runs and imports)", allow_custom_value=True)
                     refresh = gr.Button("Refresh list", size="sm")
-                    prompt = gr.Textbox("\n", label="Prompt", lines=3, max_length=store.limits.max_prompt_chars)
+                    prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", lines=3, max_length=store.limits.max_prompt_chars,
+                                        info="the text the model continues (the built-in stories start like this)")
                     with gr.Row():
                         max_new = gr.Number(200, label="Max new tokens", precision=0)
                         temperature = gr.Slider(0, 2, 0.8, step=0.05, label="Temperature (0 = greedy)")

@@ -24,6 +24,7 @@ from .deploy import with_weights
 from .guard import client_address, one_at_a_time
 from .import_upload import gather_import_files
 from .state import SessionRun, SessionStore
+from .streaming import chunked
 from .train_tab import follow, job_problems, loss_frame, preview_markdown, sample_at, scrub
 from .uploads import UserError, copy_data_uploads, refuse_pickle
 
@@ -261,7 +262,7 @@ class Handlers:
             stop = threading.Event()
             deadline = time.time() + self.store.limits.generate_timeout_s
             text = ""
-            for text in stream_text(model, tok, prompt, cfg, stop=stop):
+            for text in chunked(stream_text(model, tok, prompt, cfg, stop=stop)):  # not one update per token
                 yield prompt + text
                 if time.time() > deadline:
                     stop.set()

@@ -58,3 +58,34 @@ def test_attended_keys_in_closed_form_match_the_sum():
     for T in (1, 2, 7, 64, 100):
         for w in (None, 1, 3, 64, 200):
             assert _attended(T, w) == pytest.approx(sum(min(t, w or T) for t in range(1, T + 1)) / T)
+
+
+def _every_block_kind() -> ModelSpec:
+    """All block types, standalone layers with and without their norm, post-norm and untied head."""
+    return ModelSpec.from_dict({"vocab_size": 50, "d_model": 32, "max_seq_len": 16, "tie_embeddings": False, "blocks": [
+        {"type": "embedding", "scale": True}, {"type": "positional", "kind": "learned"},
+        {"type": "transformer", "repeat": 2, "norm_placement": "post",
+         "attention": {"n_heads": 4, "n_kv_heads": 2, "qkv_bias": True, "qk_norm": True},
+         "mlp": {"gated": True, "bias": True, "hidden": 48}, "norm": {"kind": "layernorm", "bias": True}},
+        {"type": "attention", "attention": {"n_heads": 2, "head_dim": 8, "out_bias": True}},
+        {"type": "mlp", "norm": None, "mlp": {"hidden": 40}},
+        {"type": "norm", "norm": {"kind": "layernorm", "bias": False}},
+        {"type": "transformer", "norm_placement": "sandwich"},
+        {"type": "final_norm"}, {"type": "lm_head"}]})
+
+
+@pytest.mark.parametrize("name", [*list_presets(), "every-kind"])
+def test_block_costs_are_the_model_parameters(name):
+    """Per-block tensors (the Build diagram's detail) are exactly the built model's parameters, and their counts
+    add up to the estimate."""
+    from slm_blocks.model.estimate import block_costs
+
+    spec = _every_block_kind() if name == "every-kind" else load_preset(name)
+    costs = block_costs(spec)
+    assert [c.type for c in costs] == [b.type for b in spec.blocks]
+    listed = {n: s for c in costs for n, s in c.tensors}
+    assert sum(len(c.tensors) for c in costs) == len(listed)  # no tensor listed twice
+    model = build_model(spec)
+    assert listed == {n: tuple(p.shape) for n, p in model.named_parameters()}
+    assert sum(c.params for c in costs) == estimate(spec).params
+    assert all(c.shapes for c in costs)
