@@ -340,6 +340,12 @@ def _parse_value(hint, value, path: str, block, meta, problems: list):
         hint = next(a for a in options if a is not type(None))
         origin = typing.get_origin(hint)
     help_ = f" ({meta['help']})" if meta and meta.get("help") else ""
+    if value is None and not is_dataclass(hint):  # an emptied field: say so in words (no JSON "null")
+        what = (f"use one of: {', '.join(typing.get_args(hint))}" if origin is Literal else
+                "it must be true or false" if hint is bool else "it must be a whole number" if hint is int else
+                "it must be a finite number" if hint is float else "it must be a short text")
+        problems.append(Problem(block, path, f"is empty; {what}{help_}"))
+        return False, None
     if origin is Literal:
         choices = typing.get_args(hint)
         if value in choices and isinstance(value, str):
@@ -394,7 +400,7 @@ def _join(path: str, key: str) -> str:
 
 
 def _kind(value) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "nothing (empty)"}.get(
         type(value), "a number")
 
 

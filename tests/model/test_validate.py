@@ -439,9 +439,9 @@ def test_unknown_field_message_lists_the_real_fields():
     (LAYER, "attention", [], "must be a JSON object, got a list"),
     (LAYER, "mlp", "silu", "must be a JSON object, got a string"),
     (LAYER, "norm", 5, "must be a JSON object, got a number"),
-    (LAYER, "attention", None, "must be a JSON object, got null"),
+    (LAYER, "attention", None, "must be a JSON object, got nothing (empty)"),
     (POS, "kind", "RoPE", "is not allowed; use one of: learned, sinusoidal, rope, alibi, none"),
-    (POS, "kind", None, "is not allowed; use one of"),
+    (POS, "kind", None, "is empty; use one of: learned"),
     (LAYER, "mlp.activation", "swish", "is not allowed; use one of: gelu, gelu_tanh, relu, silu"),
     (LAYER, "norm_placement", 1, "is not allowed; use one of"),
     (LAYER, "residual", ["parallel"], "is not allowed; use one of"),
@@ -464,7 +464,7 @@ def test_blocks_must_be_a_list():
     assert "must be a list of blocks, got an object" in p.message
 
 
-@pytest.mark.parametrize("raw, kind", [(5, "a number"), ("embedding", "a string"), ([], "a list"), (None, "null")])
+@pytest.mark.parametrize("raw, kind", [(5, "a number"), ("embedding", "a string"), ([], "a list"), (None, "nothing (empty)")])
 def test_block_must_be_an_object(raw, kind):
     data = base()
     data["blocks"][LAYER] = raw
@@ -600,7 +600,7 @@ def test_utf8_bytes_are_accepted():
     assert ModelSpec.from_json(json.dumps(base()).encode("utf-8")) == ModelSpec.from_dict(base())
 
 
-@pytest.mark.parametrize("text, kind", [("[]", "a list"), ("42", "a number"), ("null", "null"), ('"spec"', "a string"),
+@pytest.mark.parametrize("text, kind", [("[]", "a list"), ("42", "a number"), ("null", "nothing (empty)"), ('"spec"', "a string"),
                                         ("true", "a boolean")])
 def test_top_level_must_be_an_object(text, kind):
     p = only_problem(text, None, "spec")
@@ -789,3 +789,23 @@ def test_round_trip_keeps_every_block_field():
                 assert out[key][k] == v
         else:
             assert out[key] == value
+
+
+def test_an_emptied_field_is_named_empty_never_null():
+    """What the Build tab shows when a learner clears a required field: "is empty" and what to enter."""
+    from slm_blocks.ui.build_tab import field_widgets, set_path as set_field
+
+    for btype in BLOCK_TYPES:
+        for path, hint, _ in field_widgets(btype):
+            data = base()
+            block = next((i for i, b in enumerate(data["blocks"]) if b["type"] == btype), None)
+            if block is None:
+                data["blocks"].insert(HEAD - 1 if btype not in ("final_norm", "lm_head") else HEAD, {"type": btype})
+                block = next(i for i, b in enumerate(data["blocks"]) if b["type"] == btype)
+            set_field(data["blocks"][block], path, None)
+            try:
+                ModelSpec.from_dict(data)
+                continue  # an optional field: empty means the default
+            except SpecError as e:
+                mine = [p for p in e.problems if p.field == path]
+            assert mine and all("null" not in p.message and "is empty" in p.message for p in mine), (btype, path, mine)
