@@ -242,12 +242,12 @@ def block_costs(spec: ModelSpec) -> list[BlockCost]:
                 note = f"tied: reuses the embedding matrix ({V}×{C}), no new parameters"
             else:
                 tensors = [("lm_head.weight", (V, C))]
-        params = sum(_numel(shape) for _, shape in tensors)
+        params = sum(numel(shape) for _, shape in tensors)
         out.append(BlockCost(i, b.type, tensors, params, shapes, note))
     return out
 
 
-def _numel(shape: tuple[int, ...]) -> int:
+def numel(shape: tuple[int, ...]) -> int:
     n = 1
     for d in shape:
         n *= d

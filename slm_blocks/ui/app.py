@@ -34,7 +34,7 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
         spec_state = gr.State(preset_state("tiny-char"))
         with gr.Tab("Build"):
             spec_json = gr.Textbox(visible=False, render=False)  # the spec as JSON text, for /validate_spec, /train
-            on_state, state_outputs = build_tab(spec_state, spec_json)
+            on_state, state_inputs, state_outputs = build_tab(spec_state, spec_json)
             spec_json.render()
             api_problems, api_summary = gr.Markdown(visible=False), gr.Markdown(visible=False)
 
@@ -205,7 +205,7 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
                          concurrency_limit=2)
         push_btn.click(h.push, [share_run, repo_id, token, private], push_msg, api_name="push")
         import_btn.click(h.import_folder, import_files, [import_msg, model_pick], api_name="import_model")
-        demo.load(on_state, spec_state, state_outputs, api_visibility="private")
+        demo.load(on_state, state_inputs, state_outputs, api_visibility="private")
 
         def close_session(request: gr.Request):
             store.close(getattr(request, "session_hash", None))

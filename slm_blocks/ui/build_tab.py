@@ -8,6 +8,7 @@ can hold comes from the engine's spec dataclasses; the UI only turns their field
 from __future__ import annotations
 
 import copy
+import functools
 import html
 import json
 import re
@@ -18,7 +19,7 @@ from dataclasses import fields, is_dataclass
 import gradio as gr
 
 from .. import BLOCK_TYPES, ModelSpec, SpecError, block_help, estimate, list_presets, load_preset
-from ..model.estimate import human
+from ..model.estimate import block_costs, human, numel
 from ..model.spec import MAX_SPEC_BYTES
 from ..model.validate import LAYER_TYPES
 from ..training.schema import parse_number
@@ -177,8 +178,10 @@ COLORS = {"embedding": "#c7d2fe", "positional": "#ddd6fe", "transformer": "#bbf7
           "mlp": "#fecaca", "norm": "#e5e7eb", "final_norm": "#e5e7eb", "lm_head": "#bae6fd"}
 
 
-def diagram(spec: dict) -> str:
-    """An HTML stack of the blocks, input at the top, with the key settings of each."""
+def diagram(spec: dict, problems=(), selected: str | None = None) -> str:
+    """An HTML stack of the blocks, input at the top, with the key settings of each. A block with a problem has a
+    red border and ⚠️; every box carries its block id so a click can show its tensors (block_detail)."""
+    bad = {p.block for p in problems if p.block is not None}
     boxes = []
     for i, b in enumerate(spec.get("blocks", [])):
         if not isinstance(b, dict):
@@ -197,29 +200,106 @@ def diagram(spec: dict) -> str:
         elif t == "mlp":
             m = b.get("mlp", {}) or {}
             detail = ("gated " if m.get("gated") else "") + str(m.get("activation"))
-        boxes.append(f"<div style='background:{COLORS.get(t, '#eee')};border-radius:8px;padding:6px 10px;"
-                     f"margin:3px auto;max-width:420px;text-align:center;color:#111'><b>{i} · {html.escape(t)}</b>"
+        border = "3px solid #dc2626" if i in bad else "3px solid #111" if b.get("_id") == selected else \
+            "3px solid transparent"
+        mark = "⚠️ " if i in bad else ""
+        boxes.append(f"<div data-block='{html.escape(str(b.get('_id', i)))}' class='diagram-block"
+                     f"{' has-problem' if i in bad else ''}' title='click: tensors and parameters' style='background:"
+                     f"{COLORS.get(t, '#eee')};border:{border};border-radius:8px;padding:6px 10px;margin:3px auto;"
+                     f"max-width:420px;text-align:center;color:#111;cursor:pointer'><b>{mark}{i} · {html.escape(t)}</b>"
                      f"<br><small>{html.escape(detail)}</small></div>")
     arrow = "<div style='text-align:center;color:#888'>↓</div>"
     return "<div>" + "<div style='text-align:center;color:#888'>token ids</div>" + arrow + arrow.join(boxes) + \
         arrow + "<div style='text-align:center;color:#888'>next-token scores</div></div>"
 
 
-def summary(spec: dict) -> tuple[str, str]:
-    """(problems markdown, estimate markdown)."""
+# Clicking a box in the diagram sends its block id (event delegation: the boxes are re-rendered on every edit).
+DIAGRAM_JS = ("element.addEventListener('click', (e) => { const b = e.target.closest('[data-block]'); "
+              "if (b) trigger('click', {block: b.dataset.block}); });")
+
+
+@functools.lru_cache(maxsize=1)
+def _known_fields() -> frozenset[str]:
+    return frozenset({"type", "blocks", "spec", *GLOBALS} | {p for t in BLOCK_TYPES for p, _, _ in field_widgets(t)})
+
+
+def _field_text(field: str) -> str:
+    """A problem's field as the learner knows it: the widget's label in bold; a key from pasted JSON that is no
+    field at all stays a (defanged) code span."""
+    if not field:
+        return "**Block**"
+    if field in _known_fields():
+        return f"**{html.escape(field_label(field))}**"
+    return f"`{_in_code(field)}`"
+
+
+def problem_lines(spec: dict, problems) -> str:
+    """Every problem with its block and the field's human label (no dotted names)."""
+    blocks = spec.get("blocks", []) if isinstance(spec, dict) else []
+
+    def where(p) -> str:
+        if p.block is None:
+            return "**Spec**"
+        b = blocks[p.block] if p.block < len(blocks) and isinstance(blocks[p.block], dict) else {}
+        t = b.get("type")
+        return f"**Block {p.block} · {t}**" if t in BLOCK_TYPES else f"**Block {p.block}**"
+
+    return "\n".join(f"- {where(p)} · {_field_text(p.field) + ': ' if p.field else ''}{html.escape(p.message)}"
+                     for p in problems)
+
+
+def estimate_line(parsed: ModelSpec) -> str:
+    e = estimate(parsed, batch_size=12)
+    return (f"**{human(e.params)} parameters** ({human(e.embedding_params)} in embeddings) · "
+            f"{human(e.flops_per_token_forward, 'FLOP')}/token forward, {human(e.flops_per_token_train, 'FLOP')}/token "
+            f"training · training memory ≈ {human(e.train_total_bytes, 'B')} (batch 12: weights "
+            f"{human(e.train_weights_bytes, 'B')}, grads {human(e.train_grads_bytes, 'B')}, AdamW "
+            f"{human(e.train_optimizer_bytes, 'B')}, activations {human(e.train_activations_bytes, 'B')}) · KV cache "
+            f"{human(e.kv_cache_bytes_per_token, 'B')}/token\n\n<small>Counted with this spec's own vocabulary "
+            f"{parsed.vocab_size:,} tokens. Training uses the vocabulary the tokenizer gives (a char tokenizer: one "
+            f"token per distinct character), so the count that trains can differ: the Train tab shows the exact "
+            f"figure, and checks it against this app's limits, before Start.</small>")
+
+
+def summary(spec: dict, last_valid: dict | None = None) -> tuple[str, str]:
+    """(problems markdown, estimate markdown). While the spec has problems the estimate shows the last valid
+    spec's figures, marked stale, so the numbers never vanish mid-edit."""
     parsed, problems = check(spec)
     if problems:
-        return "### ⚠️ Problems\n" + "\n".join(f"- {html.escape(str(p))}" for p in problems), ""
-    e = estimate(parsed, batch_size=12)
-    return "✅ The spec is valid.", (
-        f"**{human(e.params)} parameters** ({human(e.embedding_params)} in embeddings) · "
-        f"{human(e.flops_per_token_forward, 'FLOP')}/token forward, {human(e.flops_per_token_train, 'FLOP')}/token "
-        f"training · training memory ≈ {human(e.train_total_bytes, 'B')} (batch 12: weights "
-        f"{human(e.train_weights_bytes, 'B')}, grads {human(e.train_grads_bytes, 'B')}, AdamW "
-        f"{human(e.train_optimizer_bytes, 'B')}, activations {human(e.train_activations_bytes, 'B')}) · KV cache "
-        f"{human(e.kv_cache_bytes_per_token, 'B')}/token · vocabulary {parsed.vocab_size:,} tokens (training uses "
-        "the tokenizer's: the Train tab shows the model it really gives, and checks it against this app's limits, "
-        "before Start)")
+        stale = ""
+        if last_valid:
+            old, _ = check(last_valid)
+            if old is not None:
+                stale = "⏸️ *Stale: the figures of the last valid spec (fix the problems to update them)*\n\n" + \
+                    estimate_line(old)
+        return "### ⚠️ Problems\n" + problem_lines(spec, problems), stale
+    return "✅ The spec is valid.", estimate_line(parsed)
+
+
+def block_detail(spec: dict, bid: str | None) -> str:
+    """The clicked block's weight tensors, activation shapes and parameter count (from estimate.block_costs)."""
+    if not bid:
+        return "<small>Click a block in the diagram to see its tensors and parameter count.</small>"
+    i = _index(spec, bid) if isinstance(spec.get("blocks"), list) else None
+    if i is None:
+        return "<small>That block was removed; click another one.</small>"
+    parsed, problems = check(spec)
+    if problems:
+        return f"**{i} · {html.escape(str(spec['blocks'][i].get('type')))}**: fix the problems above to see its tensors."
+    cost = block_costs(parsed)[i]
+    total = estimate(parsed).params
+    lines = [f"#### {i} · {cost.type}: {cost.params:,} parameters ({100 * cost.params / max(total, 1):.1f}% of "
+             f"{human(total)})"]
+    if cost.note:
+        lines.append(html.escape(cost.note))
+    lines.append("\n| activation | shape |\n|---|---|\n" +
+                 "\n".join(f"| {html.escape(what)} | `{shape}` |" for what, shape in cost.shapes))
+    if cost.tensors:
+        shown = cost.tensors[:24]
+        rows = "\n".join(f"| `{html.escape(name)}` | `{tuple(shape)}` | {numel(shape):,} |" for name, shape in shown)
+        more = f"\n\n… and {len(cost.tensors) - len(shown)} more tensors" if len(cost.tensors) > len(shown) else ""
+        lines.append(f"\n| weight | shape | parameters |\n|---|---|---|\n{rows}{more}")
+    return "\n".join(lines)
 
 
 def _in_code(text: str) -> str:
@@ -232,7 +312,11 @@ def validate_spec(spec_json: str) -> tuple[str, str]:
     try:
         spec = ModelSpec.from_json(spec_json or "")
     except SpecError as e:
-        return "### ⚠️ Problems\n" + "\n".join(f"- {html.escape(str(p))}" for p in e.problems), ""
+        try:
+            raw = json.loads(spec_json or "")
+        except (ValueError, RecursionError):
+            raw = {}
+        return "### ⚠️ Problems\n" + problem_lines(raw if isinstance(raw, dict) else {}, e.problems), ""
     return summary(spec.to_dict())
 
 
@@ -240,10 +324,14 @@ def validate_spec(spec_json: str) -> tuple[str, str]:
 
 
 def build_tab(spec_state: gr.State, spec_json: gr.Textbox):
-    """Lay out the tab; returns (refresh function, its outputs) for demo.load."""
+    """Lay out the tab; returns (refresh function, its inputs, its outputs) for demo.load."""
     presets = list_presets()
+    last_valid = gr.State(None)  # the last spec without problems: its figures stay visible, marked stale
+    undo = gr.State([])  # [(button label, spec, preset name)], newest last: Remove, preset switch, Apply JSON
+    selected = gr.State(None)  # the block id clicked in the diagram
     with gr.Row():
-        preset = gr.Dropdown(list(presets), value="tiny-char", label="Start from a preset", scale=2)
+        preset = gr.Dropdown(list(presets), value="tiny-char", label="Start from a preset", scale=2,
+                             info="switching replaces the blocks (Undo brings yours back)")
         preset_info = gr.Markdown(presets["tiny-char"])
     with gr.Row():
         with gr.Column(scale=3):
@@ -252,7 +340,9 @@ def build_tab(spec_state: gr.State, spec_json: gr.Textbox):
                 globals_ = {name: make_widget(name, typing.get_type_hints(ModelSpec)[name],
                                               next(f.metadata for f in fields(ModelSpec) if f.name == name),
                                               None, key=f"global-{name}") for name in GLOBALS}
-            gr.Markdown("### Blocks (top = input)")
+            with gr.Row(equal_height=True):
+                gr.Markdown("### Blocks (top = input)")
+                undo_btn = gr.Button("Undo", visible=False, size="sm", scale=0, min_width=260, elem_id="build-undo")
 
             @gr.render(inputs=spec_state)
             def render_blocks(spec):
@@ -280,13 +370,13 @@ def build_tab(spec_state: gr.State, spec_json: gr.Textbox):
                                           api_visibility="private", show_progress="hidden")
                         mine = [p for p in problems if p.block == i]
                         if mine:
-                            gr.Markdown("\n".join(f"⚠️ `{_in_code(p.field)}`: {html.escape(p.message)}"
-                                                  for p in mine),
-                                        key=f"problems-{bid}")
+                            gr.Markdown("\n".join(f"⚠️ {_field_text(p.field)}: {html.escape(p.message)}"
+                                                  for p in mine), key=f"problems-{bid}")
                     up.click(_mover(bid, -1), spec_state, spec_state, api_visibility="private")
                     down.click(_mover(bid, +1), spec_state, spec_state, api_visibility="private")
                     dup.click(_duplicator(bid), spec_state, spec_state, api_visibility="private")
-                    rm.click(_remover(bid), spec_state, spec_state, api_visibility="private")
+                    rm.click(_remover_undoable(bid), [spec_state, undo, preset], [spec_state, undo, undo_btn],
+                             api_visibility="private")
 
             with gr.Row():
                 add_type = gr.Dropdown(list(BLOCK_TYPES), value="transformer", label="Block type to add", scale=2,
@@ -294,9 +384,10 @@ def build_tab(spec_state: gr.State, spec_json: gr.Textbox):
                 add_btn = gr.Button("Add block", scale=1)
             add_help = gr.Markdown(block_help("transformer"))
         with gr.Column(scale=2):
-            problems_md = gr.Markdown()
-            estimate_md = gr.Markdown()
-            diagram_html = gr.HTML()
+            problems_md = gr.Markdown(elem_id="build-problems")
+            estimate_md = gr.Markdown(elem_id="build-estimate")
+            diagram_html = gr.HTML(js_on_load=DIAGRAM_JS, elem_id="build-diagram")
+            detail_md = gr.Markdown(block_detail({}, None), elem_id="build-block-detail")
             with gr.Accordion("Spec as JSON (copy, paste, upload, download)", open=False):
                 code = gr.Code(language="json", label="spec.json", interactive=True)
                 with gr.Row():
@@ -304,24 +395,77 @@ def build_tab(spec_state: gr.State, spec_json: gr.Textbox):
                     upload = gr.UploadButton("Upload spec.json", file_types=[".json"])
                 json_msg = gr.Markdown()
 
-    def on_state(spec):
-        p, e = summary(spec)
+    def on_state(spec, last, chosen):
+        parsed, problems = check(spec)
+        last = spec if parsed is not None else last
+        p, e = summary(spec, last)
         values = [spec.get(name) for name in GLOBALS]
         text = json.dumps(clean(spec), indent=2)
-        return [p, e, diagram(spec), text, text, *values]
+        return [p, e, diagram(spec, problems, chosen), block_detail(spec, chosen), text, text, last, *values]
 
-    outputs = [problems_md, estimate_md, diagram_html, code, spec_json, *globals_.values()]
-    spec_state.change(on_state, spec_state, outputs, api_visibility="private", show_progress="hidden")
-    preset.change(lambda n: (preset_state(n), list_presets()[n]), preset, [spec_state, preset_info],
-                  api_visibility="private")
+    def on_click(spec, evt: gr.EventData):
+        bid = (getattr(evt, "_data", None) or {}).get("block")
+        _, problems = check(spec)
+        return bid, diagram(spec, problems, bid), block_detail(spec, bid)
+
+    inputs = [spec_state, last_valid, selected]
+    outputs = [problems_md, estimate_md, diagram_html, detail_md, code, spec_json, last_valid, *globals_.values()]
+    spec_state.change(on_state, inputs, outputs, api_visibility="private", show_progress="hidden")
+    diagram_html.click(on_click, spec_state, [selected, diagram_html, detail_md], api_visibility="private",
+                       show_progress="hidden")
+    # .input, not .change: Undo sets the dropdown back without loading that preset again
+    preset.input(_switch_preset, [preset, spec_state, undo, preset_info], [spec_state, preset_info, undo, undo_btn],
+                 api_visibility="private")
+    undo_btn.click(_undo, undo, [spec_state, preset, preset_info, undo, undo_btn], api_visibility="private")
     for name, widget in globals_.items():
         event = widget.blur if isinstance(widget, gr.Number) else widget.input
         event(_global_setter(name), [widget, spec_state], spec_state, api_visibility="private", show_progress="hidden")
     add_type.change(lambda t: block_help(t), add_type, add_help, api_visibility="private")
     add_btn.click(_adder, [add_type, spec_state], spec_state, api_visibility="private")
-    apply_btn.click(_apply_json, [code, spec_state], [spec_state, json_msg], api_visibility="private")
-    upload.upload(_upload_json, [upload, spec_state], [spec_state, json_msg], api_visibility="private")
-    return on_state, outputs
+    apply_btn.click(_undoable(_apply_json), [code, spec_state, undo, preset], [spec_state, json_msg, undo, undo_btn],
+                    api_visibility="private")
+    upload.upload(_undoable(_upload_json), [upload, spec_state, undo, preset], [spec_state, json_msg, undo, undo_btn],
+                  api_visibility="private")
+    return on_state, inputs, outputs
+
+
+# ----------------------------------------------------------------------------- undo
+
+UNDO_DEPTH = 10
+
+
+def _push(stack: list, label: str, spec: dict, preset_name) -> tuple[list, dict]:
+    """The undo stack with one more entry, and the Undo button showing what it would undo."""
+    stack = (list(stack or []) + [(label, copy.deepcopy(spec), preset_name)])[-UNDO_DEPTH:]
+    return stack, gr.update(value=f"↶ {label}", visible=True)
+
+
+def _undo(stack):
+    """Put back the spec (and the preset shown) from before the newest undoable change."""
+    stack = list(stack or [])
+    if not stack:
+        return gr.update(), gr.update(), gr.update(), stack, gr.update(visible=False)
+    _, spec, preset_name = stack.pop()
+    button = gr.update(value=f"↶ {stack[-1][0]}", visible=True) if stack else gr.update(visible=False)
+    presets = list_presets()
+    info = presets.get(preset_name, "") if preset_name in presets else gr.update()
+    return spec, preset_name if preset_name in presets else gr.update(), info, stack, button
+
+
+def _same(a: dict, b: dict) -> bool:
+    return clean(a) == clean(b)
+
+
+def _switch_preset(name, spec, stack, info):
+    """Load a preset; the blocks it replaces can be brought back with Undo."""
+    presets = list_presets()
+    if name not in presets:
+        return spec, info, stack, gr.update()
+    previous = next((n for n in presets if _same(preset_state(n), spec)), None)
+    if previous == name:  # already this preset, untouched (the dropdown can fire twice): nothing to undo
+        return spec, presets[name], stack, gr.update()
+    stack, button = _push(stack, f"Undo: back to the blocks before {name}", spec, previous)
+    return preset_state(name), presets[name], stack, button
 
 
 # ----------------------------------------------------------------------------- edits (pure functions of the state)
@@ -384,6 +528,17 @@ def _remover(bid: str):
     return _edit(bid, lambda blocks, i: blocks.pop(i))
 
 
+def _remover_undoable(bid: str):
+    """Remove the block; Undo puts it back."""
+    def remove(spec, stack, preset_name):
+        i = _index(spec, bid)
+        if i is None:
+            return spec, stack, gr.update()
+        stack, button = _push(stack, f"Undo remove {i} · {spec['blocks'][i].get('type')}", spec, preset_name)
+        return _remover(bid)(spec), stack, button
+    return remove
+
+
 def _adder(block_type: str, spec):
     """Insert a new block where it is valid: a layer after the last layer (above final_norm), anything else
     above lm_head (at the end when there is none)."""
@@ -399,6 +554,7 @@ def _adder(block_type: str, spec):
 
 
 def _apply_json(text: str, spec):
+    """The spec from JSON text, or the old spec and a message saying what is wrong with the text."""
     try:
         if len((text or "").encode()) > MAX_SPEC_BYTES:
             raise ValueError(f"the JSON is larger than {MAX_SPEC_BYTES // 1024} KB; a spec is a short object")
@@ -421,3 +577,14 @@ def _upload_json(file, spec):
         return _apply_json(raw.decode("utf-8"), spec)
     except UnicodeDecodeError:
         return spec, "⚠️ The file is not UTF-8 text; upload a .json spec."
+
+
+def _undoable(replace):
+    """A spec-replacing handler (Apply JSON, Upload) whose old spec Undo brings back when it did replace it."""
+    def apply(value, spec, stack, preset_name):
+        new, message = replace(value, spec)
+        if new is spec:
+            return spec, message, stack, gr.update()
+        stack, button = _push(stack, "Undo: back to the blocks before the JSON", spec, preset_name)
+        return new, message, stack, button
+    return apply
