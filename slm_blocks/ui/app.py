@@ -11,6 +11,7 @@ import os
 import gradio as gr
 
 from .build_tab import build_tab, preset_state, validate_spec
+from .compare import Y_AXES
 from .deploy import WEIGHTS, deploy_section
 from .grow_tab import grow_tab, start_from_widget, with_start_from
 from .guard import guard_launch
@@ -110,13 +111,19 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
             with gr.Row():
                 everyone = gr.Checkbox(False, label="Show everyone's runs on this server (MLflow)")
                 x_axis = gr.Radio(["step", "tokens", "time"], value="step", label="x axis")
+                y_axis = gr.Radio(list(Y_AXES), value="loss", label="y axis",
+                                  info="bits per character compares runs with different tokenizers")
                 cmp_btn = gr.Button("Refresh")
-            cmp_table = gr.Dataframe(interactive=False)
-            cmp_curves = gr.LinePlot(x="x", y="loss", color="run", title="Loss curves", height=300)
-            cmp_scatter = gr.ScatterPlot(x="params", y="loss", color="run", title="Final validation loss vs "
-                                         "parameters", height=300, x_axis_format="~s", y_axis_format=".3f")
+            cmp_table = gr.Dataframe(interactive=False, elem_id="compare-table")
+            cmp_curves = gr.Plot(label="Loss curves", elem_id="compare-curves")
+            cmp_scatter = gr.ScatterPlot(x="params", y="bits/char", color="run", title="Held-out bits per character "
+                                         "vs parameters", height=300, x_axis_format="~s", y_axis_format=".3f")
             cmp_msg = gr.Markdown("Locally, browse every run with `mlflow ui --backend-store-uri "
                                   f"{store.mlflow_uri}`.")
+            gr.Markdown("### Class board\nEveryone's runs on this server, per data set, ranked by held-out **bits per "
+                        "character** (lower is better; it compares models whatever their tokenizer), with each "
+                        "model's parameter count beside it.")
+            board = gr.Dataframe(interactive=False, elem_id="class-board")
 
         with gr.Tab("Grow"):
             grow = grow_tab(store, h, spec_json, start_from)
@@ -198,9 +205,14 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
                        concurrency_limit=4, concurrency_id="inspect")
         attn_btn.click(h.attention_map, [model_pick, prompt, layer, head], [attn_plot, attn_msg],
                        api_name="attention_map", concurrency_limit=4, concurrency_id="inspect", preprocess=False)
-        cmp_btn.click(h.compare, [everyone, x_axis], [cmp_table, cmp_curves, cmp_scatter, cmp_msg],
+        cmp_btn.click(h.compare, [everyone, x_axis, y_axis], [cmp_table, cmp_curves, cmp_scatter, cmp_msg],
                       api_name="compare") \
-            .then(h.redraw_legends, [cmp_curves, cmp_scatter], [cmp_curves, cmp_scatter], api_visibility="private")
+            .then(h.redraw_legends, cmp_scatter, cmp_scatter, api_visibility="private") \
+            .then(h.class_board, None, board, api_name="class_board")
+        for choice in (everyone, x_axis, y_axis):  # a new choice redraws at once
+            choice.input(h.compare, [everyone, x_axis, y_axis], [cmp_table, cmp_curves, cmp_scatter, cmp_msg],
+                         api_visibility="private") \
+                .then(h.redraw_legends, cmp_scatter, cmp_scatter, api_visibility="private")
         export_btn.click(h.export, share_run, [export_file, export_msg, card], api_name="export",
                          concurrency_limit=2)
         push_btn.click(h.push, [share_run, repo_id, token, private], push_msg, api_name="push")

@@ -1,86 +1,228 @@
-"""Compare tab data: a table of runs, overlaid loss curves and loss vs parameters, as pandas frames.
+"""Compare tab data: a table of runs, overlaid loss curves, loss vs parameters, and the class board.
 
 This session's runs come from their own folders (run.read_history); "everyone's runs" come from the MLflow
-store the whole app shares (a class comparing notes), read through tracking.py.
+store the whole app shares (a class comparing notes), read through tracking.py. Both give the same rows and the
+same curve points: one point per step (the newest after a resume, so no zigzag), x as step, tokens seen or
+training time (which a resume continues), y as loss (nats per token) or bits per character, the one measure
+that compares runs with different tokenizers.
+
+Curves are drawn as a Vega-Lite chart (gr.Plot): Gradio's LinePlot has one style per colour, while a learner
+needs one colour per run with train solid and validation dashed, and point markers so a run with a single eval
+still shows up.
 """
 
 from __future__ import annotations
 
 import json
+import math
 
 import pandas as pd
 
 from .. import ModelSpec, estimate
 from ..training.run import read_history
 
+Y_AXES = {"loss": "loss (nats per token)", "bits per character": "bits per character (comparable across tokenizers)"}
+CURVE_COLUMNS = ["x", "y", "run", "split"]
 
-def _session_rows(session, x_axis: str):
+
+def data_label(data: dict | None, name: str | None = None) -> str:
+    """Where a run's text came from, in a few words (what the class board groups by)."""
+    data = data or {}
+    src = data.get("source")
+    if src == "builtin":
+        return f"builtin:{data.get('name')}"
+    if src == "hub":
+        return f"hub:{data.get('hub_id')}"
+    if src == "files":
+        return name or "uploaded files"
+    return name or str(src or "?")
+
+
+def _round(v, digits: int):
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return round(v, digits) if math.isfinite(v) else None
+
+
+def _points(steps: dict, evals: list, name: str, x_axis: str, y_axis: str) -> list[dict]:
+    """Curve points of one run: steps {step: record} and evals [records], each with step / tokens_seen /
+    elapsed_s and loss / val_loss / bits_per_char."""
+    def x_of(step):
+        s = steps.get(step)
+        if s is None:  # an eval without its step record: the newest step before it
+            before = [k for k in steps if k <= step]
+            s = steps[max(before)] if before else None
+        if x_axis == "tokens":
+            return s.get("tokens_seen") if s else None
+        if x_axis == "time":
+            return s.get("elapsed_s") if s else None
+        return step
+
+    bpc = next((e["bits_per_char"] / e["val_loss"] for e in reversed(evals)
+                if e.get("bits_per_char") and e.get("val_loss")), None)  # bits/char per nat/token: fixed per run
+    out = []
+    for e in evals:
+        y = e.get("val_loss") if y_axis == "loss" else e.get("bits_per_char")
+        out.append({"x": x_of(e["step"]), "y": y, "run": name, "split": "validation"})
+    for step, s in sorted(steps.items()):
+        y = s.get("loss") if y_axis == "loss" else (s["loss"] * bpc if bpc and s.get("loss") is not None else None)
+        out.append({"x": x_of(step), "y": y, "run": name, "split": "train"})
+    return [p for p in out if p["x"] is not None and p["y"] is not None and math.isfinite(p["y"])]
+
+
+def _session_rows(session, x_axis: str, y_axis: str):
     table, curves = [], []
     for name, r in session.runs.items():
         record_path = r.dir / "run.json"
         if not record_path.is_file():
             continue
         record = json.loads(record_path.read_text())
-        spec = ModelSpec.from_dict(record["spec"])
+        spec = ModelSpec.from_dict(record["spec"])  # with the tokenizer's vocabulary: the count that trained
         history = read_history(r.dir)  # one record per (kind, step): a resume's repeated steps replace the old
         steps = {h["step"]: h for h in history if h["kind"] == "step"}
         evals = [h for h in history if h["kind"] == "eval"]
-        last_step = max(steps) if steps else 0
+        last = steps[max(steps)] if steps else {}
         table.append({"run": name, "architecture": spec.summary(), "parameters": estimate(spec).params,
-                      "tokenizer": record["tokenizer"]["kind"], "steps": last_step,
-                      "tokens seen": steps[last_step]["tokens_seen"] if steps else 0,
-                      "val loss": round(evals[-1]["val_loss"], 4) if evals else None,
-                      "bits/char": round(evals[-1]["bits_per_char"], 4) if evals else None,
-                      "time (s)": round(steps[last_step]["elapsed_s"], 1) if steps else None,
-                      "status": r.job.status if r.job else "done"})
-
-        def x_of(step):
-            s = steps.get(step) or (steps[max(k for k in steps if k <= step)] if any(k <= step for k in steps) else None)
-            if x_axis == "tokens":
-                return s["tokens_seen"] if s else 0
-            if x_axis == "time":
-                return s["elapsed_s"] if s else 0
-            return step
-
-        curves += [{"x": x_of(h["step"]), "loss": h["val_loss"], "run": f"{name} (val)"} for h in evals]
-        curves += [{"x": x_of(s), "loss": h["loss"], "run": f"{name} (train)"} for s, h in sorted(steps.items())]
+                      "data": data_label(record.get("data")), "tokenizer": record["tokenizer"]["kind"],
+                      "steps": max(steps) if steps else 0, "tokens seen": int(last.get("tokens_seen") or 0),
+                      "val loss": _round(evals[-1]["val_loss"], 4) if evals else None,
+                      "bits/char": _round(evals[-1].get("bits_per_char"), 4) if evals else None,
+                      "time (s)": _round(last.get("elapsed_s"), 1), "status": r.job.status if r.job else "done"})
+        curves += _points(steps, evals, name, x_axis, y_axis)
     return table, curves
 
 
-def _mlflow_rows(uri: str):
+def _latest_per_step(hist: pd.DataFrame) -> dict:
+    """{(run_id, step): value}: the newest value logged at each step (a resume logs its repeated steps again)."""
+    if hist.empty:
+        return {}
+    hist = hist.sort_values("timestamp", kind="stable")
+    return {(r.run_id, int(r.step)): r.value for r in hist.itertuples()}
+
+
+def _mlflow_runs(uri: str, limit: int = 10):
+    """(table rows, curves per run) of the newest `limit` runs in the MLflow store, as the session path gives."""
     from ..training.tracking import metric_history, runs_table
 
     df = runs_table(uri)
     if df.empty:
-        return [], []
-    table, curves = [], []
-    for _, row in df.iterrows():
-        table.append({"run": row.get("run_name"), "architecture": row.get("tags.slm.architecture"),
-                      "parameters": int(row.get("params.model.params") or 0), "tokenizer": row.get("params.tokenizer.kind"),
-                      "steps": None, "tokens seen": row.get("metrics.tokens_seen"),
-                      "val loss": row.get("metrics.val_loss"), "bits/char": row.get("metrics.bits_per_char"),
-                      "time (s)": row.get("metrics.elapsed_s"), "status": row.get("status")})
-    ids = list(df["run_id"][:10])
-    hist = metric_history(uri, ids, "val_loss")
-    names = dict(zip(df["run_id"], df["run_name"]))
-    curves = [{"x": h.step, "loss": h.value, "run": f"{names.get(h.run_id)} (val)"} for h in hist.itertuples()]
+        return [], {}
+    df = df.head(limit)
+    ids = list(df["run_id"])
+    hist = {key: _latest_per_step(metric_history(uri, ids, key))
+            for key in ("train_loss", "tokens_seen", "elapsed_s", "val_loss", "bits_per_char")}
+    names = list(df["run_name"])
+    table, runs = [], {}
+    for row in df.to_dict("records"):
+        rid = row["run_id"]
+        name = row["run_name"] if names.count(row["run_name"]) == 1 else f"{row['run_name']} · {rid[:4]}"
+        steps = {s: {"loss": v, "tokens_seen": hist["tokens_seen"].get((rid, s)),
+                     "elapsed_s": hist["elapsed_s"].get((rid, s))}
+                 for (r, s), v in hist["train_loss"].items() if r == rid}
+        evals = [{"step": s, "val_loss": v, "bits_per_char": hist["bits_per_char"].get((rid, s))}
+                 for (r, s), v in sorted(hist["val_loss"].items()) if r == rid]
+        last = steps[max(steps)] if steps else {}
+        table.append({"run": name, "architecture": row.get("tags.slm.architecture"),
+                      "parameters": int(float(row.get("params.model.params") or 0)),
+                      "data": row.get("params.data.name") or row.get("tags.slm.dataset"),
+                      "tokenizer": row.get("params.tokenizer.kind"), "steps": max(steps) if steps else 0,
+                      "tokens seen": int(last.get("tokens_seen") or 0),
+                      "val loss": _round(evals[-1]["val_loss"], 4) if evals else None,
+                      "bits/char": _round(evals[-1]["bits_per_char"], 4) if evals else None,
+                      "time (s)": _round(last.get("elapsed_s"), 1), "status": str(row.get("status", "")).lower()})
+        runs[name] = (steps, evals)
+    return table, runs
+
+
+def _mlflow_rows(uri: str, x_axis: str, y_axis: str):
+    table, runs = _mlflow_runs(uri)
+    curves = [p for name, (steps, evals) in runs.items() for p in _points(steps, evals, name, x_axis, y_axis)]
     return table, curves
 
 
 def empty_curves(rows=()) -> pd.DataFrame:
-    """The curves frame, numeric even when empty (a plot's first frame fixes its axis types)."""
-    return pd.DataFrame(list(rows), columns=["x", "loss", "run"]).astype({"x": "float64", "loss": "float64"})
+    """The curves frame, numeric even when empty."""
+    return pd.DataFrame(list(rows), columns=CURVE_COLUMNS).astype({"x": "float64", "y": "float64"})
 
 
 def empty_scatter(rows=()) -> pd.DataFrame:
-    return pd.DataFrame(list(rows), columns=["params", "loss", "run"]).astype({"params": "int64", "loss": "float64"})
+    return pd.DataFrame(list(rows), columns=["params", "bits/char", "run"]).astype({"params": "int64",
+                                                                                   "bits/char": "float64"})
 
 
-def compare_frames(session, mlflow_uri: str | None, x_axis: str = "step"):
-    table, curves = _session_rows(session, x_axis) if mlflow_uri is None else _mlflow_rows(mlflow_uri)
+def curves_chart(curves: pd.DataFrame, x_axis: str = "step", y_axis: str = "loss") -> dict:
+    """A Vega-Lite spec: one colour per run, train solid, validation dashed with point markers."""
+    x_title = {"tokens": "tokens seen", "time": "training time (s)"}.get(x_axis, "step")
+    rows = curves.to_dict("records")
+    color = {"field": "run", "type": "nominal", "title": "run"}
+    x = {"field": "x", "type": "quantitative", "title": x_title}
+    y = {"field": "y", "type": "quantitative", "title": Y_AXES.get(y_axis, y_axis), "scale": {"zero": False}}
+    tooltip = [{"field": "run"}, {"field": "split"}, {"field": "x", "title": x_title, "format": ",.4~g"},
+               {"field": "y", "title": y_axis, "format": ".4f"}]
+    return {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "data": {"values": rows}, "width": "container", "height": 300,
+        "title": "Loss curves: train solid, validation dashed",
+        "encoding": {"x": x, "y": y, "color": color},
+        "layer": [
+            {"transform": [{"filter": "datum.split === 'train'"}],
+             "mark": {"type": "line", "strokeWidth": 1.5, "clip": True},
+             "encoding": {"detail": {"field": "run"}, "tooltip": tooltip}},
+            {"transform": [{"filter": "datum.split === 'validation'"}],
+             "mark": {"type": "line", "strokeDash": [6, 4], "strokeWidth": 2, "clip": True,
+                      "point": {"filled": True, "size": 50}},
+             "encoding": {"detail": {"field": "run"}, "tooltip": tooltip}},
+        ],
+    }
+
+
+def curves_plot(curves: pd.DataFrame, x_axis: str = "step", y_axis: str = "loss"):
+    """The chart for gr.Plot (Gradio draws a Vega-Lite spec it is given as an 'altair' plot)."""
+    from gradio.data_classes import PlotData
+
+    return PlotData(type="altair", plot=json.dumps(curves_chart(curves, x_axis, y_axis)))
+
+
+def compare_frames(session, mlflow_uri: str | None, x_axis: str = "step", y_axis: str = "loss"):
+    """(table, curves frame, scatter frame, message) for this session's runs, or everyone's with mlflow_uri."""
+    x_axis = x_axis if x_axis in ("step", "tokens", "time") else "step"
+    y_axis = y_axis if y_axis in Y_AXES else "loss"
+    table, curves = _session_rows(session, x_axis, y_axis) if mlflow_uri is None else \
+        _mlflow_rows(mlflow_uri, x_axis, y_axis)
     table_df = pd.DataFrame(table)
     curves_df = empty_curves(curves)
-    scatter = empty_scatter([{"params": t["parameters"], "loss": t["val loss"], "run": t["run"]} for t in table
-                             if t.get("val loss") is not None])
+    scatter = empty_scatter([{"params": t["parameters"], "bits/char": t["bits/char"], "run": t["run"]}
+                             for t in table if t.get("bits/char") is not None])
     msg = "" if table else "No runs yet: train one on the Train tab."
     return table_df, curves_df, scatter, msg
+
+
+BOARD_COLUMNS = ["data", "rank", "run", "bits/char", "parameters", "tokenizer", "architecture", "tokens seen",
+                 "status"]
+
+
+def class_board(mlflow_uri: str, limit: int = 200) -> pd.DataFrame:
+    """Everyone's runs on this server, grouped by data set and ranked by held-out bits per character (lower is
+    better; comparable across tokenizers), with each model's parameter count beside it."""
+    from ..training.tracking import runs_table
+
+    df = runs_table(mlflow_uri)
+    rows = []
+    for row in (df.head(limit).to_dict("records") if not df.empty else []):
+        bpc = _round(row.get("metrics.bits_per_char"), 4)
+        if bpc is None:
+            continue
+        rows.append({"data": row.get("params.data.name") or row.get("tags.slm.dataset"),
+                     "run": row.get("run_name"), "bits/char": bpc,
+                     "parameters": int(float(row.get("params.model.params") or 0)),
+                     "tokenizer": row.get("params.tokenizer.kind"), "architecture": row.get("tags.slm.architecture"),
+                     "tokens seen": int(float(row.get("metrics.tokens_seen") or 0)),
+                     "status": str(row.get("status", "")).lower()})
+    board = pd.DataFrame(rows, columns=[c for c in BOARD_COLUMNS if c != "rank"])
+    if board.empty:
+        return pd.DataFrame(columns=BOARD_COLUMNS)
+    board = board.sort_values(["data", "bits/char", "parameters"], kind="stable")
+    board.insert(1, "rank", board.groupby("data").cumcount() + 1)
+    return board.reset_index(drop=True)

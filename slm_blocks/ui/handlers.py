@@ -356,33 +356,38 @@ class Handlers:
             return None, f"⚠️ {_friendly(e)}"
 
     # ----------------------------------------------------------------------------- compare
-    def compare(self, everyone: bool, x_axis: str, request: gr.Request):
-        """(table of runs, overlaid validation/train curves, loss vs parameters scatter)."""
-        from .compare import compare_frames, empty_curves, empty_scatter
+    def compare(self, everyone: bool, x_axis: str, y_axis: str = "loss", request: gr.Request = None):
+        """(table of runs, overlaid train/validation curves, bits per character vs parameters scatter, message)."""
+        from .compare import compare_frames, curves_plot, empty_curves, empty_scatter
 
         session = self.store.get(_sid(request))
         try:
-            table, curves, scatter, msg = compare_frames(session, self.store.mlflow_uri if everyone else None, x_axis)
+            table, curves, scatter, msg = compare_frames(session, self.store.mlflow_uri if everyone else None, x_axis,
+                                                         y_axis)
         except Exception as e:
             log.exception("compare failed")
             table, curves, scatter, msg = pd.DataFrame(), empty_curves(), empty_scatter(), f"⚠️ {_friendly(e)}"
-        x_title = {"tokens": "tokens seen", "time": "time (s)"}.get(x_axis, "step")
-        return table, gr.LinePlot(curves, x_title=x_title), scatter, msg
+        return table, curves_plot(curves, x_axis, y_axis), scatter, msg
+
+    def class_board(self):
+        """Everyone's runs on this server ranked by held-out bits per character, per data set."""
+        from .compare import BOARD_COLUMNS, class_board
+
+        try:
+            return class_board(self.store.mlflow_uri)
+        except Exception:
+            log.exception("class board failed")
+            return pd.DataFrame(columns=BOARD_COLUMNS)
 
     @staticmethod
-    def redraw_legends(curves, scatter):
+    def redraw_legends(scatter):
         """Second step of Compare's Refresh. Gradio's plots keep the colour domain of the data they were first
         drawn with (new data only replaces the points), so a run added since is invisible; a new legend list
-        makes them redraw from the data the first step sent."""
-        def runs(plot) -> list:
-            get = (lambda k: plot.get(k)) if isinstance(plot, dict) else (lambda k: getattr(plot, k, None))
-            columns, data = get("columns") or [], get("data") or []
-            if "run" not in columns:
-                return []
-            i = columns.index("run")
-            return list(dict.fromkeys(row[i] for row in data))
-
-        return gr.LinePlot(colors_in_legend=runs(curves)), gr.ScatterPlot(colors_in_legend=runs(scatter))
+        makes the scatter redraw from the data the first step sent."""
+        get = (lambda k: scatter.get(k)) if isinstance(scatter, dict) else (lambda k: getattr(scatter, k, None))
+        columns, data = get("columns") or [], get("data") or []
+        runs = list(dict.fromkeys(row[columns.index("run")] for row in data)) if "run" in columns else []
+        return gr.ScatterPlot(colors_in_legend=runs)
 
     # ----------------------------------------------------------------------------- share
     def export(self, run_name, request: gr.Request):

@@ -18,6 +18,7 @@ if CHROMIUM is None:
 
 from slm_blocks import BLOCK_TYPES, ModelSpec  # noqa: E402
 from slm_blocks.ui.build_tab import GLOBALS, field_label, field_widgets, get_path  # noqa: E402
+from playwright.sync_api import expect  # noqa: E402
 
 JS_ERRORS: list[str] = []
 
@@ -114,3 +115,58 @@ def test_no_field_is_disabled_or_cut_off(page):
     assert not [r for r in report if r["disabled"]], [r["label"] for r in report if r["disabled"]]
     assert not [r for r in report if r["cut"]], [r["label"] for r in report if r["cut"]]
 
+
+
+def test_stale_estimate_failing_block_block_detail_and_undo(page):
+    """A fresh page: click a diagram block for its tensors; break the spec (the estimate stays, marked stale; the
+    diagram marks the block; no "null" anywhere); Remove and a preset switch are undone with Undo."""
+    from slm_blocks import load_preset
+    from slm_blocks.model.estimate import block_costs
+
+    page.reload()  # a new session with the tiny-char preset
+    estimate, problems = page.locator("#build-estimate"), page.locator("#build-problems")
+    expect(estimate).to_contain_text("810K parameters", timeout=60_000)
+    expect(estimate).to_contain_text("vocabulary of 65 tokens")  # which vocabulary the count assumes
+    expect(estimate).to_contain_text("Train")
+    page.locator("#build-diagram [data-block]").nth(2).click()
+    detail = page.locator("#build-block-detail")
+    layer = block_costs(load_preset("tiny-char"))[2]
+    expect(detail).to_contain_text(f"2 · transformer: {layer.params:,} parameters")
+    expect(detail).to_contain_text("model.layers.0.self_attn.q_proj.weight")
+    expect(detail).to_contain_text("(B, 4, T, T)")  # the attention scores of 4 heads
+
+    heads = field(block(page, "transformer"), "Heads")
+    heads.fill("5")
+    heads.press("Tab")
+    expect(problems).to_contain_text("Heads: d_model 128 is not divisible by n_heads 5")
+    expect(estimate).to_contain_text("Stale")
+    expect(estimate).to_contain_text("810K parameters")  # the last valid figures stay
+    expect(page.locator("#build-diagram .has-problem")).to_have_count(1)
+    expect(page.locator("#build-diagram .has-problem")).to_contain_text("2 · transformer")
+    heads.fill("")
+    heads.press("Tab")
+    expect(problems).to_contain_text("Heads: is empty; it must be a whole number")
+    assert "null" not in page.evaluate("document.body.innerText")
+    heads.fill("4")
+    heads.press("Tab")
+    expect(problems).to_contain_text("The spec is valid.")
+    expect(page.locator("#build-diagram .has-problem")).to_have_count(0)
+    shot(page, "build-block-detail")
+
+    undo = page.locator("#build-undo")
+    expect(undo).to_be_hidden()
+    block(page, "final_norm").get_by_role("button", name="Remove").click()
+    expect(block(page, "final_norm")).to_have_count(0)
+    expect(undo).to_have_text("↶ Undo remove 3 · final_norm")
+    undo.click()
+    expect(block(page, "final_norm")).to_have_count(1)
+    expect(undo).to_be_hidden()
+
+    pick(page, "Start from a preset", "llama")
+    expect(estimate).to_contain_text("5.21M parameters")
+    expect(undo).to_have_text("↶ Undo: back to the blocks before llama")
+    undo.click()
+    expect(estimate).to_contain_text("810K parameters")
+    expect(field(page, "Start from a preset")).to_have_value("tiny-char")
+    no_traceback(page, "Build")
+    assert not JS_ERRORS, JS_ERRORS

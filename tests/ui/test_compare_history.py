@@ -20,8 +20,8 @@ def test_compare_has_one_point_per_step_after_a_resume(tmp_path):
     (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     session = SimpleNamespace(runs={"r": SimpleNamespace(dir=run_dir, job=None)})
     table, curves, scatter, msg = compare_frames(session, None, "step")
-    train = curves[curves.run == "r (train)"]
-    val = curves[curves.run == "r (val)"]
-    assert list(train.x) == [1, 2, 3, 4] and list(train.loss) == [3.0, 2.9, 2.75, 2.6]
-    assert list(val.x) == [2, 4] and list(val.loss) == [2.8, 2.55]
+    train = curves[(curves.run == "r") & (curves.split == "train")]
+    val = curves[(curves.run == "r") & (curves.split == "validation")]
+    assert list(train.x) == [1, 2, 3, 4] and list(train.y) == [3.0, 2.9, 2.75, 2.6]
+    assert list(val.x) == [2, 4] and list(val.y) == [2.8, 2.55]
     assert table.iloc[0]["val loss"] == 2.55 and table.iloc[0]["steps"] == 4
