@@ -115,7 +115,7 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
                                   info="bits per character compares runs with different tokenizers")
                 cmp_btn = gr.Button("Refresh")
             cmp_table = gr.Dataframe(interactive=False, elem_id="compare-table")
-            cmp_curves = gr.Plot(label="Loss curves", elem_id="compare-curves")
+            cmp_curves = gr.Plot(label="Loss curves", show_label=False, elem_id="compare-curves")
             cmp_scatter = gr.ScatterPlot(x="params", y="bits/char", color="run", title="Held-out bits per character "
                                          "vs parameters", height=300, x_axis_format="~s", y_axis_format=".3f")
             cmp_msg = gr.Markdown("Locally, browse every run with `mlflow ui --backend-store-uri "

@@ -21,7 +21,7 @@ import pandas as pd
 from .. import ModelSpec, estimate
 from ..training.run import read_history
 
-Y_AXES = {"loss": "loss (nats per token)", "bits per character": "bits per character (comparable across tokenizers)"}
+Y_AXES = {"loss": "loss (nats per token)", "bits per character": "bits per character"}
 CURVE_COLUMNS = ["x", "y", "run", "split"]
 
 
@@ -163,7 +163,7 @@ def curves_chart(curves: pd.DataFrame, x_axis: str = "step", y_axis: str = "loss
                {"field": "y", "title": y_axis, "format": ".4f"}]
     return {
         "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
-        "data": {"values": rows}, "width": "container", "height": 300,
+        "data": {"values": rows}, "height": 300,
         "title": "Loss curves: train solid, validation dashed",
         "encoding": {"x": x, "y": y, "color": color},
         "layer": [
@@ -180,9 +180,10 @@ def curves_chart(curves: pd.DataFrame, x_axis: str = "step", y_axis: str = "loss
 
 def curves_plot(curves: pd.DataFrame, x_axis: str = "step", y_axis: str = "loss"):
     """The chart for gr.Plot (Gradio draws a Vega-Lite spec it is given as an 'altair' plot)."""
-    from gradio.data_classes import PlotData
+    from gradio.components.plot import AltairPlotData
 
-    return PlotData(type="altair", plot=json.dumps(curves_chart(curves, x_axis, y_axis)))
+    # chart="line": the page applies its theme and sizes the chart to its box (without it the width stays 0)
+    return AltairPlotData(chart="line", plot=json.dumps(curves_chart(curves, x_axis, y_axis)))
 
 
 def compare_frames(session, mlflow_uri: str | None, x_axis: str = "step", y_axis: str = "loss"):
