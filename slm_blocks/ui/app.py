@@ -94,7 +94,7 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
                     weights = gr.Radio(WEIGHTS, value="fp32", label="Weights (int8 / int4: quantized with torchao)")
                     gen_btn = gr.Button("Generate", variant="primary")
                 with gr.Column(scale=2):
-                    output = gr.Textbox(label="Output", lines=12)
+                    output = gr.Textbox(label="Output", lines=12, elem_id="gen-output")
                     with gr.Accordion("What does the model think comes next?", open=False):
                         next_btn = gr.Button("Show next-token probabilities for the prompt")
                         next_df = gr.Dataframe(headers=["token", "probability"], interactive=False)
@@ -132,10 +132,10 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
             with gr.Row():
                 share_run = gr.Dropdown([], label="Run to export", allow_custom_value=True)
                 export_btn = gr.Button("Export (verified transformers folder)", variant="primary")
-            export_msg = gr.Markdown()
-            export_file = gr.File(label="Download the exported folder (.zip)")
+            export_msg = gr.Markdown(elem_id="export-msg")
+            export_file = gr.File(label="Download the exported folder (.zip)", elem_id="export-file")
             with gr.Accordion("Model card preview", open=False):
-                card = gr.Markdown()
+                card = gr.Markdown(elem_id="card-preview")
             gr.Markdown("### Push to the Hugging Face Hub")
             if on_spaces:
                 gr.LoginButton()
@@ -148,10 +148,11 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
                 push_btn = gr.Button("Push")
             push_msg = gr.Markdown()
             gr.Markdown("### Import a model folder")
-            import_files = gr.File(file_count="multiple", label="Files of an exported or transformers folder "
-                                   "(config.json, model.safetensors, tokenizer files)")
+            import_files = gr.File(file_count="multiple", label="The .zip from Export, or the files of an exported "
+                                   "or transformers folder (config.json, model.safetensors, tokenizer files)",
+                                   elem_id="import-files")
             import_btn = gr.Button("Import")
-            import_msg = gr.Markdown()
+            import_msg = gr.Markdown(elem_id="import-msg")
             deploy_section(store, share_run, model_pick)
 
         # ------------------------------------------------------------------ wiring
