@@ -164,6 +164,7 @@ def curves_chart(curves: pd.DataFrame, x_axis: str = "step", y_axis: str = "loss
     return {
         "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
         "data": {"values": rows}, "height": 300,
+        "usermeta": {"embedOptions": {"renderer": "svg"}},  # like Gradio's own plots: crisp, and in the page's DOM
         "title": "Loss curves: train solid, validation dashed",
         "encoding": {"x": x, "y": y, "color": color},
         "layer": [

@@ -24,7 +24,7 @@ from .deploy import with_weights
 from .guard import client_address, one_at_a_time
 from .import_upload import gather_import_files
 from .state import SessionRun, SessionStore
-from .streaming import chunked
+from .streaming import chunked, one_thread
 from .train_tab import follow, job_problems, loss_frame, preview_markdown, sample_at, scrub
 from .uploads import UserError, copy_data_uploads, refuse_pickle
 
@@ -262,7 +262,7 @@ class Handlers:
             stop = threading.Event()
             deadline = time.time() + self.store.limits.generate_timeout_s
             text = ""
-            for text in chunked(stream_text(model, tok, prompt, cfg, stop=stop)):  # not one update per token
+            for text in one_thread(chunked(stream_text(model, tok, prompt, cfg, stop=stop))):  # chunks, not tokens
                 yield prompt + text
                 if time.time() > deadline:
                     stop.set()

@@ -105,9 +105,9 @@ def no_traceback(page, where: str) -> None:
     assert "Traceback" not in text, f"a traceback is shown on the page ({where})"
 
 
-def shot(page, name: str) -> Path:
+def shot(page, name: str, full_page: bool = True) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     page.wait_for_timeout(300)  # let plots and transitions settle
     path = ARTIFACTS / f"{name.lower()}.png"
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path), full_page=full_page)
     return path

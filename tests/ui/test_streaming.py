@@ -27,3 +27,13 @@ def test_200_tokens_in_a_few_updates_and_the_last_is_whole():
 def test_interval_zero_passes_every_update():
     assert list(chunked(iter(["a", "ab", "abc"]), interval_s=0)) == ["a", "ab", "abc"]
     assert list(chunked(iter([]))) == []
+
+
+def test_one_thread_per_step_and_restored():
+    import torch
+
+    from slm_blocks.ui.streaming import one_thread
+
+    before = torch.get_num_threads()
+    seen = list(one_thread(torch.get_num_threads() for _ in range(3)))
+    assert seen == [1, 1, 1] and torch.get_num_threads() == before
