@@ -181,7 +181,9 @@ def write_model_card(folder: Path, spec: ModelSpec, result, card: dict) -> None:
             lines.append(f"- Data: {what}; tokenizer: {(card.get('tokenizer') or {}).get('kind', '?')}.")
         if card.get("train"):
             t = card["train"]
-            lines.append(f"- Steps {t['max_steps']}, batch {t['batch_size']}×{t['seq_len'] or spec.max_seq_len} "
+            trained = max((r["step"] for r in card.get("history") or [] if r["kind"] == "step"), default=None)
+            steps = t["max_steps"] if trained in (None, t["max_steps"]) else f"{trained} of {t['max_steps']} planned"
+            lines.append(f"- Steps {steps}, batch {t['batch_size']}×{t['seq_len'] or spec.max_seq_len} "
                          f"tokens, AdamW lr {t['lr']} (warmup {t['warmup_steps']}, cosine), weight decay "
                          f"{t['weight_decay']}, clip {t['grad_clip']}, seed {t['seed']}.")
         if final:

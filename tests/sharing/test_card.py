@@ -79,3 +79,18 @@ def test_only_settings_that_apply():
     assert llama_layer["attention.n_kv_heads"] == "2"
     gpt2_layer = applicable_settings(load_preset("gpt2").blocks[2])
     assert gpt2_layer["norm.bias"] == "True"
+
+
+def test_a_stopped_run_says_how_many_steps_it_trained(tmp_path):
+    from types import SimpleNamespace
+
+    from slm_blocks.sharing.card import write_model_card
+
+    result = SimpleNamespace(native=True, model_class="GPT2LMHeadModel", why_not_native=None, max_abs_diff=0.0,
+                             greedy_match=True)
+    train = {"max_steps": 2000, "batch_size": 4, "seq_len": None, "lr": 1e-3, "warmup_steps": 5,
+             "weight_decay": 0.1, "grad_clip": 1.0, "seed": 1}
+    history = [{"kind": "step", "step": s, "loss": 3.0} for s in (1, 2, 40)]
+    write_model_card(tmp_path, load_preset("tiny-char"), result, {"train": train, "history": history})
+    text = (tmp_path / "README.md").read_text()
+    assert "Steps 40 of 2000 planned, batch 4×64" in text
