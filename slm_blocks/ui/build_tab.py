@@ -311,12 +311,8 @@ def validate_spec(spec_json: str) -> tuple[str, str]:
     """API: validate a spec given as JSON text → (problems or ✅, estimate)."""
     try:
         spec = ModelSpec.from_json(spec_json or "")
-    except SpecError as e:
-        try:
-            raw = json.loads(spec_json or "")
-        except (ValueError, RecursionError):
-            raw = {}
-        return "### ⚠️ Problems\n" + problem_lines(raw if isinstance(raw, dict) else {}, e.problems), ""
+    except SpecError as e:  # for API callers: each problem with its block index and field path
+        return "### ⚠️ Problems\n" + "\n".join(f"- {html.escape(str(p))}" for p in e.problems), ""
     return summary(spec.to_dict())
 
 

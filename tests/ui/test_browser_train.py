@@ -97,6 +97,19 @@ def test_train_advanced_stop_resume_timeline(page):
     expect(at_step).to_have_value(re.compile(r"^step 20, val loss"), timeout=15_000)
     shot(page, "Train-running")
 
+    # another learner (another session) starts while this run trains: one trainer, so they wait in line and see
+    # their place and an estimated wait; closing their tab takes them out of the queue
+    other = page.context.browser.new_page(viewport={"width": 1400, "height": 1000})
+    other.goto(page.url)
+    other.get_by_role("tab", name="Train").click()
+    field(other, "Max steps").fill("20")
+    other.get_by_role("button", name="Start training").click()
+    queued = other.locator("#train-status")
+    expect(queued).to_contain_text("you are number 1 in line", timeout=60_000)
+    expect(queued).to_contain_text("estimated wait")
+    shot(other, "Train-queued")
+    other.close()
+
     page.get_by_role("button", name="Stop", exact=True).click()
     stop_msg = page.locator("#train-stop-msg")
     expect(stop_msg).to_contain_text("Stopping my-first-model")
