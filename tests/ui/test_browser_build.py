@@ -126,7 +126,7 @@ def test_stale_estimate_failing_block_block_detail_and_undo(page):
     page.reload()  # a new session with the tiny-char preset
     estimate, problems = page.locator("#build-estimate"), page.locator("#build-problems")
     expect(estimate).to_contain_text("810K parameters", timeout=60_000)
-    expect(estimate).to_contain_text("vocabulary of 65 tokens")  # which vocabulary the count assumes
+    expect(estimate).to_contain_text("vocabulary 65 tokens")  # which vocabulary the count assumes
     expect(estimate).to_contain_text("Train")
     page.locator("#build-diagram [data-block]").nth(2).click()
     detail = page.locator("#build-block-detail")
