@@ -16,7 +16,7 @@ def gather_import_files(files, folder: Path, max_bytes: int) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for f in files if isinstance(files, list) else [files]:
-        src = upload_path(f)
+        src = f if isinstance(f, Path) else upload_path(f)  # (a Path's .name is its base name, not the path)
         if src.suffix.lower() == ".zip":
             written += _unzip(src, folder, max_bytes)
         else:

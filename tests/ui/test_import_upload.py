@@ -23,7 +23,7 @@ def test_export_zip_and_loose_files(tmp_path):
     loose = tmp_path / "generation_config.json"
     loose.write_text("{}")
     out = tmp_path / "import"
-    written = gather_import_files([str(z), str(loose)], out, max_bytes=2**20)
+    written = gather_import_files([str(z), loose], out, max_bytes=2**20)  # paths as text or Path
     assert sorted(p.name for p in written) == ["config.json", "generation_config.json", "model.safetensors",
                                                "tokenizer.json"]
     assert all(p.parent == out for p in written)  # flat, never outside the folder
