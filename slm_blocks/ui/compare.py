@@ -172,9 +172,12 @@ def curves_chart(curves: pd.DataFrame, x_axis: str = "step", y_axis: str = "loss
              "mark": {"type": "line", "strokeWidth": 1.5, "clip": True},
              "encoding": {"detail": {"field": "run"}, "tooltip": tooltip}},
             {"transform": [{"filter": "datum.split === 'validation'"}],
-             "mark": {"type": "line", "strokeDash": [6, 4], "strokeWidth": 2, "clip": True,
-                      "point": {"filled": True, "size": 50}},
+             "mark": {"type": "line", "strokeDash": [6, 4], "strokeWidth": 2, "clip": True},
              "encoding": {"detail": {"field": "run"}, "tooltip": tooltip}},
+            # a marker per eval in the run's colour (a run with a single eval still shows)
+            {"transform": [{"filter": "datum.split === 'validation'"}],
+             "mark": {"type": "point", "filled": True, "size": 60, "opacity": 1, "strokeOpacity": 0, "clip": True},
+             "encoding": {"fill": {**color, "legend": None}, "tooltip": tooltip}},
         ],
     }
 

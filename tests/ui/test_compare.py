@@ -95,8 +95,9 @@ def test_class_board_ranks_by_bits_per_character(store):
 def test_chart_styles_train_solid_validation_dashed_with_markers(store):
     _, curves, _, _ = compare_frames(None, store, "time")
     chart = curves_chart(curves, "time")
-    train, val = chart["layer"]
-    assert "strokeDash" not in train["mark"] and val["mark"]["strokeDash"] and val["mark"]["point"]
+    train, val, points = chart["layer"]
+    assert "strokeDash" not in train["mark"] and val["mark"]["strokeDash"] and points["mark"]["type"] == "point"
+    assert points["encoding"]["fill"]["field"] == "run"  # markers in the run's colour
     assert chart["encoding"]["color"]["field"] == "run"  # one colour per run
     assert chart["encoding"]["x"]["title"] == "training time (s)"
     assert len(chart["data"]["values"]) == len(curves)
