@@ -325,6 +325,7 @@ def build_tab(spec_state: gr.State, spec_json: gr.Textbox):
     last_valid = gr.State(None)  # the last spec without problems: its figures stay visible, marked stale
     undo = gr.State([])  # [(button label, spec, preset name)], newest last: Remove, preset switch, Apply JSON
     selected = gr.State(None)  # the block id clicked in the diagram
+    layout = gr.State(None)  # the blocks' ids and types in order (layout_key): the block list is redrawn when it changes
     with gr.Row():
         preset = gr.Dropdown(list(presets), value="tiny-char", label="Start from a preset", scale=2,
                              info="switching replaces the blocks (Undo brings yours back)")
@@ -340,10 +341,12 @@ def build_tab(spec_state: gr.State, spec_json: gr.Textbox):
                 gr.Markdown("### Blocks (top = input)")
                 undo_btn = gr.Button("Undo", visible=False, size="sm", scale=0, min_width=260, elem_id="build-undo")
 
-            @gr.render(inputs=spec_state)
+            # Redrawn only when blocks are added, removed or moved, not on every field edit: a redraw rebuilds every
+            # widget of every block (seconds on a big spec), and a field typed into during a redraw was lost.
+            @gr.render(inputs=spec_state, triggers=[layout.change])
             def render_blocks(spec):
                 _, problems = check(spec)
-                blocks = spec.get("blocks", [])
+                blocks, problem_boxes = spec.get("blocks", []), []
                 for i, block in enumerate(blocks):
                     if not isinstance(block, dict):
                         continue
@@ -364,15 +367,23 @@ def build_tab(spec_state: gr.State, spec_json: gr.Textbox):
                                     event = w.blur if isinstance(w, (gr.Number, gr.Textbox)) else w.input
                                     event(_setter(bid, path, optional_number(hint)), [w, spec_state], spec_state,
                                           api_visibility="private", show_progress="hidden")
-                        mine = [p for p in problems if p.block == i]
-                        if mine:
-                            gr.Markdown("\n".join(f"⚠️ {_field_text(p.field)}: {html.escape(p.message)}"
-                                                  for p in mine), key=f"problems-{bid}")
+                        text = block_problems(problems, i)
+                        problem_boxes.append(gr.Markdown(text, visible=bool(text), key=f"problems-{bid}"))
                     up.click(_mover(bid, -1), spec_state, spec_state, api_visibility="private")
                     down.click(_mover(bid, +1), spec_state, spec_state, api_visibility="private")
                     dup.click(_duplicator(bid), spec_state, spec_state, api_visibility="private")
                     rm.click(_remover_undoable(bid), [spec_state, undo, preset], [spec_state, undo, undo_btn],
                              api_visibility="private")
+
+                def show_problems(spec):  # every edit: the problems under each block, without a redraw
+                    _, problems = check(spec)
+                    texts = [block_problems(problems, i) for i in range(len(problem_boxes))]
+                    return [gr.update(value=t, visible=bool(t)) for t in texts]
+
+                # on spec_json (a Textbox every spec change rewrites): a listener inside the render on the State
+                # itself stopped every State update of the page (Gradio 6.31)
+                spec_json.change(show_problems, spec_state, problem_boxes, api_visibility="private",
+                                 show_progress="hidden")
 
             with gr.Row():
                 add_type = gr.Dropdown(list(BLOCK_TYPES), value="transformer", label="Block type to add", scale=2,
@@ -397,7 +408,8 @@ def build_tab(spec_state: gr.State, spec_json: gr.Textbox):
         p, e = summary(spec, last)
         values = [spec.get(name) for name in GLOBALS]
         text = json.dumps(clean(spec), indent=2)
-        return [p, e, diagram(spec, problems, chosen), block_detail(spec, chosen), text, text, last, *values]
+        return [p, e, diagram(spec, problems, chosen), block_detail(spec, chosen), text, text, last,
+                layout_key(spec), *values]
 
     def on_click(spec, evt: gr.EventData):
         bid = (getattr(evt, "_data", None) or {}).get("block")
@@ -405,7 +417,8 @@ def build_tab(spec_state: gr.State, spec_json: gr.Textbox):
         return bid, diagram(spec, problems, bid), block_detail(spec, bid)
 
     inputs = [spec_state, last_valid, selected]
-    outputs = [problems_md, estimate_md, diagram_html, detail_md, code, spec_json, last_valid, *globals_.values()]
+    outputs = [problems_md, estimate_md, diagram_html, detail_md, code, spec_json, last_valid, layout,
+               *globals_.values()]
     spec_state.change(on_state, inputs, outputs, api_visibility="private", show_progress="hidden")
     diagram_html.click(on_click, spec_state, [selected, diagram_html, detail_md], api_visibility="private",
                        show_progress="hidden")
@@ -423,6 +436,17 @@ def build_tab(spec_state: gr.State, spec_json: gr.Textbox):
     upload.upload(_undoable(_upload_json), [upload, spec_state, undo, preset], [spec_state, json_msg, undo, undo_btn],
                   api_visibility="private")
     return on_state, inputs, outputs
+
+
+def layout_key(spec: dict) -> list:
+    """What the rendered block list is made of: the blocks' ids and types, in order. Field widgets keep what the
+    learner typed and problems are updated in place, so an edit that leaves this alone needs no redraw."""
+    return [[b.get("_id"), b.get("type")] if isinstance(b, dict) else [None, None] for b in spec.get("blocks", [])]
+
+
+def block_problems(problems: list, i: int) -> str:
+    """The problems of block i, one line each, as shown under the block."""
+    return "\n\n".join(f"⚠️ {_field_text(p.field)}: {html.escape(p.message)}" for p in problems if p.block == i)
 
 
 # ----------------------------------------------------------------------------- undo
@@ -563,7 +587,7 @@ def _apply_json(text: str, spec):
         return spec, "⚠️ The JSON is nested too deeply to be a spec."
     except ValueError as e:
         return spec, f"⚠️ Could not read the JSON: {html.escape(str(e))}. Fix it and press Apply again."
-    return with_ids(data), "Applied. Problems, if any, are listed above and next to each block."
+    return with_ids(clean(data)), "Applied. Problems, if any, are listed above and next to each block."
 
 
 def _upload_json(file, spec):

@@ -139,6 +139,9 @@ def test_stale_estimate_failing_block_block_detail_and_undo(page):
     heads.fill("5")
     heads.press("Tab")
     expect(problems).to_contain_text("Heads: d_model 128 is not divisible by n_heads 5")
+    # under the block too, updated in place (the block list is not redrawn for a field edit)
+    expect(block(page, "transformer")).to_contain_text("d_model 128 is not divisible by n_heads 5")
+    expect(heads).to_have_value("5")
     expect(estimate).to_contain_text("Stale")
     expect(estimate).to_contain_text("810K parameters")  # the last valid figures stay
     expect(page.locator("#build-diagram .has-problem")).to_have_count(1)
@@ -150,6 +153,7 @@ def test_stale_estimate_failing_block_block_detail_and_undo(page):
     heads.fill("4")
     heads.press("Tab")
     expect(problems).to_contain_text("The spec is valid.")
+    expect(block(page, "transformer")).not_to_contain_text("⚠️")
     expect(page.locator("#build-diagram .has-problem")).to_have_count(0)
     shot(page, "build-block-detail")
 
