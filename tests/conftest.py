@@ -7,11 +7,45 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one test process per core (pytest -n 2): one thread each, children too
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+# ----------------------------------------------------------------------------- running in parallel (pytest-xdist)
+
+import pytest  # noqa: E402
+
+# Test files that share an expensive session fixture run in one worker, so it is built once.
+SHARED_FIXTURE_GROUPS = ("trained_exports", "trained_tiny_char")
+# The longest files start first, so no worker is left with a long one at the end while the other idles.
+SLOW_FIRST = ("ui/test_browser_train.py", "ui/test_load.py", "ui/test_browser_build.py", "ui/test_browser.py",
+              "ui/test_app_api.py", "ui/test_browser_grow.py", "test_cli.py", "training/test_faults.py")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """With `--dist loadgroup`, every file is one unit of work (module fixtures such as a launched app are built
+    once) and the files that use one of SHARED_FIXTURE_GROUPS share a unit."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+    by_file: dict[str, list] = {}
+    for item in items:
+        by_file.setdefault(item.nodeid.split("::")[0], []).append(item)
+    for path, file_items in by_file.items():
+        used = set().union(*(getattr(i, "fixturenames", ()) for i in file_items))
+        group = next((f for f in SHARED_FIXTURE_GROUPS if f in used), path)
+        for item in file_items:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+    def rank(item):
+        path = item.nodeid.split("::")[0].removeprefix("tests/")
+        return SLOW_FIRST.index(path) if path in SLOW_FIRST else len(SLOW_FIRST)
+    items.sort(key=rank)  # stable: the order within a file is kept
 
 
 # ----------------------------------------------------------------------------- training fixtures
-
-import pytest  # noqa: E402
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare.txt"
 
