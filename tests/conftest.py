@@ -17,9 +17,10 @@ import pytest  # noqa: E402
 
 # Test files that share an expensive session fixture run in one worker, so it is built once.
 SHARED_FIXTURE_GROUPS = ("trained_exports", "trained_tiny_char")
-# The longest files start first, so no worker is left with a long one at the end while the other idles.
-SLOW_FIRST = ("ui/test_browser_train.py", "ui/test_load.py", "ui/test_browser_build.py", "ui/test_browser.py",
-              "ui/test_app_api.py", "ui/test_browser_grow.py", "test_cli.py", "training/test_faults.py")
+# The longest units start first, so no worker is left with a long one at the end while the other idles. The
+# browser tests are one unit: two chromiums and two apps at once on two cores time out.
+SLOW_FIRST = ("browser", "ui/test_load.py", "ui/test_app_api.py", "trained_tiny_char", "test_cli.py",
+              "training/test_faults.py")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
@@ -36,12 +37,14 @@ def pytest_collection_modifyitems(config, items):
     for path, file_items in by_file.items():
         used = set().union(*(getattr(i, "fixturenames", ()) for i in file_items))
         group = next((f for f in SHARED_FIXTURE_GROUPS if f in used), path)
+        if Path(path).name.startswith("test_browser"):
+            group = "browser"
         for item in file_items:
             item.add_marker(pytest.mark.xdist_group(group))
 
     def rank(item):
-        path = item.nodeid.split("::")[0].removeprefix("tests/")
-        return SLOW_FIRST.index(path) if path in SLOW_FIRST else len(SLOW_FIRST)
+        group = next(item.iter_markers("xdist_group")).args[0].removeprefix("tests/")
+        return SLOW_FIRST.index(group) if group in SLOW_FIRST else len(SLOW_FIRST)
     items.sort(key=rank)  # stable: the order within a file is kept
 
 

@@ -105,13 +105,12 @@ def test_every_field_of_every_block_edits_the_spec(page):
 
 def test_no_field_is_disabled_or_cut_off(page):
     """Every input of the Build tab accepts input, and no label is wider than its box (cut off)."""
-    report = page.evaluate("""() => Array.from(document.querySelectorAll('input, textarea'))
+    report = wait_for(lambda: page.evaluate("""() => Array.from(document.querySelectorAll('input, textarea'))
         .filter(e => e.offsetParent !== null && !e.closest('[role=tabpanel][hidden]'))
         .map(e => { const l = e.closest('label') || e.closest('.block');
                     const s = l && l.querySelector('[data-testid=block-info], span');
                     return {disabled: e.disabled, label: s ? s.textContent : '',
-                            cut: s ? s.scrollWidth > s.clientWidth + 1 : false}; })""")
-    assert report, "no inputs found"
+                            cut: s ? s.scrollWidth > s.clientWidth + 1 : false}; })"""), 30, "the Build tab's inputs")
     assert not [r for r in report if r["disabled"]], [r["label"] for r in report if r["disabled"]]
     assert not [r for r in report if r["cut"]], [r["label"] for r in report if r["cut"]]
 
