@@ -22,6 +22,7 @@ from typing import Iterator
 import torch
 
 from .attention import Attention, AttentionContext
+from .decode import Decoder
 
 
 @dataclass
@@ -168,6 +169,12 @@ def stream_tokens(model, input_ids, cfg: SamplingConfig | None = None, stop: thr
     gen = None if cfg.seed is None else torch.Generator(device).manual_seed(cfg.seed)
     seen = None
     with torch.inference_mode():
+        # one new token: the lean decode step (decode.py) where it covers the model, else the module forward
+        if Decoder.unsupported(model) is None:
+            step = Decoder(model, cache)
+        else:
+            def step(token, pos):
+                return _logits(model, token.view(1, 1), pos, cache)
         if cfg.repetition_penalty != 1.0:
             seen = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=device)
             seen[torch.tensor(history, device=device)] = True
@@ -192,7 +199,7 @@ def stream_tokens(model, input_ids, cfg: SamplingConfig | None = None, stop: thr
             if seen is not None:
                 seen[nxt] = True
             if pos < max_len:
-                logits = _logits(model, nxt.view(1, 1), pos, cache)
+                logits = step(nxt, pos)
                 pos += 1
             else:  # context full: keep the most recent tokens and prefill them again
                 cache.reset()
