@@ -51,7 +51,7 @@ def _norm(module: nn.Module):
 class _AttentionStep:
     """Attention of one new token at position `pos` against the cache of its layer."""
 
-    def __init__(self, attn: Attention, keys: torch.Tensor, values: torch.Tensor, tables: dict):
+    def __init__(self, attn: Attention, kv: torch.Tensor, tables: dict):
         nh, nkv, hd = attn.n_heads, attn.n_kv_heads, attn.head_dim
         self.nh, self.nkv, self.hd, self.group = nh, nkv, hd, nh // nkv
         projs = (attn.q_proj, attn.k_proj, attn.v_proj)
@@ -66,10 +66,11 @@ class _AttentionStep:
         self.rope = None if attn.rope_theta is None else tables["rope", attn.rope_theta, hd]
         self.alibi = tables["alibi", nh] if attn.alibi else None
         self.window = attn.window
-        self.scale = torch.tensor(hd ** -0.5, dtype=keys.dtype)  # a tensor: a Python float is converted per call
-        k, v = keys[0], values[0]  # (nkv, max_len, hd): batch 1
-        self.k, self.v, self.vt = k, v, v.transpose(1, 2)  # vt: (nkv, hd, max_len), a view
-        self.max_len = k.shape[1]
+        self.scale = torch.tensor(hd ** -0.5, dtype=kv.dtype)  # a tensor: a Python float is converted per call
+        self.kv = kv[:, 0]  # (2, nkv, max_len, hd): this layer's keys and values at batch 1
+        self.k, self.v = self.kv[0], self.kv[1]  # (nkv, max_len, hd) each
+        self.vt = self.v.transpose(1, 2)  # (nkv, hd, max_len)
+        self.max_len = kv.shape[3]
 
     def __call__(self, x: torch.Tensor, pos: int) -> torch.Tensor:  # (C,) -> (C,)
         nh, nkv, hd = self.nh, self.nkv, self.hd
@@ -81,11 +82,12 @@ class _AttentionStep:
             if self.rope is not None:  # x·cos + rotate_half(x)·sin, with rotate_half = roll by hd/2, signs in sin
                 cos, sin = self.rope
                 qk = qk * cos[pos] + qk.roll(hd // 2, -1) * sin[pos]
-            q, k = qk[:nh], qk[nh:]
-        else:
-            q, k = qkv[: nh * hd], qkv[nh * hd: (nh + nkv) * hd].view(nkv, hd)
-        self.k.select(1, pos).copy_(k)  # into the cache: (nkv, hd) at position pos
-        self.v.select(1, pos).copy_(qkv[(nh + nkv) * hd:].view(nkv, hd))
+            q = qk[:nh]
+            self.k.select(1, pos).copy_(qk[nh:])  # into the cache: (nkv, hd) at position pos
+            self.v.select(1, pos).copy_(qkv[(nh + nkv) * hd:].view(nkv, hd))
+        else:  # keys and values straight from the projection, into the cache in one copy
+            q = qkv[: nh * hd]
+            self.kv.select(2, pos).copy_(qkv[nh * hd:].view(2, nkv, hd))
         start = 0 if self.window is None else max(0, pos + 1 - self.window)  # the window's first key
         n = pos + 1 - start
         keys = self.k.narrow(1, start, n).unbind(0)  # nkv x (n, hd)
@@ -123,8 +125,7 @@ class _LayerStep:
     def __init__(self, layer: nn.Module, cache, tables: dict):
         self.kind = type(layer).__name__
         attn = getattr(layer, "self_attn", None)
-        self.attn = None if attn is None else _AttentionStep(
-            attn, cache.keys[attn.cache_index], cache.values[attn.cache_index], tables)
+        self.attn = None if attn is None else _AttentionStep(attn, cache.kv[attn.cache_index], tables)
         self.mlp = _MLPStep(layer.mlp) if hasattr(layer, "mlp") else None
         if isinstance(layer, TransformerLayer):
             self.placement, self.parallel = layer.placement, layer.parallel

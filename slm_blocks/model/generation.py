@@ -71,9 +71,12 @@ class StaticCache:
         layers = sorted((m for m in model.modules() if isinstance(m, Attention)), key=lambda m: m.cache_index)
         self.max_len = max_len or model.config.max_position_embeddings
         p = next(model.parameters())
-        shapes = [(batch_size, a.n_kv_heads, self.max_len, a.head_dim) for a in layers]
-        self.keys = [torch.zeros(s, dtype=p.dtype, device=p.device) for s in shapes]
-        self.values = [torch.zeros(s, dtype=p.dtype, device=p.device) for s in shapes]
+        # keys and values of a layer share one buffer (2, B, nkv, max_len, hd), so the decode step can write a
+        # position's keys and values with one copy
+        self.kv = [torch.zeros(2, batch_size, a.n_kv_heads, self.max_len, a.head_dim, dtype=p.dtype, device=p.device)
+                   for a in layers]
+        self.keys = [kv[0] for kv in self.kv]  # (B, nkv, max_len, hd) views
+        self.values = [kv[1] for kv in self.kv]
         self.lengths = [0] * len(layers)
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
@@ -181,10 +184,21 @@ def stream_tokens(model, input_ids, cfg: SamplingConfig | None = None, stop: thr
         prefix = history[-max_len:]
         logits = _logits(model, torch.tensor([prefix], device=device), 0, cache)
     pos = len(prefix)  # positions filled in the cache
-    for i in range(cfg.max_new_tokens):
+    nxt = None  # the token yielded last (a 0-d tensor), not yet in the cache
+    for _ in range(cfg.max_new_tokens):
         if stop is not None and stop.is_set():
             return
-        with torch.inference_mode():
+        with torch.inference_mode():  # one block per token: entering inference mode has a cost too
+            if nxt is not None:  # (only now, so no forward is spent on a token nobody asks to follow)
+                if seen is not None:
+                    seen[nxt] = True
+                if pos < max_len:
+                    logits = step(nxt, pos)
+                    pos += 1
+                else:  # context full: keep the most recent tokens and prefill them again
+                    cache.reset()
+                    logits = _logits(model, torch.tensor([history[-keep:]], device=device), 0, cache)
+                    pos = min(keep, len(history))
             scores = process_logits(logits, cfg, seen)
             if cfg.temperature == 0:
                 nxt = scores.argmax()
@@ -192,19 +206,9 @@ def stream_tokens(model, input_ids, cfg: SamplingConfig | None = None, stop: thr
                 nxt = torch.multinomial(scores.softmax(-1), 1, generator=gen)[0]
             tok = int(nxt)
         yield tok
-        if tok in eos or i == cfg.max_new_tokens - 1:
-            return  # no forward for a token nobody will ask for
+        if tok in eos:
+            return
         history.append(tok)
-        with torch.inference_mode():
-            if seen is not None:
-                seen[nxt] = True
-            if pos < max_len:
-                logits = step(nxt, pos)
-                pos += 1
-            else:  # context full: keep the most recent tokens and prefill them again
-                cache.reset()
-                logits = _logits(model, torch.tensor([history[-keep:]], device=device), 0, cache)
-                pos = min(keep, len(history))
 
 
 # ----------------------------------------------------------------------------- text
