@@ -5,9 +5,12 @@
 Every method generates the same number of new tokens greedily from the same 8-token prompt (8 + 56 fits
 the 64-token context, so nothing is cropped). Each round runs every method once, in a rotated order so
 no method always runs first or last; the table shows the median. Prefill is included in every method's
-time. "floor" is a bare loop of model forwards + argmax over the same static cache: no loop can beat it
-without making the model's forward itself faster. A last row times ours over 500 tokens, past the
-context, which exercises cropping + re-prefill. --profile adds a torch.profiler op table of ours.
+time. "forward floor" is a bare loop of module forwards + argmax over the same static cache: what any loop
+around the model's forward can reach. `stream_tokens` decodes with the lean one-token step of
+slm_blocks/model/decode.py instead (same logits, tests/model/test_decode.py); "decode-step floor" is a bare
+loop of that step + argmax, so ours minus it is the sampling loop's own cost (q/k/v stacking included: it
+happens once per generation). A last row times ours over 500 tokens, past the context, which exercises
+cropping + re-prefill. --profile adds a torch.profiler op table of ours.
 Results also go to bench/results/generate.json.
 """
 
@@ -28,6 +31,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from slm_blocks import build_model, load_preset  # noqa: E402
+from slm_blocks.model.decode import Decoder  # noqa: E402
 from slm_blocks.model.generation import SamplingConfig, StaticCache, _logits, stream_tokens  # noqa: E402
 from slm_blocks.sharing.native import to_native  # noqa: E402
 
@@ -62,12 +66,24 @@ def main() -> None:
                 tok = _logits(model, tok, args.prompt + i, cache).argmax().view(1, 1)
         return out
 
+    @torch.inference_mode()
+    def decode_floor():
+        cache, out = StaticCache(model), []
+        tok = _logits(model, prompt, 0, cache).argmax()
+        step = Decoder(model, cache)
+        for i in range(n):
+            out.append(int(tok))
+            if i < n - 1:
+                tok = step(tok, args.prompt + i).argmax()
+        return out
+
     methods = {
         "ours: stream_tokens": lambda: list(stream_tokens(model, prompt, greedy)),
         "transformers generate (KV cache)": lambda: model.generate(prompt, use_cache=True, **hf)[0, -n:].tolist(),
         "transformers generate (no cache)": lambda: model.generate(prompt, use_cache=False, **hf)[0, -n:].tolist(),
         "native GPT2LMHeadModel generate": lambda: native.generate(prompt, **hf)[0, -n:].tolist(),
-        "floor: bare forward + argmax loop": floor,
+        "forward floor: bare module forward + argmax loop": floor,
+        "decode-step floor: bare decode step + argmax loop": decode_floor,
     }
     outputs = {name: f() for name, f in methods.items()}  # warm-up, and every method must agree
     same = all(o == outputs["ours: stream_tokens"] and len(o) == n for o in outputs.values())

@@ -60,13 +60,18 @@ class _AttentionStep:
         self.wo, self.bo = attn.o_proj.weight, attn.o_proj.bias
         self.qk = attn.qk_norm or attn.rope_theta is not None  # q and k are transformed after the projection
         self.qk_norm = None
+        scale = hd ** -0.5  # the attention's 1/sqrt(hd), folded into q once: q·k/sqrt(hd) = (q/sqrt(hd))·k
         if attn.qk_norm:  # q_norm and k_norm as one RMSNorm over the (nh + nkv, hd) rows of q and k
-            weight = torch.cat([attn.q_norm.weight.expand(nh, hd), attn.k_norm.weight.expand(nkv, hd)])
+            weight = torch.cat([attn.q_norm.weight.expand(nh, hd) * scale, attn.k_norm.weight.expand(nkv, hd)])
             self.qk_norm = (weight, attn.q_norm.eps)  # both norms are built with the same eps
+        else:  # (RoPE is linear, so scaling before it is scaling after it)
+            self.w[: nh * hd] *= scale
+            if self.b is not None:
+                self.b[: nh * hd] *= scale
+        self.split = [hd] * nh + [2 * nkv * hd]  # the projection as nh query heads and the keys + values
         self.rope = None if attn.rope_theta is None else tables["rope", attn.rope_theta, hd]
         self.alibi = tables["alibi", nh] if attn.alibi else None
         self.window = attn.window
-        self.scale = torch.tensor(hd ** -0.5, dtype=kv.dtype)  # a tensor: a Python float is converted per call
         self.kv = kv[:, 0]  # (2, nkv, max_len, hd): this layer's keys and values at batch 1
         self.k, self.v = self.kv[0], self.kv[1]  # (nkv, max_len, hd) each
         self.vt = self.v.transpose(1, 2)  # (nkv, hd, max_len)
@@ -82,19 +87,19 @@ class _AttentionStep:
             if self.rope is not None:  # x·cos + rotate_half(x)·sin, with rotate_half = roll by hd/2, signs in sin
                 cos, sin = self.rope
                 qk = qk * cos[pos] + qk.roll(hd // 2, -1) * sin[pos]
-            q = qk[:nh]
+            q = qk.unbind(0)[:nh]  # nh x (hd,)
             self.k.select(1, pos).copy_(qk[nh:])  # into the cache: (nkv, hd) at position pos
             self.v.select(1, pos).copy_(qkv[(nh + nkv) * hd:].view(nkv, hd))
         else:  # keys and values straight from the projection, into the cache in one copy
-            q = qkv[: nh * hd]
-            self.kv.select(2, pos).copy_(qkv[nh * hd:].view(2, nkv, hd))
+            *q, kv = qkv.split_with_sizes(self.split)
+            self.kv.select(2, pos).copy_(kv.view(2, nkv, hd))
         start = 0 if self.window is None else max(0, pos + 1 - self.window)  # the window's first key
         n = pos + 1 - start
         keys = self.k.narrow(1, start, n).unbind(0)  # nkv x (n, hd)
         values = self.vt.narrow(2, start, n).unbind(0)  # nkv x (hd, n)
         bias = None if self.alibi is None else self.alibi.narrow(1, self.max_len - 1 - pos + start, n).unbind(0)
         heads = []
-        for h, qh in enumerate((q.view(nh, hd) * self.scale).unbind(0)):  # query head h reads kv head h // g
+        for h, qh in enumerate(q):  # query head h reads kv head h // g
             scores = torch.mv(keys[h // self.group], qh)  # (n,)
             if bias is not None:  # ALiBi: -slope·distance, distances pos-start .. 0
                 scores = scores + bias[h]
