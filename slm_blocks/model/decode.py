@@ -3,15 +3,18 @@
 At the sizes this app trains (tiny-char: 4 layers, d_model 128) a decode step is ~100 tiny ops, and the time
 goes to dispatching them, not to arithmetic: the module forward spends most of a token on work one token does
 not need (module calls, a q/k/v weight concatenation per layer, (1, 1, C) matrix products, RoPE tables and
-masks rebuilt per call, the attention backend choosing its kernel and threading over 1 query). This step computes
-the same function with fewer, cheaper ops:
+masks rebuilt per call, an attention kernel that starts the thread pool for 1 query). This step computes the
+same function with cheaper ops:
 
-- q/k/v weights stacked once per `Decoder` (one generation), so a step does one matrix-vector product for them;
-  a Decoder reads the parameters when it is built and is dropped with its generation, so no copy outlives
-  a training step;
+- q/k/v weights stacked once per `Decoder` (one generation), with the attention's 1/sqrt(head_dim) folded into
+  the q rows, so a step does one matrix-vector product for them; a Decoder reads the parameters when it is built
+  and is dropped with its generation, so no copy outlives a training step (nothing is stored on the model);
 - the hidden state is a vector (C,): `addmv`/`mv` instead of `linear` on (1, 1, C);
-- attention is two small batched matmuls of the query heads of each kv head (GQA without repeating keys) over the
-  filled, or sliding-window, part of the cache: no mask, since a token sees every cached position before it;
+- attention is, per query head, scores = keys · q, softmax, values · p (two matrix-vector products) over the
+  filled, or sliding-window, part of its kv head's cache (GQA without repeating keys): no mask, since a token
+  sees every cached position before it. More ops than one batched matmul, but none of them starts the thread
+  pool (`bmm` and a 2-D `softmax` do, even for 4 heads), which at batch 1 on busy shared cores cost 5-10x more
+  than the arithmetic;
 - RoPE, ALiBi and sinusoidal tables are computed once for every position; a step only slices them.
 
 `tests/model/test_decode.py` checks that its logits equal the module forward's after the same prefix, for every
@@ -207,6 +210,8 @@ class Decoder:
                     if pname.endswith("_proj") and not (type(child) is nn.Linear
                                                         and type(child.weight) is nn.Parameter):
                         return f"{name}.{pname} is not a plain nn.Linear"
+            if isinstance(mod, (nn.Linear, nn.Embedding)) and type(mod.weight) is not nn.Parameter:
+                return f"{name}.weight is not a plain parameter (quantized?)"
             if mod._forward_hooks or mod._forward_pre_hooks:
                 return f"{name or 'the model'} has forward hooks"
         layers = (TransformerLayer, AttentionLayer, MLPLayer, NormLayer)
