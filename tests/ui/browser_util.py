@@ -42,7 +42,11 @@ def browser_page(url: str, errors: list):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
+        # a page that is not in front keeps running its timers and animation frames: the tests open a second
+        # learner's page, and chromium otherwise pauses the hidden one (clicks there wait forever)
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+            "--disable-backgrounding-occluded-windows"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(30_000)
         page.on("pageerror", lambda e: errors.append(str(e)))

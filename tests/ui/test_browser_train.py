@@ -99,7 +99,11 @@ def test_train_advanced_stop_resume_timeline(page):
 
     # another learner (another session) starts while this run trains: one trainer, so they wait in line and see
     # their place and an estimated wait; closing their tab takes them out of the queue
-    other = page.context.browser.new_page(viewport={"width": 1400, "height": 1000})
+    # in a browser of their own: a second page in the same headless chromium stops the first one's animation
+    # frames, and a click there waits for them forever
+    other_browser = page.context.browser.browser_type.launch(executable_path=CHROMIUM, headless=True,
+                                                            args=["--no-sandbox"])
+    other = other_browser.new_page(viewport={"width": 1400, "height": 1000})
     other.goto(page.url)
     other.get_by_role("tab", name="Train").click()
     field(other, "Max steps").fill("20")
@@ -108,7 +112,7 @@ def test_train_advanced_stop_resume_timeline(page):
     expect(queued).to_contain_text("you are number 1 in line", timeout=60_000)
     expect(queued).to_contain_text("estimated wait")
     shot(other, "Train-queued")
-    other.close()
+    other_browser.close()
 
     page.get_by_role("button", name="Stop", exact=True).click()
     stop_msg = page.locator("#train-stop-msg")
