@@ -9,6 +9,11 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 if os.environ.get("PYTEST_XDIST_WORKER"):  # one test process per core (pytest -n 2): one thread each, children too
     os.environ["OMP_NUM_THREADS"] = "1"
+    # Gradio names an upload's cached copy by its content, and an app deletes its cached files when it shuts
+    # down: two workers' apps sharing /tmp/gradio would delete each other's identical uploads mid-test.
+    import tempfile
+
+    os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix=f"gradio-{os.environ['PYTEST_XDIST_WORKER']}-")
 
 
 # ----------------------------------------------------------------------------- running in parallel (pytest-xdist)
