@@ -184,7 +184,8 @@ def write_model_card(folder: Path, spec: ModelSpec, result, card: dict) -> None:
             trained = max((r["step"] for r in card.get("history") or [] if r["kind"] == "step"), default=None)
             steps = t["max_steps"] if trained in (None, t["max_steps"]) else f"{trained} of {t['max_steps']} planned"
             lines.append(f"- Steps {steps}, batch {t['batch_size']}×{t['seq_len'] or spec.max_seq_len} "
-                         f"tokens, AdamW lr {t['lr']} (warmup {t['warmup_steps']}, cosine), weight decay "
+                         f"tokens, {_optimizer_name(t)} lr {t['lr']} (warmup {t['warmup_steps']}, {t.get('decay', 'cosine')} "
+                         f"decay), weight decay "
                          f"{t['weight_decay']}, clip {t['grad_clip']}, seed {t['seed']}.")
         if final:
             lines.append(f"- Final validation loss {final['val_loss']:.4f} (perplexity "
@@ -196,3 +197,8 @@ def write_model_card(folder: Path, spec: ModelSpec, result, card: dict) -> None:
     lines += ["## Limitations", "", "A small model trained briefly, for learning and experiments: it is not "
               "factual, safe or fit for production use.", ""]
     ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)).save(folder / "README.md")
+
+
+def _optimizer_name(t: dict) -> str:
+    """Runs saved before the optimizer setting existed trained with AdamW."""
+    return "Muon + AdamW" if t.get("optimizer", "adamw") == "muon" else "AdamW"

@@ -3,8 +3,8 @@
     for event in train(run):          # run = prepare_run(...) or open_run(...)
         print(event)                  # StepEvent, EvalEvent, SampleEvent, CheckpointEvent, WarningEvent, DoneEvent
 
-AdamW with warmup + cosine decay (schedule.py: over the steps, or over the time budget when there is
-one), gradient clipping and accumulation, mixed precision where it pays, periodic eval (loss, perplexity,
+Muon + AdamW (optim.py) with warmup + linear or cosine decay (schedule.py: over the steps, or over the time
+budget when there is one), gradient clipping and accumulation, mixed precision where it pays, periodic eval (loss, perplexity,
 bits per character, exact-match accuracy on algorithmic data), a sample at each eval, a guard against
 non-finite losses, early stopping, max steps and max time. Stopping is cooperative (`stop` event) and
 always leaves a resumable checkpoint; resume is exact step for step (elapsed time is checkpointed too).
@@ -27,6 +27,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .distill import Teacher
 from .events import CheckpointEvent, DoneEvent, EvalEvent, Event, SampleEvent, StepEvent, WarningEvent, wire_name
 from .run import Run
+from .optim import make_optimizer
 from .schedule import Segment, lr_at
 
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before a run gives up (the last good checkpoint stays)
@@ -48,14 +49,6 @@ def get_batch(data: torch.Tensor, batch_size: int, seq_len: int, gen: torch.Gene
 def lm_loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     logits = model(input_ids=x, use_cache=False).logits  # (B, T, V)
     return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-
-
-def _make_optimizer(model, cfg) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not on norms, biases or 1-D params)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
 
 
 def _autocast(device: torch.device, precision: str):
@@ -92,7 +85,7 @@ def _train(run: Run, stop: threading.Event | None, accelerator):
     teacher = Teacher.from_run(run.dir, device)  # distillation (distill.py): None for plain training
     torch.manual_seed(cfg.seed)
     model = run.new_model().to(device)
-    optimizer = _make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg)
     data_gen = torch.Generator().manual_seed(cfg.seed + 1000 * acc.process_index)
     step, tokens_seen, best_val, bad_evals, trainer_state = 0, 0, None, 0, {}
     ckpt = run.latest_checkpoint()

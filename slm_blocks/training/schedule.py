@@ -1,4 +1,4 @@
-"""The learning-rate schedule: linear warmup to the peak, then cosine decay to peak × min_lr_ratio.
+"""The learning-rate schedule: linear warmup to the peak, then linear (or cosine) decay to peak × min_lr_ratio.
 
 The schedule follows the run's *progress* p in [0, 1]: step / max_steps, or for a run with a time budget
 max(step / max_steps, elapsed / max_time), so a 30-second run ends annealed at the minimum whatever its
@@ -57,8 +57,10 @@ def lr_at(step: int, cfg, elapsed: float = 0.0, segment: Segment | None = None) 
         if w and p < w:
             return seg.start_lr + (peak - seg.start_lr) * p / w
         top = peak if w else seg.start_lr
-    q = (p - w) / (1 - w) if w < 1 else 1.0
-    return low + (top - low) * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, q))))
+    q = min(1.0, max(0.0, (p - w) / (1 - w) if w < 1 else 1.0))
+    if getattr(cfg, "decay", "cosine") == "linear":
+        return low + (top - low) * (1 - q)
+    return low + (top - low) * 0.5 * (1 + math.cos(math.pi * q))
 
 
 def continue_with_more_steps(step: int, elapsed: float, cfg, seg: Segment, new_max_steps: int) -> Segment:
