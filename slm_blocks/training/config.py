@@ -22,7 +22,9 @@ class Derived:
     warmup_steps: int
     log_every: int
     eval_every: int  # steps, 0 = never
+    first_eval: int  # one extra early eval + sample at this step (0 = none): a learner sees text soon
     eval_every_s: float | None  # and every this many seconds of a time-budgeted run
+    first_eval_s: float | None  # and a first one this early in a time-budgeted run (the app's runs all are)
     checkpoint_every: int  # steps, 0 = only at the end
     checkpoint_every_s: float | None
     sample_tokens: int
@@ -36,17 +38,17 @@ class TrainConfig:
     max_time: float | None = setting(None, lo=0, lo_open=True, hi=10**7, advanced=False, label="Time budget",
                                      help="time budget in seconds: warmup and decay follow the elapsed share of it",
                                      derived="no time limit")
-    batch_size: int = setting(12, lo=1, hi=4096, advanced=False, label="Batch size",
+    batch_size: int = setting(32, lo=1, hi=4096, advanced=False, label="Batch size",
                               help="sequences per step (per device)")
-    lr: float = setting(1e-3, lo=0, lo_open=True, hi=1, advanced=False, label="Learning rate",
-                        help="peak learning rate (Muon and AdamW alike), e.g. 1e-3")
+    lr: float = setting(1.6e-2, lo=0, lo_open=True, hi=1, advanced=False, label="Learning rate",
+                        help="peak learning rate (Muon and AdamW alike); with optimizer adamw use ~3e-3")
     seed: int = setting(1337, lo=0, hi=2**31 - 1, advanced=False, label="Seed",
                         help="same seed, same data and settings: the same run")
     # --- advanced
     optimizer: Literal["muon", "adamw"] = setting(
         "muon", label="Optimizer", help="muon: Muon on hidden weight matrices + AdamW on embeddings, head, norms and "
         "biases (reaches a loss sooner); adamw: AdamW on everything")
-    muon_momentum: float = setting(0.95, lo=0, hi=1, hi_open=True, label="Muon momentum",
+    muon_momentum: float = setting(0.9, lo=0, hi=1, hi_open=True, label="Muon momentum",
                                    help="Nesterov momentum of the Muon updates")
     decay: Literal["linear", "cosine"] = setting("linear", label="Learning-rate decay",
                                                  help="shape of the decay from the peak to the minimum after warmup")
@@ -59,10 +61,10 @@ class TrainConfig:
                                   help="tokens per training window", derived="the model's context length")
     warmup_steps: int | None = setting(None, lo=0, hi=10**9, label="Warmup steps",
                                        help="linear warmup to the peak learning rate",
-                                       derived="min(100, max_steps / 10)")
+                                       derived="min(20, max_steps / 10)")
     min_lr_ratio: float = setting(0.1, lo=0, hi=1, label="Min learning rate (× peak)",
                                   help="the decay ends at learning rate × this")
-    weight_decay: float = setting(0.1, lo=0, hi=10, label="Weight decay", help="decoupled decay on weight matrices (not on norms or biases)")
+    weight_decay: float = setting(0.0, lo=0, hi=10, label="Weight decay", help="decoupled decay on weight matrices (not on norms or biases)")
     beta1: float = setting(0.9, lo=0, hi=1, hi_open=True, label="Adam β1", help="momentum of the gradient")
     beta2: float = setting(0.99, lo=0, hi=1, hi_open=True, label="Adam β2",
                            help="momentum of the squared gradient")
@@ -75,10 +77,10 @@ class TrainConfig:
     eval_every: int | None = setting(None, lo=0, hi=10**9, label="Eval + sample every (steps)",
                                      help="validation loss and a sample every N steps (0 = never)",
                                      derived="10 evals per run")
-    eval_batches: int = setting(20, lo=1, hi=10_000, label="Eval batches", help="batches per validation estimate")
+    eval_batches: int = setting(5, lo=1, hi=10_000, label="Eval batches", help="batches per validation estimate")
     sample_tokens: int | None = setting(None, lo=0, hi=10_000, label="Sample length (tokens)",
                                         help="tokens sampled at each eval (0 = none)",
-                                        derived="min(200, 3 × context)")
+                                        derived="min(128, 2 × context)")
     sample_prompt: str = setting("\n", label="Sample prompt", help="text the samples continue")
     checkpoint_every: int | None = setting(None, lo=0, hi=10**9, label="Checkpoint every (steps)",
                                            help="resumable checkpoint every N steps (0 = only at the end)",
@@ -119,7 +121,7 @@ class TrainConfig:
 
     # --- what the empty settings mean ----------------------------------------------
     def warmup(self) -> int:
-        return self.warmup_steps if self.warmup_steps is not None else min(100, self.max_steps // 10)
+        return self.warmup_steps if self.warmup_steps is not None else min(20, self.max_steps // 10)
 
     def derived(self, max_seq_len: int = 256) -> Derived:
         """Every interval resolved. With a time budget the evals and checkpoints left empty also happen at
@@ -129,11 +131,13 @@ class TrainConfig:
             warmup_steps=self.warmup(),
             log_every=self.log_every if self.log_every is not None else max(1, min(10, self.max_steps // 50)),
             eval_every=self.eval_every if self.eval_every is not None else max(1, self.max_steps // 10),
+            first_eval=max(1, self.max_steps // 10) // 4 if self.eval_every is None else 0,
             eval_every_s=self.max_time / 10 if timed and self.eval_every is None else None,
+            first_eval_s=min(10.0, self.max_time / 20) if timed and self.eval_every is None else None,
             checkpoint_every=(self.checkpoint_every if self.checkpoint_every is not None
                               else max(50, self.max_steps // 4)),
             checkpoint_every_s=self.max_time / 4 if timed and self.checkpoint_every is None else None,
-            sample_tokens=self.sample_tokens if self.sample_tokens is not None else min(200, 3 * max_seq_len),
+            sample_tokens=self.sample_tokens if self.sample_tokens is not None else min(128, 2 * max_seq_len),
         )
 
     def resolved_precision(self, device: torch.device) -> str:

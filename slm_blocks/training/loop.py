@@ -106,8 +106,10 @@ def _train(run: Run, stop: threading.Event | None, accelerator):
     elapsed0 = float(trainer_state.get("elapsed_s", 0.0))  # training time before this session
     start, start_step, last_loss, bad_steps = time.perf_counter(), step, float("nan"), 0
     window_t, window_tokens = time.perf_counter(), 0
-    elapsed, last_eval = elapsed0, step
+    elapsed, last_eval, eval_cost = elapsed0, step, 0.0  # eval_cost: seconds the last eval took (single process)
     next_eval_s = _next_multiple(elapsed0, every.eval_every_s)
+    if every.first_eval_s is not None and elapsed0 < every.first_eval_s:
+        next_eval_s = every.first_eval_s  # a first sample within seconds, whatever the step time
     next_ckpt_s = _next_multiple(elapsed0, every.checkpoint_every_s)
 
     def checkpoint(reason_step: int) -> str | None:
@@ -153,7 +155,7 @@ def _train(run: Run, stop: threading.Event | None, accelerator):
         if acc.num_processes > 1:  # one decision and one clock for every rank, or DDP deadlocks / lrs differ
             flags = acc.reduce(torch.tensor([float(stopped), elapsed], device=device, dtype=torch.float64), "sum")
             stopped, elapsed = bool(flags[0] > 0), float(flags[1]) / acc.num_processes
-        timed_out = bool(cfg.max_time) and elapsed >= cfg.max_time
+        timed_out = bool(cfg.max_time) and elapsed + eval_cost >= cfg.max_time  # the final eval fits the budget
         if timed_out:
             if main and step > last_eval and (every.eval_every or every.eval_every_s):
                 yield from eval_events()  # a time-budgeted run ends with its final validation loss
@@ -222,13 +224,19 @@ def _train(run: Run, stop: threading.Event | None, accelerator):
             yield StepEvent(step, step_loss, lr, float(grad_norm), tps, tokens_seen, run_elapsed, eta,
                             *(parts or (None, None)))
 
-        eval_now = bool(every.eval_every) and (step % every.eval_every == 0 or step == cfg.max_steps)
+        eval_now = bool(every.eval_every) and (step % every.eval_every == 0 or step == cfg.max_steps
+                                               or step == every.first_eval)
         if next_eval_s is not None and elapsed >= next_eval_s:  # `elapsed` is the same on every rank
             eval_now, next_eval_s = True, _next_multiple(elapsed, every.eval_every_s)
         if eval_now:
+            t_eval = time.perf_counter()
             if main:
                 yield from eval_events()
             last_eval = step
+            if acc.num_processes == 1:  # ranks never see rank 0's eval cost, so this stays single-process
+                eval_cost = time.perf_counter() - t_eval
+                if next_eval_s is not None:  # time-based evals (and samples) keep to ~5% of the wall time
+                    next_eval_s = max(next_eval_s, elapsed0 + time.perf_counter() - start + 19 * eval_cost)
             stop_early = bool(cfg.early_stop_patience) and bad_evals >= cfg.early_stop_patience
             if acc.num_processes > 1:
                 flag = acc.reduce(torch.tensor(float(stop_early), device=device), "sum")

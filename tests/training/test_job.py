@@ -140,12 +140,15 @@ def test_caps_name_the_field():
 
 def test_derived_settings_live_in_train_config():
     d = TrainConfig(max_steps=1000).derived(max_seq_len=64)
-    assert (d.warmup_steps, d.log_every, d.eval_every, d.checkpoint_every, d.sample_tokens) == (100, 10, 100, 250, 192)
+    assert (d.warmup_steps, d.log_every, d.eval_every, d.checkpoint_every, d.sample_tokens) == (20, 10, 100, 250, 128)
+    assert d.first_eval == 25  # the app's first sample comes early
     assert d.eval_every_s is None and d.checkpoint_every_s is None
     timed = TrainConfig(max_steps=20_000, max_time=300).derived(256)
-    assert timed.eval_every_s == 30 and timed.checkpoint_every_s == 75 and timed.sample_tokens == 200
+    assert timed.eval_every_s == 30 and timed.checkpoint_every_s == 75 and timed.sample_tokens == 128
+    assert timed.first_eval_s == 10 and TrainConfig(max_time=30).derived(64).first_eval_s == 1.5
     explicit = TrainConfig(max_steps=1000, max_time=300, eval_every=7, warmup_steps=0).derived(64)
     assert explicit.eval_every == 7 and explicit.eval_every_s is None and explicit.warmup_steps == 0
+    assert explicit.first_eval == 0 and explicit.first_eval_s is None  # an explicit interval is kept exactly
     assert "more than max_steps" in problems({"train": {"max_steps": 10, "warmup_steps": 20}})["train.warmup_steps"]
 
 

@@ -29,11 +29,12 @@ def test_progress_is_the_larger_of_steps_and_time():
     assert progress(100, 59.0, TrainConfig(max_steps=1000)) == pytest.approx(0.1)  # no budget: steps only
 
 
-def test_time_budget_schedule_ends_annealed_at_min_lr():
-    cfg = TrainConfig(max_steps=10**6, max_time=30, lr=1e-3, min_lr_ratio=0.1, warmup_steps=1000)
+@pytest.mark.parametrize("decay,tol", [("cosine", 1e-3), ("linear", 2e-2)])
+def test_time_budget_schedule_ends_annealed_at_min_lr(decay, tol):
+    cfg = TrainConfig(max_steps=10**6, max_time=30, lr=1e-3, min_lr_ratio=0.1, warmup_steps=1000, decay=decay)
     low = cfg.lr * cfg.min_lr_ratio
     lrs = [lr_at(step, cfg, elapsed=t) for step, t in ((s, s * 0.01) for s in range(0, 3000, 7))]
-    assert lrs[-1] == pytest.approx(low, rel=1e-3)  # 29.99 s of 30: annealed, though only 3000 of 10^6 steps ran
+    assert lrs[-1] == pytest.approx(low, rel=tol)  # 29.99 s of 30: annealed, though only 3000 of 10^6 steps ran
     peak_at = lrs.index(max(lrs))
     assert max(lrs) == pytest.approx(cfg.lr, rel=0.02)
     assert all(a <= b + 1e-12 for a, b in zip(lrs[:peak_at], lrs[1:peak_at + 1]))  # warmup rises
@@ -42,9 +43,17 @@ def test_time_budget_schedule_ends_annealed_at_min_lr():
 
 
 def test_step_schedule_is_unchanged():
-    cfg = TrainConfig(max_steps=100, warmup_steps=10, lr=1e-2)
+    cfg = TrainConfig(max_steps=100, warmup_steps=10, lr=1e-2, decay="cosine")
     assert [lr_at(s, cfg) for s in (0, 9, 10, 100)] == pytest.approx([1e-3, 1e-2, 1e-2, 1e-3])
     assert lr_at(55, cfg) == pytest.approx(1e-3 + (1e-2 - 1e-3) * 0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_linear_decay_is_a_straight_line_from_the_peak_to_the_minimum():
+    cfg = TrainConfig(max_steps=110, warmup_steps=10, lr=1e-2, decay="linear")
+    assert [lr_at(s, cfg) for s in (0, 9, 10, 110)] == pytest.approx([1e-3, 1e-2, 1e-2, 1e-3])
+    assert lr_at(60, cfg) == pytest.approx(1e-3 + (1e-2 - 1e-3) * 0.5)
+    lrs = [lr_at(s, cfg) for s in range(10, 111)]
+    assert all(a - b == pytest.approx(lrs[0] - lrs[1]) for a, b in zip(lrs, lrs[1:]))
 
 
 @pytest.mark.parametrize("resume_step", [5, 40, 100], ids=["in-warmup", "mid-decay", "finished"])
@@ -106,7 +115,8 @@ def steps_of(events):
 
 
 def test_a_time_budgeted_run_ends_annealed(make_run, monkeypatch):
-    run = make_run("budget", max_steps=100_000, max_time=2.0, warmup_steps=3, log_every=1, eval_every=None)
+    run = make_run("budget", max_steps=100_000, max_time=2.0, warmup_steps=3, log_every=1, eval_every=None,
+                   decay="cosine")  # flat at the end: the last step's lr is the minimum within 1%
     events = run_with_clock(monkeypatch, run, Clock(tick=2**-5))  # 64 steps fit the budget (exact in binary)
     done = events[-1]
     assert isinstance(done, DoneEvent) and done.reason == "max_time" and done.step == 64
@@ -115,9 +125,10 @@ def test_a_time_budgeted_run_ends_annealed(make_run, monkeypatch):
     assert last.lr == pytest.approx(cfg.lr * cfg.min_lr_ratio, rel=0.01)  # annealed at the end of the budget
     assert last.elapsed_s == pytest.approx(2.0 - 2**-5)  # the clock moves after each step is reported
     assert max(e.lr for e in steps_of(events).values()) == pytest.approx(cfg.lr, rel=0.05)
-    # evals left empty follow the budget too: 10 of them, at every 0.2 s, the last one at the end
+    # evals left empty follow the budget too: an early one at budget/20 (0.1 s), then at every 0.2 s, the last
+    # one at the end
     evals = [e.step for e in events if type(e).__name__ == "EvalEvent"]
-    assert len(evals) == 10 and evals[-1] == 64, evals
+    assert len(evals) == 11 and evals[0] == 5 and evals[-1] == 64, evals
 
 
 def test_real_clock_time_budget_ends_near_min_lr(make_run):
