@@ -56,7 +56,10 @@ def train(out: Path, spec, steps: int, args, teacher: str | None = None) -> floa
     job = {"spec": spec, "data": {"source": "files", "paths": [str(DATA)]}, "tokenizer": {"kind": "char"},
            "run_name": out.name,
            "train": {"max_steps": steps, "batch_size": 12, "lr": args.lr, "seed": args.seed, "eval_every": 0,
-                     "sample_tokens": 0, "checkpoint_every": 0, "device": "cpu", "precision": "fp32"}}
+                     "sample_tokens": 0, "checkpoint_every": 0, "device": "cpu", "precision": "fp32",
+                     # the settings its published figures used (before Muon became the default)
+                     "optimizer": "adamw", "weight_decay": 0.1, "decay": "cosine", "muon_momentum": 0.95,
+                     "warmup_steps": min(100, steps // 10), "eval_batches": 20}}
     if teacher:
         job["teacher"] = {"source": teacher, "alpha": args.alpha, "temperature": args.temperature}
     t = time.perf_counter()

@@ -46,7 +46,9 @@ def train_reference(out: Path, steps: int) -> Path:
     data = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
     run = prepare_run(out, load_preset("tiny-char"), DataConfig(source="files", paths=[str(data)]),
                       TokenizerConfig("char"), TrainConfig(max_steps=steps, batch_size=12, lr=1e-3, eval_every=steps,
-                                                           sample_tokens=0, device="cpu", precision="fp32"))
+                                                           sample_tokens=0, device="cpu", precision="fp32",
+                                                           optimizer="adamw", weight_decay=0.1, decay="cosine",
+                                                           warmup_steps=min(100, steps // 10), eval_batches=20))
     for _ in train(run):
         pass
     return out

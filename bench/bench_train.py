@@ -136,7 +136,8 @@ def main() -> None:
 
     log_every = 25
     cfg = TrainConfig(max_steps=args.steps + log_every, batch_size=12, lr=1e-3, warmup_steps=10, eval_every=0,
-                      sample_tokens=0, checkpoint_every=0, log_every=log_every, precision="fp32")
+                      optimizer="adamw", weight_decay=0.1, decay="cosine", sample_tokens=0, checkpoint_every=0,
+                      log_every=log_every, precision="fp32")
     tmp = Path(tempfile.mkdtemp(prefix="slm-bench-"))
     prepare_run(tmp / "run", load_preset("tiny-char"), DataConfig(source="files", paths=[str(DATA)]),
                 TokenizerConfig("char"), cfg)
