@@ -252,7 +252,7 @@ def test_every_training_setting_has_a_flag_with_help():
         flag = "--" + f.name.replace("_", "-")
         assert flag in text, f"{flag} is missing from train --help"
     assert "--no-compile" in text and "linear warmup to the peak learning rate" in " ".join(text.split())
-    assert "default: min(100, max_steps / 10)" in " ".join(text.split())
+    assert "default: min(20, max_steps / 10)" in " ".join(text.split())
 
 
 def test_job_file_flags_override_and_print_job(tmp_path):

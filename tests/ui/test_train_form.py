@@ -58,12 +58,13 @@ def test_the_form_puts_common_settings_in_view_and_the_rest_under_advanced():
             continue
         assert comp.interactive is True, path  # editable wherever the form is built (gr.render included)
         assert (comp in inside) == (path not in common), path
-    for name in ("precision", "grad_accum", "warmup_steps", "min_lr_ratio", "weight_decay", "beta1", "beta2",
+    for name in ("optimizer", "muon_momentum", "decay", "precision", "grad_accum", "warmup_steps", "min_lr_ratio",
+                 "weight_decay", "beta1", "beta2",
                  "grad_clip", "seq_len", "early_stop_patience", "early_stop_min_delta", "eval_every",
                  "eval_batches", "sample_tokens", "checkpoint_every"):
         assert form[f"train.{name}"] in inside, name
     assert form["train.max_time"].label == "Time budget (minutes)" and form["train.max_time"].value == "10"
-    assert form["train.warmup_steps"].placeholder == "auto: min(100, max_steps / 10)"
+    assert form["train.warmup_steps"].placeholder == "auto: min(20, max_steps / 10)"
 
 
 def test_collect_gives_a_valid_job():
