@@ -64,7 +64,8 @@ class TrainConfig:
                                        derived="min(20, max_steps / 10)")
     min_lr_ratio: float = setting(0.1, lo=0, hi=1, label="Min learning rate (× peak)",
                                   help="the decay ends at learning rate × this")
-    weight_decay: float = setting(0.0, lo=0, hi=10, label="Weight decay", help="decoupled decay on weight matrices (not on norms or biases)")
+    weight_decay: float = setting(0.0, lo=0, hi=10, label="Weight decay",
+                                  help="decoupled decay on weight matrices (not on norms or biases)")
     beta1: float = setting(0.9, lo=0, hi=1, hi_open=True, label="Adam β1", help="momentum of the gradient")
     beta2: float = setting(0.99, lo=0, hi=1, hi_open=True, label="Adam β2",
                            help="momentum of the squared gradient")

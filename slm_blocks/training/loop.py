@@ -4,8 +4,8 @@
         print(event)                  # StepEvent, EvalEvent, SampleEvent, CheckpointEvent, WarningEvent, DoneEvent
 
 Muon + AdamW (optim.py) with warmup + linear or cosine decay (schedule.py: over the steps, or over the time
-budget when there is one), gradient clipping and accumulation, mixed precision where it pays, periodic eval (loss, perplexity,
-bits per character, exact-match accuracy on algorithmic data), a sample at each eval, a guard against
+budget when there is one), gradient clipping and accumulation, mixed precision where it pays, periodic eval
+(loss, perplexity, bits per character, exact-match accuracy on algorithmic data), a sample at each eval, a guard against
 non-finite losses, early stopping, max steps and max time. Stopping is cooperative (`stop` event) and
 always leaves a resumable checkpoint; resume is exact step for step (elapsed time is checkpointed too).
 Runs unchanged under `accelerate launch` / `torchrun` (DDP): rank 0 evaluates, samples and saves.
