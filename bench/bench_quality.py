@@ -54,7 +54,7 @@ from slm_blocks.training.schema import parse_record  # noqa: E402
 from slm_blocks.training.tokenization import encode  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
-TARGET = 1.88
+TARGET = 1.88  # issue 12's bar on tinyshakespeare (what the recipe reaches there)
 EVAL_CONTEXT = 64  # held-out windows of the recipe's context on both sides, whatever context ours trains at
 
 
@@ -195,7 +195,7 @@ def main() -> None:
         ref = run_reference(model, forward, train_tokens, val_tokens, seq_len, args.ref_steps,
                             max(1, args.ref_steps // 20))
         refs.append(ref)
-        hit = next((c for c in ref["curve"] if c["loss"] <= TARGET), None)
+        hit = next((c for c in ref["curve"] if c["loss"] <= TARGET), None) if args.data == str(DATA) else None
         print(f"round {r + 1}: reference {args.ref_steps} steps {ref['wall_s']:.1f} s wall / {ref['cpu_s']:.1f} s "
               f"CPU -> {ref['loss']:.4f}" + (f" (≤{TARGET} first at step {hit['step']}, {hit['wall_s']:.1f} s)"
                                              if hit else ""), flush=True)
