@@ -25,7 +25,7 @@ class Estimate:
     flops_per_token_train: int  # forward + backward = 3 x forward
     train_weights_bytes: int
     train_grads_bytes: int
-    train_optimizer_bytes: int  # AdamW: two fp32 moments per parameter
+    train_optimizer_bytes: int  # two fp32 moments per parameter (AdamW; an upper bound with Muon)
     train_activations_bytes: int  # for one batch of batch_size x seq_len
     train_total_bytes: int
     kv_cache_bytes_per_token: int  # per sequence, all attention layers

@@ -22,6 +22,7 @@ from .. import BLOCK_TYPES, ModelSpec, SpecError, block_help, estimate, list_pre
 from ..model.estimate import block_costs, human, numel
 from ..model.spec import MAX_SPEC_BYTES
 from ..model.validate import LAYER_TYPES
+from ..training.config import TrainConfig
 from ..training.schema import parse_number
 
 GLOBALS = ("vocab_size", "d_model", "max_seq_len", "tie_embeddings", "init_std", "dropout")
@@ -249,11 +250,12 @@ def problem_lines(spec: dict, problems) -> str:
 
 
 def estimate_line(parsed: ModelSpec) -> str:
-    e = estimate(parsed, batch_size=12)
+    batch = TrainConfig.batch_size  # the Train tab's default batch, so the memory figure is the run's
+    e = estimate(parsed, batch_size=batch)
     return (f"**{human(e.params)} parameters** ({human(e.embedding_params)} in embeddings) · "
             f"{human(e.flops_per_token_forward, 'FLOP')}/token forward, {human(e.flops_per_token_train, 'FLOP')}/token "
-            f"training · training memory ≈ {human(e.train_total_bytes, 'B')} (batch 12: weights "
-            f"{human(e.train_weights_bytes, 'B')}, grads {human(e.train_grads_bytes, 'B')}, AdamW "
+            f"training · training memory ≈ {human(e.train_total_bytes, 'B')} (batch {batch}: weights "
+            f"{human(e.train_weights_bytes, 'B')}, grads {human(e.train_grads_bytes, 'B')}, optimizer "
             f"{human(e.train_optimizer_bytes, 'B')}, activations {human(e.train_activations_bytes, 'B')}) · KV cache "
             f"{human(e.kv_cache_bytes_per_token, 'B')}/token\n\n<small>Counted with this spec's own vocabulary "
             f"{parsed.vocab_size:,} tokens. Training uses the vocabulary the tokenizer gives (a char tokenizer: one "
