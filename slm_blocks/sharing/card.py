@@ -184,9 +184,9 @@ def write_model_card(folder: Path, spec: ModelSpec, result, card: dict) -> None:
             trained = max((r["step"] for r in card.get("history") or [] if r["kind"] == "step"), default=None)
             steps = t["max_steps"] if trained in (None, t["max_steps"]) else f"{trained} of {t['max_steps']} planned"
             lines.append(f"- Steps {steps}, batch {t['batch_size']}×{t['seq_len'] or spec.max_seq_len} "
-                         f"tokens, {_optimizer_name(t)} lr {t['lr']} (warmup {t['warmup_steps']}, {t.get('decay', 'cosine')} "
-                         f"decay), weight decay "
-                         f"{t['weight_decay']}, clip {t['grad_clip']}, seed {t['seed']}.")
+                         f"tokens, {_optimizer_name(t)} lr {t['lr']} (warmup {t['warmup_steps']}, "
+                         f"{t.get('decay', 'cosine')} decay), weight decay {t['weight_decay']}, clip {t['grad_clip']}, "
+                         f"seed {t['seed']}.")
         if final:
             lines.append(f"- Final validation loss {final['val_loss']:.4f} (perplexity "
                          f"{math.exp(min(final['val_loss'], 50)):.2f}, {final['bits_per_char']:.3f} bits per "

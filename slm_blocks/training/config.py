@@ -12,7 +12,11 @@ from typing import Literal
 
 import torch
 
+from .hardware import bf16_is_faster
 from .schema import Problem, SettingsError, parse_record, setting
+
+# What a run saved before these settings existed trained with: a reopened old run resumes the same way.
+SAVED_BEFORE_THE_SETTING = {"optimizer": "adamw", "decay": "cosine"}
 
 
 @dataclass(frozen=True)
@@ -128,11 +132,12 @@ class TrainConfig:
         """Every interval resolved. With a time budget the evals and checkpoints left empty also happen at
         fixed shares of the time (a 30-second run gets its 10 evals whatever its speed)."""
         timed = self.max_time is not None
+        eval_every = self.eval_every if self.eval_every is not None else max(1, self.max_steps // 10)
         return Derived(
             warmup_steps=self.warmup(),
             log_every=self.log_every if self.log_every is not None else max(1, min(10, self.max_steps // 50)),
-            eval_every=self.eval_every if self.eval_every is not None else max(1, self.max_steps // 10),
-            first_eval=max(1, self.max_steps // 10) // 4 if self.eval_every is None else 0,
+            eval_every=eval_every,
+            first_eval=eval_every // 4 if self.eval_every is None else 0,
             eval_every_s=self.max_time / 10 if timed and self.eval_every is None else None,
             first_eval_s=min(10.0, self.max_time / 20) if timed and self.eval_every is None else None,
             checkpoint_every=(self.checkpoint_every if self.checkpoint_every is not None
@@ -145,8 +150,6 @@ class TrainConfig:
         """auto: bf16 on a GPU that supports it and where the start-up probe (hardware.py) finds bf16 matmuls
         faster than fp32; fp32 elsewhere. On CPU auto stays fp32 even where bf16 units exist: at tiny-char's
         width bf16 autocast trained slower (36 vs 30 ms/step) on the machine where bf16 matmuls were 5.7× faster."""
-        from .hardware import bf16_is_faster
-
         if self.precision != "auto":
             return self.precision
         if device.type == "cuda" and torch.cuda.is_bf16_supported() and bf16_is_faster(device):

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distill import Teacher
 from .events import CheckpointEvent, DoneEvent, EvalEvent, Event, SampleEvent, StepEvent, WarningEvent, wire_name
-from .run import Run
 from .optim import make_optimizer
+from .run import Run
 from .schedule import Segment, lr_at
 
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before a run gives up (the last good checkpoint stays)

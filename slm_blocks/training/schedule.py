@@ -58,7 +58,7 @@ def lr_at(step: int, cfg, elapsed: float = 0.0, segment: Segment | None = None) 
             return seg.start_lr + (peak - seg.start_lr) * p / w
         top = peak if w else seg.start_lr
     q = min(1.0, max(0.0, (p - w) / (1 - w) if w < 1 else 1.0))
-    if getattr(cfg, "decay", "cosine") == "linear":
+    if cfg.decay == "linear":
         return low + (top - low) * (1 - q)
     return low + (top - low) * 0.5 * (1 + math.cos(math.pi * q))
 

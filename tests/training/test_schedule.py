@@ -221,3 +221,19 @@ def test_extra_steps_continue_the_lr_and_stay_exact_under_a_second_resume(tmp_pa
     assert c[21].lr == pytest.approx(a[21].lr)  # what the first extension gave at that step
     lrs = [c[s].lr for s in range(21, 36)]
     assert all(x > y for x, y in zip(lrs, lrs[1:])) and lrs[-1] < a[30].lr
+
+
+def test_a_run_saved_before_the_optimizer_settings_reopens_as_it_trained(tmp_path):
+    """run.json of a run trained before `optimizer` and `decay` existed: AdamW with cosine decay, not the new
+    defaults (its checkpoint holds AdamW moments, and its lr curve was cosine)."""
+    import json
+
+    drive_collect(small_job(4), tmp_path / "old")
+    path = tmp_path / "old" / "run.json"
+    record = json.loads(path.read_text())
+    for key in ("optimizer", "decay", "muon_momentum"):
+        record["train"].pop(key)
+    path.write_text(json.dumps(record))
+    cfg = open_run(tmp_path / "old", load_data=False).train_config
+    assert (cfg.optimizer, cfg.decay) == ("adamw", "cosine")
+    assert TrainConfig().optimizer == "muon" and TrainConfig().decay == "linear"  # new runs keep the new defaults
