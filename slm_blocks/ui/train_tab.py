@@ -160,12 +160,14 @@ def sample_at(events: list, step) -> str:
 
 
 def timeline_update(events: list):
-    """The timeline slider's range follows the samples; its value stays where the learner put it."""
+    """The timeline slider's range follows the samples; its value stays where the learner put it, except that
+    it starts on the first sample (so the box beside it shows text before the learner touches the slider)."""
     found = samples(events)
     if not found:
         return gr.update(visible=False)
     lo, hi = found[0].step, found[-1].step
-    return gr.update(visible=True, minimum=lo, maximum=max(hi, lo + 1))
+    start = {"value": lo} if len(found) == 1 else {}
+    return gr.update(visible=True, minimum=lo, maximum=max(hi, lo + 1), **start)
 
 
 def follow(store, entry: QueuedTraining, run_name: str):

@@ -138,6 +138,8 @@ def test_sample_timeline_keeps_every_sample():
     assert "No samples yet" in sample_at([], 5)
     upd = timeline_update(events)
     assert upd["visible"] and upd["minimum"] == 10 and upd["maximum"] == 30 and "value" not in upd
+    first = timeline_update(events[:1])  # the first sample: the slider starts on it, so its text shows at once
+    assert first["value"] == 10 and first["minimum"] == 10
 
 
 def test_log_keeps_the_newest_lines_newest_first():
