@@ -309,6 +309,7 @@ def train_command(args) -> int:
                      accelerator=acc, track=not args.no_mlflow, grow_prepare=prepare_grown_run)
     finally:
         printer.close()
+        acc.end_training()  # DDP: destroy the process group (a rank exiting with it alive can abort at exit)
     if printer.error:
         print(f"error: {printer.error}", file=sys.stderr)
     elif acc.is_main_process and printer.done:
