@@ -32,14 +32,21 @@ class DiskFull(ValueError):
 
 
 def folder_mb(path: Path) -> float:
-    """Size of the files under `path` in MiB (files vanishing while it walks are skipped)."""
+    """Size of the files under `path` in MiB. Files and folders vanishing while it walks (a closed session
+    being deleted by another thread) are skipped: os.walk ignores a folder it can no longer list, where
+    Path.rglob raises FileNotFoundError."""
+    import os
+    import stat
+
     total = 0
-    for f in Path(path).rglob("*"):
-        try:
-            if f.is_file() and not f.is_symlink():
-                total += f.stat().st_size
-        except OSError:
-            continue
+    for folder, _dirs, files in os.walk(path):  # does not follow symlinked folders
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(folder, name))  # a symlink counts as itself, not its target
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
     return total / 2**20
 
 
