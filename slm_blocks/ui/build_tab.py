@@ -370,7 +370,10 @@ def build_tab(spec_state: gr.State, spec_json: gr.Textbox):
                                     event(_setter(bid, path, optional_number(hint)), [w, spec_state], spec_state,
                                           api_visibility="private", show_progress="hidden")
                         text = block_problems(problems, i)
-                        problem_boxes.append(gr.Markdown(text, visible=bool(text), key=f"problems-{bid}"))
+                        # always visible (an empty Markdown is 0 px high) and updated by value only: a gr.update()
+                        # makes Gradio 6.31 swap in an unrendered copy of the component, and a redraw running at that
+                        # moment failed ("'Markdown' object has no attribute 'page'"), freezing the block list
+                        problem_boxes.append(gr.Markdown(text, key=f"problems-{bid}"))
                     up.click(_mover(bid, -1), spec_state, spec_state, api_visibility="private")
                     down.click(_mover(bid, +1), spec_state, spec_state, api_visibility="private")
                     dup.click(_duplicator(bid), spec_state, spec_state, api_visibility="private")
@@ -379,8 +382,7 @@ def build_tab(spec_state: gr.State, spec_json: gr.Textbox):
 
                 def show_problems(spec):  # every edit: the problems under each block, without a redraw
                     _, problems = check(spec)
-                    texts = [block_problems(problems, i) for i in range(len(problem_boxes))]
-                    return [gr.update(value=t, visible=bool(t)) for t in texts]
+                    return [block_problems(problems, i) for i in range(len(problem_boxes))]
 
                 # on spec_json (a Textbox every spec change rewrites): a listener inside the render on the State
                 # itself stopped every State update of the page (Gradio 6.31)
