@@ -207,7 +207,10 @@ def cap_session_events(demo, limit: int) -> None:
             if mine >= limit:
                 return False, (f"This session already has {mine} requests waiting or running (at most {limit}); "
                                "wait for them to finish"), "error"
-        return await push(body, *args, **kwargs)
+        try:
+            return await push(body, *args, **kwargs)
+        except KeyError:  # an event of a widget that a redraw (gr.render) has just replaced: refused, not a 500
+            return False, "That part of the page was just redrawn: try again", "error"
 
     queue.push = capped_push
     queue._slm_capped = True

@@ -223,6 +223,16 @@ def test_a_session_cannot_fill_the_shared_queue():
     assert asyncio.run(push(SimpleNamespace(session_hash="other"), None, None))[0]
 
 
+def test_an_event_of_a_redrawn_widget_is_refused_not_a_server_error(app):
+    """A click on a widget that a redraw (the Build tab's gr.render) has just replaced names an fn_index that no
+    longer exists: a 400 with a message, not a 500 with a traceback in the log."""
+    import httpx
+
+    r = httpx.post(f"{app.url}gradio_api/queue/join", json={"data": [], "fn_index": 10**7, "session_hash": "x1"},
+                   timeout=30)
+    assert r.status_code == 400 and "redrawn" in r.text, (r.status_code, r.text)
+
+
 # ----------------------------------------------------------------------------- 2. Hub ids never read the server's disk
 
 
