@@ -40,7 +40,7 @@ def test_import_generate_and_inspect_through_the_guard(tmp_path, model_files):
     errors: list = []
     with launched_app(tmp_path / "app") as url, browser_page(url, errors) as page:
         page.get_by_role("tab", name="Share").click()
-        page.locator("input[type=file]").first.set_input_files(model_files)  # one upload request, every file
+        page.locator("#import-files input[type=file]").set_input_files(model_files)  # one upload request, every file
         page.get_by_role("button", name="Import", exact=True).click()
         wait_for(lambda: "Imported as" in page.evaluate("document.body.textContent"), 60, "the import")
         shot(page, "hardening-1-imported")
