@@ -185,7 +185,7 @@ def main() -> None:
           f"teacher's parameters, {args.student_steps} steps, same seed and data order\n\n" + table(rows_a)
           + f"\n\n(b) pruning tiny-char to {args.prune_to:.0%} of its parameters ({pruned_info['plan']}), then "
           f"healing by distillation from the unpruned model (α {args.alpha:g}, T {args.temperature:g}, peak lr "
-          f"{open_run(pruned_dir, load_data=False).train_config.lr:g}); 'steps' counts "
+          f"{open_run(pruned_dir, load_data=False).train_config.peak_lr():g}); 'steps' counts "
           "every step that shaped the weights (the teacher's included)\n\n" + table(rows_b, ("forward speed vs teacher",)))
     print(info + "\n\n" + md)
     out = Path(args.out)

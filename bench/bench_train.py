@@ -85,7 +85,7 @@ def time_plain(run, cfg: TrainConfig, precision: str, compile_: bool) -> float:
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0}],
-                            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+                            lr=cfg.peak_lr(), betas=(cfg.beta1, cfg.beta2))
     fwd = torch.compile(model) if compile_ else model
     gen = torch.Generator().manual_seed(1)
     windows, t0 = [], time.perf_counter()

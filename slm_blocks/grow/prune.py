@@ -502,8 +502,8 @@ def _write_run(run, out: Path, small: ModelSpec, state: dict, teacher_model, tea
     from ..training.run import prepare_run, save_init_weights
 
     cfg = run.train_config.to_dict()
-    cfg.update(max_steps=heal_steps, max_time=heal_max_time, lr=cfg["lr"] * HEAL_LR_SCALE, warmup_steps=None,
-               eval_every=None, checkpoint_every=None, log_every=None)
+    cfg.update(max_steps=heal_steps, max_time=heal_max_time, lr=run.train_config.peak_lr() * HEAL_LR_SCALE,
+               warmup_steps=None, eval_every=None, checkpoint_every=None, log_every=None)
     try:
         new = prepare_run(out, small, run.data_config, run.tokenizer_config, TrainConfig.from_dict(cfg),
                           tokenizer_obj=run.tokenizer)

@@ -181,10 +181,11 @@ def write_model_card(folder: Path, spec: ModelSpec, result, card: dict) -> None:
             lines.append(f"- Data: {what}; tokenizer: {(card.get('tokenizer') or {}).get('kind', '?')}.")
         if card.get("train"):
             t = card["train"]
+            lr, warmup = _resolved_lr_and_warmup(t)
             trained = max((r["step"] for r in card.get("history") or [] if r["kind"] == "step"), default=None)
             steps = t["max_steps"] if trained in (None, t["max_steps"]) else f"{trained} of {t['max_steps']} planned"
             lines.append(f"- Steps {steps}, batch {t['batch_size']}×{t['seq_len'] or spec.max_seq_len} "
-                         f"tokens, {_optimizer_name(t)} lr {t['lr']} (warmup {t['warmup_steps']}, "
+                         f"tokens, {_optimizer_name(t)} lr {lr:g} (warmup {warmup}, "
                          f"{t.get('decay', 'cosine')} decay), weight decay {t['weight_decay']}, clip {t['grad_clip']}, "
                          f"seed {t['seed']}.")
         if final:
@@ -197,6 +198,17 @@ def write_model_card(folder: Path, spec: ModelSpec, result, card: dict) -> None:
     lines += ["## Limitations", "", "A small model trained briefly, for learning and experiments: it is not "
               "factual, safe or fit for production use.", ""]
     ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)).save(folder / "README.md")
+
+
+def _resolved_lr_and_warmup(t: dict) -> tuple:
+    """The peak learning rate and warmup steps the run used (settings left empty are derived)."""
+    from ..training.config import TrainConfig
+
+    try:
+        cfg = TrainConfig.from_saved(t)
+    except (ValueError, TypeError):
+        return t.get("lr") or float("nan"), t.get("warmup_steps")
+    return cfg.peak_lr(), cfg.warmup()
 
 
 def _optimizer_name(t: dict) -> str:

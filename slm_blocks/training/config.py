@@ -17,6 +17,9 @@ from .schema import Problem, SettingsError, parse_record, setting
 
 # What a run saved before these settings existed trained with: a reopened old run resumes the same way.
 SAVED_BEFORE_THE_SETTING = {"optimizer": "adamw", "decay": "cosine"}
+# The peak learning rate an empty `lr` means, per optimizer: the best of each in bench/bench_quality.py's
+# sweep (README, "what lost"); AdamW at Muon's 1.6e-2 spiked in its first steps.
+LR_DEFAULT = {"muon": 1.6e-2, "adamw": 3e-3}
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,9 @@ class TrainConfig:
                                      derived="no time limit")
     batch_size: int = setting(32, lo=1, hi=4096, advanced=False, label="Batch size",
                               help="sequences per step (per device)")
-    lr: float = setting(1.6e-2, lo=0, lo_open=True, hi=1, advanced=False, label="Learning rate",
-                        help="peak learning rate (Muon and AdamW alike); with optimizer adamw use ~3e-3")
+    lr: float | None = setting(None, lo=0, lo_open=True, hi=1, advanced=False, label="Learning rate",
+                               help="peak learning rate (Muon and AdamW alike)",
+                               derived="1.6e-2 with Muon, 3e-3 with AdamW")
     seed: int = setting(1337, lo=0, hi=2**31 - 1, advanced=False, label="Seed",
                         help="same seed, same data and settings: the same run")
     # --- advanced
@@ -111,6 +115,11 @@ class TrainConfig:
             raise SettingsError(problems, "training settings")
         return cfg
 
+    @classmethod
+    def from_saved(cls, d: dict) -> "TrainConfig":
+        """A run.json's settings: one saved before a setting existed gets what it trained with then."""
+        return cls.from_dict({**SAVED_BEFORE_THE_SETTING, **d})
+
     def problems(self, path: str = "") -> list[Problem]:
         """Cross-field checks (each field's own type and bounds are the parser's)."""
         p = (path + ".") if path else ""
@@ -125,6 +134,9 @@ class TrainConfig:
         return type(self).from_dict(self.to_dict())
 
     # --- what the empty settings mean ----------------------------------------------
+    def peak_lr(self) -> float:
+        return self.lr if self.lr is not None else LR_DEFAULT[self.optimizer]
+
     def warmup(self) -> int:
         return self.warmup_steps if self.warmup_steps is not None else min(20, self.max_steps // 10)
 

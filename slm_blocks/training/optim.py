@@ -136,8 +136,8 @@ def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     if cfg.optimizer == "muon" and hidden:
         adam = [g for g in ({"params": other, "weight_decay": cfg.weight_decay},
                             {"params": flat, "weight_decay": 0.0}) if g["params"]]
-        return MuonAdamW([{"params": hidden, "weight_decay": cfg.weight_decay}], adam, lr=cfg.lr, betas=betas,
+        return MuonAdamW([{"params": hidden, "weight_decay": cfg.weight_decay}], adam, lr=cfg.peak_lr(), betas=betas,
                          momentum=cfg.muon_momentum)
     groups = [g for g in ({"params": hidden + other, "weight_decay": cfg.weight_decay},
                           {"params": flat, "weight_decay": 0.0}) if g["params"]]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=1e-8)
+    return torch.optim.AdamW(groups, lr=cfg.peak_lr(), betas=betas, eps=1e-8)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import latest_checkpoint, load_checkpoint, load_weights
-from .config import SAVED_BEFORE_THE_SETTING, TrainConfig
+from .config import TrainConfig
 from .data import Corpus, DataConfig, check_length, load_corpus
 from ..model.spec import ModelSpec
 from .tokenization import TokenizerConfig, build_tokenizer, encode, load_tokenizer, save_tokenizer, token_ids
@@ -202,7 +202,7 @@ def open_run(run_dir: str | Path, load_data: bool = True, train_overrides: dict 
         raise FileNotFoundError(f"{d} is not a run directory (run.json is missing)")
     record = json.loads((d / "run.json").read_text())
     spec = ModelSpec.from_dict(record.pop("spec"))
-    train = TrainConfig.from_dict({**SAVED_BEFORE_THE_SETTING, **record.pop("train"), **(train_overrides or {})})
+    train = TrainConfig.from_saved({**record.pop("train"), **(train_overrides or {})})
     data = DataConfig.from_dict(record.pop("data"))
     tok_cfg = TokenizerConfig(**record.pop("tokenizer"))
     tok = load_tokenizer(d / "tokenizer")

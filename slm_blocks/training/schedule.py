@@ -43,7 +43,8 @@ def progress(step: int, elapsed: float, cfg, seg: Segment = Segment()) -> float:
 def lr_at(step: int, cfg, elapsed: float = 0.0, segment: Segment | None = None) -> float:
     """The learning rate of the update made at `step` (0-based), `elapsed` seconds into the run."""
     seg = segment or Segment()
-    peak, low = cfg.lr, cfg.lr * cfg.min_lr_ratio
+    peak = cfg.peak_lr()
+    low = peak * cfg.min_lr_ratio
     p = progress(step, elapsed, cfg, seg)
     if seg.start_lr is None:  # warmup from zero: lr × (step + 1) / warmup_steps in a run without a time budget
         n, warm = cfg.max_steps, cfg.warmup()

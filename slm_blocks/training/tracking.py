@@ -81,7 +81,8 @@ class Tracker:
 
         params = {**flatten(run.spec.to_dict(), "spec"), **flatten(run.train_config.to_dict(), "train"),
                   **flatten(run.data_config.to_dict(), "data"), **flatten(run.tokenizer_config.to_dict(), "tokenizer"),
-                  "model.params": str(estimate(run.spec).params), "data.name": run.corpus.name}
+                  "model.params": str(estimate(run.spec).params), "data.name": run.corpus.name,
+                  "train.peak_lr": str(run.train_config.peak_lr())}  # an empty lr: the optimizer's default
         for key in ("init_from", "teacher"):  # what a grown run starts from / learns from (slm_blocks.grow)
             if isinstance(run.meta.get(key), dict):
                 params.update(flatten(run.meta[key], key))

@@ -21,6 +21,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from ..training.config import TrainConfig
 from ..training.data import is_hub_id
 from ..training.job import Job, JobError
 from ..training.schema import Problem, SettingsError, parse_number, short
@@ -262,7 +263,8 @@ class Grow:
             record = json.loads((session.runs[source].dir / "run.json").read_text())
             data = {k: v for k, v in record["data"].items() if k != "paths"}
             t = record["train"]
-            train = {k: t[k] for k in ("batch_size", "seq_len", "lr", "seed") if t.get(k) is not None}
+            train = {k: t[k] for k in ("batch_size", "seq_len", "seed") if t.get(k) is not None}
+            train["lr"] = TrainConfig.from_saved(t).peak_lr()  # what the source really trained with
             if data.get("source") == "files":  # hand the same files over again (the handler copies them)
                 tmp = Path(tempfile.mkdtemp(prefix="grow-", dir=session.root))
                 files = []

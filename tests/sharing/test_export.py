@@ -218,7 +218,9 @@ def test_model_card(name, exports):
     assert "1 local file(s)" in text or "built-in" in text
     assert f"tokenizer: {run['tokenizer']['kind']}" in text
     assert f"Steps {t['max_steps']}, batch {t['batch_size']}×{spec.max_seq_len}" in text
-    assert f"lr {t['lr']}" in text and f"seed {t['seed']}" in text
+    cfg = open_run(e.run_dir, load_data=False).train_config  # empty settings appear resolved, never "None"
+    assert f"lr {cfg.peak_lr():g} (warmup {cfg.warmup()}," in text and f"seed {t['seed']}" in text
+    assert "None" not in text.split("## Training")[1].split("##")[0], text
     evals = [json.loads(line) for line in (e.run_dir / "metrics.jsonl").read_text().splitlines()
              if json.loads(line)["kind"] == "eval"]
     assert f"Final validation loss {evals[-1]['val_loss']:.4f}" in text

@@ -9,18 +9,15 @@ from conftest import small_spec
 from safetensors.torch import load_file
 
 from slm_blocks import build_model
+from slm_blocks.training.config import TrainConfig
 from slm_blocks.training.checkpoint import checkpoint_dirs, latest_checkpoint, load_checkpoint, save_checkpoint
 from slm_blocks.training.optim import MuonAdamW, make_optimizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-class Cfg:
-    lr, beta1, beta2, weight_decay, optimizer, muon_momentum = 1e-3, 0.9, 0.95, 0.1, "adamw", 0.95
-
-
-class MuonCfg(Cfg):
-    optimizer = "muon"
+Cfg = TrainConfig(lr=1e-3, beta1=0.9, beta2=0.95, weight_decay=0.1, optimizer="adamw", muon_momentum=0.95)
+MuonCfg = TrainConfig(**{**Cfg.to_dict(), "optimizer": "muon"})
 
 
 def trained(seed=0, tie=True, steps=2, cfg=Cfg):

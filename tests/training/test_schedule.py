@@ -122,9 +122,9 @@ def test_a_time_budgeted_run_ends_annealed(make_run, monkeypatch):
     assert isinstance(done, DoneEvent) and done.reason == "max_time" and done.step == 64
     last = steps_of(events)[64]
     cfg = run.train_config
-    assert last.lr == pytest.approx(cfg.lr * cfg.min_lr_ratio, rel=0.01)  # annealed at the end of the budget
+    assert last.lr == pytest.approx(cfg.peak_lr() * cfg.min_lr_ratio, rel=0.01)  # annealed at the end of the budget
     assert last.elapsed_s == pytest.approx(2.0 - 2**-5)  # the clock moves after each step is reported
-    assert max(e.lr for e in steps_of(events).values()) == pytest.approx(cfg.lr, rel=0.05)
+    assert max(e.lr for e in steps_of(events).values()) == pytest.approx(cfg.peak_lr(), rel=0.05)
     # evals left empty follow the budget too: an early one at budget/20 (0.1 s), then at every 0.2 s, the last
     # one at the end
     evals = [e.step for e in events if type(e).__name__ == "EvalEvent"]
@@ -136,7 +136,7 @@ def test_real_clock_time_budget_ends_near_min_lr(make_run):
     events = list(training.train(run))
     assert events[-1].reason == "max_time"
     last = [e for e in events if isinstance(e, StepEvent)][-1]
-    low = run.train_config.lr * run.train_config.min_lr_ratio
+    low = run.train_config.peak_lr() * run.train_config.min_lr_ratio
     assert last.lr < low * 1.15, (last.lr, low)  # the last step is within one step time of the budget's end
 
 
@@ -200,7 +200,7 @@ def test_extra_steps_continue_the_lr_and_stay_exact_under_a_second_resume(tmp_pa
     seg = Segment.from_dict(record.meta["schedule"])
     for s in range(13, 31):  # a StepEvent reports the lr of the update it made, lr_at(step - 1)
         assert a[s].lr == pytest.approx(lr_at(s - 1, record.train_config, 0.0, seg))
-    assert lr_at(30, record.train_config, 0.0, seg) == pytest.approx(old_cfg.lr * old_cfg.min_lr_ratio)
+    assert lr_at(30, record.train_config, 0.0, seg) == pytest.approx(old_cfg.peak_lr() * old_cfg.min_lr_ratio)
 
     # B: the same, but the extended run is stopped again at 20 and resumed plainly: step for step the same as A
     drive_collect(small_job(20), tmp_path / "b", stop_at=12)
@@ -237,3 +237,19 @@ def test_a_run_saved_before_the_optimizer_settings_reopens_as_it_trained(tmp_pat
     cfg = open_run(tmp_path / "old", load_data=False).train_config
     assert (cfg.optimizer, cfg.decay) == ("adamw", "cosine")
     assert TrainConfig().optimizer == "muon" and TrainConfig().decay == "linear"  # new runs keep the new defaults
+
+
+def test_an_empty_learning_rate_is_each_optimizers_own_best():
+    """AdamW at Muon's peak (1.6e-2) spiked in its first steps: left empty, each optimizer gets its own."""
+    from slm_blocks.training.config import LR_DEFAULT
+    from slm_blocks.training.optim import make_optimizer
+    from torch import nn
+
+    assert TrainConfig().peak_lr() == LR_DEFAULT["muon"] == 1.6e-2
+    assert TrainConfig(optimizer="adamw").peak_lr() == LR_DEFAULT["adamw"] == 3e-3
+    assert TrainConfig(optimizer="adamw", lr=5e-4).peak_lr() == 5e-4  # set: it wins
+    cfg = TrainConfig(optimizer="adamw", max_steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(9, cfg) == pytest.approx(3e-3) and lr_at(100, cfg) == pytest.approx(3e-4)
+    for optimizer in ("muon", "adamw"):
+        opt = make_optimizer(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8)), TrainConfig(optimizer=optimizer))
+        assert {g["lr"] for g in opt.param_groups} == {LR_DEFAULT[optimizer]}
