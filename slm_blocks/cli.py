@@ -303,13 +303,14 @@ def train_command(args) -> int:
             return 0
         out = Path(args.out) if args.out else Path("runs") / job.run_name
     acc = Accelerator(cpu=device_of(job, out, overrides) == "cpu")
+    distributed = acc.num_processes > 1
     printer = _Printer(acc.is_main_process)
     try:
         code = drive(job, out, emit=printer, resume=args.resume, extra_steps=extra or 0, train_overrides=overrides,
                      accelerator=acc, track=not args.no_mlflow, grow_prepare=prepare_grown_run)
     finally:
         printer.close()
-        acc.end_training()  # DDP: destroy the process group (a rank exiting with it alive can abort at exit)
+        acc.end_training()  # DDP: destroy the process group
     if printer.error:
         print(f"error: {printer.error}", file=sys.stderr)
     elif acc.is_main_process and printer.done:
@@ -319,7 +320,23 @@ def train_command(args) -> int:
             from .training.tracking import tracking_uri
 
             print(f"MLflow run {run_id} in {tracking_uri(out.parent)}")
+    if distributed:
+        _exit_rank(code)
     return code
+
+
+def _exit_rank(code: int) -> None:
+    """End a torchrun rank at once, its work written and flushed. Two CI runs saw a rank that had finished
+    cleanly (process group destroyed) abort in interpreter teardown ("terminate called without an active
+    exception": a native thread still joinable when C++ static destructors ran), which torchrun reports as a
+    failed run. os._exit skips that teardown; nothing of ours is left to run there."""
+    import logging
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def generate_command(args) -> int:
