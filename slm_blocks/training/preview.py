@@ -49,6 +49,9 @@ class RunPreview:
     eta_s: float
     ends_by: str  # "steps" | "time"
     speed_from: str  # how the speed was estimated
+    spec: object = None  # the ModelSpec that will train (the source's when the run starts from one)
+    source: str = ""  # the run it starts from (fine-tuning), "" for random weights
+    tokenizer_kind: str = ""  # the source's tokenizer kind when it starts from one
 
     @property
     def tokens_per_param(self) -> float:
@@ -71,18 +74,20 @@ def data_key(job: Job) -> str:
     return json.dumps([job.data.to_dict(), job.tokenizer.to_dict(), files], sort_keys=True, default=str)
 
 
-def data_facts(job: Job, cache: dict | None = None) -> DataFacts:
-    """Load the data, build the tokenizer and count tokens exactly as prepare_run will (cached per choice)."""
+def data_facts(job: Job, cache: dict | None = None, tokenizer=None, tokenizer_from: str = "") -> DataFacts:
+    """Load the data, build the tokenizer and count tokens exactly as prepare_run will (cached per choice).
+    `tokenizer`: a source run's own (fine-tuning keeps it), named by `tokenizer_from` in the cache key."""
     from .data import load_corpus
     from .run import _encode_corpus
     from .tokenization import build_tokenizer
 
-    key = data_key(job)
+    key = data_key(job) + (f"|tokenizer of {tokenizer_from}" if tokenizer is not None else "")
     if cache is not None and key in cache:
         return cache[key]
     corpus = load_corpus(job.data)
     t = job.tokenizer
-    tok = build_tokenizer(t.kind, corpus.train_text, t.vocab_size, t.name_or_path)
+    tok = tokenizer if tokenizer is not None else build_tokenizer(t.kind, corpus.train_text, t.vocab_size,
+                                                                  t.name_or_path)
     train_ids, val_ids = _encode_corpus(tok, corpus)
     facts = DataFacts(len(tok), len(train_ids), len(val_ids), corpus.name,
                       len(set(corpus.train_text) | set(corpus.val_text)))
@@ -109,11 +114,17 @@ def machine_flops() -> float:
     return _PEAK[threads]
 
 
-def preview_run(job: Job, cache: dict | None = None, flops_per_s: float | None = None) -> RunPreview:
+def preview_run(job: Job, cache: dict | None = None, flops_per_s: float | None = None,
+                start_from=None) -> RunPreview:
     """The preview of `job`. `flops_per_s`: a measured training speed (e.g. from this session's last run);
-    without one the machine's matmul speed × EFFICIENCY is used."""
-    facts = data_facts(job, cache)
-    spec = job.spec.copy(vocab_size=facts.vocab_size)
+    without one the machine's matmul speed × EFFICIENCY is used. `start_from`: the finished run (open_run,
+    without data) a fine-tuning job starts from: its architecture and tokenizer train, not the job's."""
+    if start_from is not None:
+        facts = data_facts(job, cache, start_from.tokenizer, str(start_from.dir))
+        spec = start_from.spec
+    else:
+        facts = data_facts(job, cache)
+        spec = job.spec.copy(vocab_size=facts.vocab_size)
     t = job.train
     seq = t.seq_len or spec.max_seq_len
     e = estimate(spec, batch_size=t.batch_size, seq_len=seq)
@@ -124,11 +135,13 @@ def preview_run(job: Job, cache: dict | None = None, flops_per_s: float | None =
     steps, ends_by = t.max_steps, "steps"
     if t.max_time is not None and step_s * t.max_steps > t.max_time:
         steps, ends_by = max(1, int(t.max_time / step_s)), "time"
-    return RunPreview(summary=architecture(spec), vocab_size=facts.vocab_size, params=e.params,
-                      spec_params=estimate(job.spec).params, train_bytes=e.train_total_bytes, data=facts,
+    return RunPreview(summary=architecture(spec), vocab_size=spec.vocab_size, params=e.params,
+                      spec_params=e.params if start_from is not None else estimate(job.spec).params,
+                      train_bytes=e.train_total_bytes, data=facts,
                       tokens_per_step=tokens_per_step, steps=steps, tokens=steps * tokens_per_step,
                       eta_s=min(step_s * t.max_steps, t.max_time or float("inf")), ends_by=ends_by,
-                      speed_from=speed_from)
+                      speed_from=speed_from, spec=spec, source=start_from.dir.name if start_from else "",
+                      tokenizer_kind=start_from.tokenizer_config.kind if start_from else "")
 
 
 def architecture(spec) -> str:

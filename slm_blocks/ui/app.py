@@ -166,14 +166,17 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
         run_lists = [resume_run, model_pick, share_run]
         # the preview follows the choices that change what is trained (the slow part is cached per data choice);
         # the public /preview endpoint first, so that it keeps its name
-        spec_json.change(collect, form_inputs, job_box, api_visibility="private") \
-            .then(h.preview, [job_box, form["files"]], preview_md, api_name="preview")
+        def preview_on(event, **api):
+            event(collect, form_inputs, job_box, api_visibility="private") \
+                .then(with_start_from, [job_box, start_from], job_box, api_visibility="private") \
+                .then(h.preview, [job_box, form["files"]], preview_md, **(api or {"api_visibility": "private"}))
+
+        preview_on(spec_json.change, api_name="preview")
         for path in ("data.source", "data.name", "data.hub_id", "tokenizer.kind", "tokenizer.vocab_size",
                      "tokenizer.name_or_path", "train.max_steps", "train.max_time", "train.batch_size"):
-            form[path].change(collect, form_inputs, job_box, api_visibility="private") \
-                .then(h.preview, [job_box, form["files"]], preview_md, api_visibility="private")
-        form["files"].change(collect, form_inputs, job_box, api_visibility="private") \
-            .then(h.preview, [job_box, form["files"]], preview_md, api_visibility="private")
+            preview_on(form[path].change)
+        preview_on(form["files"].change)
+        preview_on(start_from.change)  # fine-tuning trains the source's architecture, not the Build tab's
         start.click(lambda: "", None, stop_msg, api_visibility="private")  # no "Stopping …" from an earlier run
         start.click(collect, form_inputs, job_box, api_visibility="private") \
             .then(with_start_from, [job_box, start_from], job_box, api_visibility="private") \

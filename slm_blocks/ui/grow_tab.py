@@ -126,7 +126,7 @@ def start_from_widget(store: SessionStore) -> gr.Dropdown:
                 return f"⚠️ {html.escape(value)} has no readable run.json yet"
             return (f"🌱 **Fine-tuning {html.escape(value)}**: {html.escape(spec.summary())}, "
                     f"{human(estimate(spec).params)} parameters, its {html.escape(record['tokenizer']['kind'])} "
-                    "tokenizer. The preview below describes the Build tab's blocks, which this run does not use.")
+                    "tokenizer (the preview below describes it).")
         if is_hub_id(value):
             return (f"🌱 **Fine-tuning {html.escape(value)}** from the Hub: only its config, safetensors and "
                     "tokenizer files are downloaded, after its size is checked against this app's cap.")

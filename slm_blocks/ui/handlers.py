@@ -214,19 +214,31 @@ class Handlers:
         session = self.store.get(_sid(request))
         try:
             job = self.parse_job(job_payload, session, check_caps=False)  # the caps are shown below the preview
+            source = None
+            if job.init_from:  # fine-tuning: the source's architecture and tokenizer train, not the Build tab's
+                from ..training.data import is_hub_id
+                from ..training.run import open_run
+                from .grow_tab import _finished_run
+
+                if job.init_from not in session.runs and is_hub_id(job.init_from):
+                    return (f"- 🌱 **Fine-tuning {html.escape(job.init_from)}** from the Hub: its architecture, "
+                            "size and vocabulary are read (and checked against this app's caps) when the run starts")
+                source = open_run(_finished_run(session, job.init_from, "init_from").dir, load_data=False)
             if job.data.source == "files":
                 if not files:
                     return "Upload data files to see what this run will train."
                 job.data.paths = copy_data_uploads(files, session.root / "uploads",
                                                    self.store.limits.max_upload_mb)
             speed = session_speed([(r.dir, r.job.events) for r in reversed(list(session.runs.values())) if r.job])
-            p = preview_run(job, session.preview_cache, speed)
+            p = preview_run(job, session.preview_cache, speed, start_from=source)
             from ..training.job import model_cap_problems
 
             caps = self.store.limits.caps()  # the limits on the model the tokenizer's vocabulary really gives
             why = f"with the {job.tokenizer.kind} tokenizer the vocabulary is {p.vocab_size:,} tokens, so "
             over = [q for q in job.cap_problems(caps) if q.path != "spec" and q.path != "train.batch_size"]
-            over += model_cap_problems(job.spec.copy(vocab_size=p.vocab_size), job.train, caps, why)
+            if source is not None:
+                why = f"the run keeps the {source.tokenizer_config.kind} tokenizer of {source.dir.name}, so "
+            over += model_cap_problems(p.spec, job.train, caps, why)
             return preview_markdown(p, job) + ("\n\n" + job_problems(JobError(over)) if over else "")
         except JobError as e:
             return job_problems(e)

@@ -99,9 +99,14 @@ def build_form(limits, overrides: dict | None = None) -> dict[str, gr.components
     with gr.Accordion("Advanced", open=False, elem_id="train-advanced") as acc:
         gr.Markdown("Every training setting the command line has. Empty fields are derived from max steps and "
                     "the time budget (shown as *auto*).")
+        train = [s for s in advanced if s[0].startswith("train.")]
         with gr.Row():
-            for path, hint, meta in advanced:
-                if path.startswith("train."):
+            for path, hint, meta in train:
+                if hint is not bool:
+                    w[path] = make_widget(path, hint, meta, start.get(path, default_of(path)))
+        with gr.Row():  # checkboxes on their own row: in the grid a Checkbox got a column too narrow for its label
+            for path, hint, meta in train:
+                if hint is bool:
                     w[path] = make_widget(path, hint, meta, start.get(path, default_of(path)))
         gr.Markdown("**Data options**")
         with gr.Row():

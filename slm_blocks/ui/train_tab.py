@@ -156,7 +156,8 @@ def sample_at(events: list, step) -> str:
     pick = next((s for s in reversed(found) if s.step <= step), found[0])
     val = {e.step: e.val_loss for e in events if isinstance(e, EvalEvent)}.get(pick.step)
     loss = f", val loss {val:.3f}" if val is not None and math.isfinite(val) else ""
-    return f"step {pick.step}{loss} ({found.index(pick) + 1} of {len(found)}):\n{pick.text}"
+    # "sample k", not "k of n": the box is drawn when the slider moves, and n grows while the run goes on
+    return f"step {pick.step}{loss} (sample {found.index(pick) + 1}):\n{pick.text}"
 
 
 def timeline_update(events: list):
@@ -199,9 +200,12 @@ def preview_markdown(p: RunPreview, job) -> str:
                "around it" if ratio <= 40 else "above it: a bigger model could use this much data")
     ends = (f"the time budget ({duration(t.max_time)}) ends it at about step {p.steps:,} of {t.max_steps:,}"
             if p.ends_by == "time" else f"{t.max_steps:,} steps")
-    return "\n".join("- " + line for line in [
+    kept = [f"🌱 **Fine-tuning {html.escape(p.source)}**: its trained weights, architecture and tokenizer (the "
+            "Build tab's blocks and the tokenizer choice are not used)"] if p.source else []
+    return "\n".join("- " + line for line in kept + [
         f"**Architecture**: {html.escape(p.summary)}",
-        f"**{human(p.params)} parameters** with the {html.escape(job.tokenizer.kind)} tokenizer's "
+        f"**{human(p.params)} parameters** with the {html.escape(p.tokenizer_kind or job.tokenizer.kind)} "
+        f"tokenizer's "
         f"{p.vocab_size:,}-token vocabulary{changed} · training memory ≈ {human(p.train_bytes, 'B')}",
         f"**Data**: {html.escape(p.data.name)}: {human(p.data.train_tokens)} training tokens, "
         f"{human(p.data.val_tokens)} validation tokens",

@@ -137,4 +137,10 @@ def test_train_advanced_stop_resume_timeline(page):
     expect(page.locator("#train-log textarea")).to_have_value(re.compile(r"^done: stopped by the user"))  # newest first
     no_traceback(page, "Train")
     shot(page, "Train-resumed")
+
+    # "Start from" that run: the preview describes the model a fine-tune trains (the run's, not the Build tab's)
+    pick(page, "Start from", "my-first-model")
+    expect(preview).to_contain_text("Fine-tuning my-first-model", timeout=60_000)
+    expect(preview).to_contain_text("tokens per parameter")
+    shot(page, "Train-start-from")
     assert not JS_ERRORS, f"JavaScript errors on the page: {JS_ERRORS}"

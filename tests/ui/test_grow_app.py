@@ -83,6 +83,27 @@ def test_distill_and_fine_tune_from_a_trained_run(served):
         (session.runs["shakespeare"].dir / "run.json").read_text())["spec"]
 
 
+def test_the_train_preview_describes_the_model_a_fine_tune_starts_from(served):
+    """With "Start from" a run, the preview shows that run's architecture, parameters and tokenizer, not the Build
+    tab's blocks (here gpt2, which would be several times bigger)."""
+    from slm_blocks import estimate, load_preset
+    from slm_blocks.model.estimate import human
+    from slm_blocks.training.run import open_run
+
+    c, store, session = served
+    source = open_run(session.runs["shakespeare"].dir, load_data=False)
+    job = {"spec": "gpt2", "data": {"source": "builtin", "name": "stories"}, "init_from": "shakespeare",
+           "train": {"max_steps": 100, "batch_size": 4}}
+    text = c.predict(job, None, api_name="/preview")
+    assert "Fine-tuning shakespeare" in text and f"**{human(estimate(source.spec).params)} parameters**" in text, text
+    assert f"{source.tokenizer_config.kind} tokenizer's {source.spec.vocab_size:,}-token vocabulary" in text, text
+    assert f"{human(estimate(load_preset('gpt2')).params)} parameters" not in text  # not the Build tab's blocks
+    hub = c.predict({**job, "init_from": "someone/model"}, None, api_name="/preview")
+    assert "Fine-tuning someone/model" in hub and "when the run starts" in hub, hub  # nothing downloaded for it
+    bad = html.unescape(c.predict({**job, "init_from": "nope-run"}, None, api_name="/preview"))
+    assert "not one of this session's runs" in bad and "Traceback" not in bad, bad
+
+
 @pytest.mark.parametrize("args, words", [
     (dict(technique="Prune + heal", drop=9), ["drop_layers", "at least one"]),
     (dict(technique="Prune + heal", heads=5, target=0), ["heads_keep", "only 4 heads"]),

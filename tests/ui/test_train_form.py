@@ -132,8 +132,8 @@ def test_sample_timeline_keeps_every_sample():
     events = [SampleEvent(10, "xq zz"), EvalEvent(10, 3.0, 3.1, 22.0, 4.4, None), SampleEvent(20, "the ca"),
               SampleEvent(30, "the cat sat"), SampleEvent(20, "the cat")]  # a resume repeated step 20
     assert [s.text for s in samples(events)] == ["xq zz", "the cat", "the cat sat"]
-    assert sample_at(events, 25).startswith("step 20 (2 of 3):\nthe cat")
-    assert sample_at(events, 10).startswith("step 10, val loss 3.100 (1 of 3)")
+    assert sample_at(events, 25).startswith("step 20 (sample 2):\nthe cat")
+    assert sample_at(events, 10).startswith("step 10, val loss 3.100 (sample 1)")
     assert sample_at(events, 0).startswith("step 10") and sample_at(events, None).startswith("step 30")
     assert "No samples yet" in sample_at([], 5)
     upd = timeline_update(events)
