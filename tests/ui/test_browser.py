@@ -65,6 +65,10 @@ def generate_and_time(page: Page, prompt: str) -> tuple[str, float, float]:
     """Press Generate; (the final text, seconds from the click to the first and to the last change of the output
     on the page)."""
     output = page.locator("#gen-output textarea")
+    # the previous generation's event must be over: while it is still open (its text can look settled on a busy
+    # machine) Gradio ignores another click on the button (one CI run waited 60 s for a change that never came)
+    expect(page.locator("#gen-output [data-testid=status-tracker]")).to_have_class(re.compile(r"\bhide\b"),
+                                                                                   timeout=60_000)
     output.evaluate(WATCH)
     page.get_by_role("button", name="Generate", exact=True).click()
     page.wait_for_function("window.__watch.length > 1", timeout=60_000)  # the output changed
