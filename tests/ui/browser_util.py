@@ -16,6 +16,13 @@ CHROMIUM = next((p for p in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", sh
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 PARAMS = re.compile(r"([\d.]+\s*[KMGT]?) parameters")
 
+try:  # an expect() without its own timeout: 20 s, not playwright's 5 s (a redraw or an event can take seconds
+    from playwright.sync_api import expect  # when the load test shares the two cores with a browser test)
+
+    expect.set_options(timeout=20_000)
+except ImportError:  # the browser test modules skip themselves then
+    pass
+
 
 @contextmanager
 def launched_app(data_dir: Path):

@@ -90,7 +90,9 @@ def train_args(name, max_steps, builtin="stories"):
 
 
 def gen_args(model, prompt="Once ", max_new=24):
-    return [model, prompt, max_new, 0.8, 50, 1.0, 1.0, ""]
+    # seeded: unseeded, a briefly trained model sometimes samples end-of-text first and returns just the prompt
+    # (one CI run: 1 of 333 calls), which this test would count as an error
+    return [model, prompt, max_new, 0.8, 50, 1.0, 1.0, "5"]
 
 
 @pytest.fixture
