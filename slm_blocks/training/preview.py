@@ -51,7 +51,7 @@ class RunPreview:
     speed_from: str  # how the speed was estimated
     spec: object = None  # the ModelSpec that will train (the source's when the run starts from one)
     source: str = ""  # the run it starts from (fine-tuning), "" for random weights
-    tokenizer_kind: str = ""  # the source's tokenizer kind when it starts from one
+    tokenizer_kind: str = ""  # the tokenizer that trains: the job's, or the source's when it starts from one
 
     @property
     def tokens_per_param(self) -> float:
@@ -141,7 +141,7 @@ def preview_run(job: Job, cache: dict | None = None, flops_per_s: float | None =
                       tokens_per_step=tokens_per_step, steps=steps, tokens=steps * tokens_per_step,
                       eta_s=min(step_s * t.max_steps, t.max_time or float("inf")), ends_by=ends_by,
                       speed_from=speed_from, spec=spec, source=start_from.dir.name if start_from else "",
-                      tokenizer_kind=start_from.tokenizer_config.kind if start_from else "")
+                      tokenizer_kind=(start_from.tokenizer_config if start_from else job.tokenizer).kind)
 
 
 def architecture(spec) -> str:

@@ -234,10 +234,9 @@ class Handlers:
             from ..training.job import model_cap_problems
 
             caps = self.store.limits.caps()  # the limits on the model the tokenizer's vocabulary really gives
-            why = f"with the {job.tokenizer.kind} tokenizer the vocabulary is {p.vocab_size:,} tokens, so "
+            why = (f"the run keeps the {p.tokenizer_kind} tokenizer of {p.source}, so " if p.source else
+                   f"with the {p.tokenizer_kind} tokenizer the vocabulary is {p.vocab_size:,} tokens, so ")
             over = [q for q in job.cap_problems(caps) if q.path != "spec" and q.path != "train.batch_size"]
-            if source is not None:
-                why = f"the run keeps the {source.tokenizer_config.kind} tokenizer of {source.dir.name}, so "
             over += model_cap_problems(p.spec, job.train, caps, why)
             return preview_markdown(p, job) + ("\n\n" + job_problems(JobError(over)) if over else "")
         except JobError as e:

@@ -204,8 +204,7 @@ def preview_markdown(p: RunPreview, job) -> str:
             "Build tab's blocks and the tokenizer choice are not used)"] if p.source else []
     return "\n".join("- " + line for line in kept + [
         f"**Architecture**: {html.escape(p.summary)}",
-        f"**{human(p.params)} parameters** with the {html.escape(p.tokenizer_kind or job.tokenizer.kind)} "
-        f"tokenizer's "
+        f"**{human(p.params)} parameters** with the {html.escape(p.tokenizer_kind)} tokenizer's "
         f"{p.vocab_size:,}-token vocabulary{changed} · training memory ≈ {human(p.train_bytes, 'B')}",
         f"**Data**: {html.escape(p.data.name)}: {human(p.data.train_tokens)} training tokens, "
         f"{human(p.data.val_tokens)} validation tokens",
