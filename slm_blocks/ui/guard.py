@@ -8,8 +8,9 @@ which browser tabs are still open.
   tells the sweeper (sweeper.py) which idle sessions are still wanted.
 - `Gate`: at most one request of a kind (generate, the inspect views) running per session; a second one is
   answered at once instead of taking a second worker slot.
-- `guard_launch`: the app's `launch()` with these defaults (Gradio's per-file upload cap, the middleware) and,
-  once the queue runs, a cap on the events one session may have waiting or running in Gradio's queue.
+- `guard_launch`: the app's `launch()` with these defaults (Gradio's per-file upload cap, the middleware), a cap
+  on the events one session may have waiting or running in Gradio's queue and the sweeper, all installed
+  before the server starts (`launch()` blocks under `python app.py`).
 
 The caps come from `Limits` (state.py); the README's "Security and limits" lists them.
 """
@@ -176,10 +177,10 @@ def guard_launch(demo, store) -> None:
         app_kwargs["middleware"] = list(app_kwargs.get("middleware") or []) + [Middleware(
             RequestGuard, max_body=limits.max_request_kb * 1024, max_upload=limits.max_upload_request_bytes,
             liveness=store.liveness, session_key=store.key)]
-        result = original(*args, app_kwargs=app_kwargs, **kwargs)
+        # before the original: under `python app.py` it blocks until the server stops, so nothing after it runs
         cap_session_events(demo, limits.max_pending_per_session)
-        store.start_sweeper()
-        return result
+        store.start_sweeper(limits.sweep_interval_s)
+        return original(*args, app_kwargs=app_kwargs, **kwargs)
 
     closer = demo.close
 

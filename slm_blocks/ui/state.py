@@ -51,6 +51,7 @@ class Limits:
     max_request_kb: int = 4096  # any request body but an upload (a job is at most 64 KB; Compare sends its curves)
     max_pending_per_session: int = 16  # events of one session waiting or running in Gradio's queue
     session_idle_s: int = 1800  # a session without requests, training or open tab for this long is closed
+    sweep_interval_s: float = 30.0  # how often the sweeper looks for idle sessions, orphans and the disk in use
     disk_budget_mb: int = 20480  # all sessions' files and MLflow artifacts; new work is refused above it
     max_trainings_per_client: int = 8  # trainings one client address may have queued or running (0: no cap)
     max_queued_trainings: int = 32  # trainings waiting for a trainer, all users together
@@ -74,6 +75,7 @@ class Limits:
                    max_request_kb=_env_int("SLM_MAX_REQUEST_KB", cls.max_request_kb),
                    max_pending_per_session=_env_int("SLM_MAX_PENDING_PER_SESSION", cls.max_pending_per_session),
                    session_idle_s=_env_int("SLM_SESSION_IDLE", cls.session_idle_s),
+                   sweep_interval_s=_env_int("SLM_SWEEP_INTERVAL", cls.sweep_interval_s),
                    disk_budget_mb=_env_int("SLM_DISK_BUDGET_MB", cls.disk_budget_mb),
                    max_trainings_per_client=_env_int("SLM_MAX_TRAININGS_PER_CLIENT", cls.max_trainings_per_client),
                    max_queued_trainings=_env_int("SLM_MAX_QUEUED_TRAININGS", cls.max_queued_trainings),
