@@ -10,6 +10,7 @@ import os
 
 import gradio as gr
 
+from ..training.hub_access import set_process_default
 from .build_tab import build_tab, preset_state, validate_spec
 from .compare import Y_AXES
 from .deploy import WEIGHTS, deploy_section
@@ -27,6 +28,8 @@ it as a standard `transformers` checkpoint. Start on **Build**, then press **Sta
 
 def build_app(store: SessionStore | None = None) -> gr.Blocks:
     store = store or SessionStore(Limits.from_env())
+    # a visitor's Hub reads are anonymous unless they sign in; the server's login only by a local opt-in
+    set_process_default(None if store.limits.use_ambient_token else False)
     h = Handlers(store)
     on_spaces = bool(os.environ.get("SPACE_ID"))
     # delete_cache: Gradio's copies of uploads and outputs go after 2 h (runs copy what they use into the session)

@@ -16,6 +16,7 @@ import pandas as pd
 
 from ..model.generation import SamplingConfig, next_token_distribution, stream_text
 from ..training.events import EvalEvent, SampleEvent, StepEvent
+from ..training.hub_access import reading_as
 from ..training.job import Job, JobError
 from ..training.jobs import QueuedTraining
 from ..training.schema import parse_number, short
@@ -78,15 +79,18 @@ class Handlers:
             job.train.max_time = float(self.store.limits.max_time_s)
         return job
 
-    def train(self, job_payload, files, request: gr.Request):
+    def train(self, job_payload, files, oauth_token: gr.OAuthToken | None, request: gr.Request):
         """Start training the job (JSON; data files optional) and stream (status, loss curve, sample, log,
-        timeline) until it ends."""
+        timeline) until it ends. Hub reads (a source model, a teacher, data, a tokenizer) use the visitor's own
+        sign-in or none, never the server's token."""
         from .grow_tab import resolve_growth, worker_for
 
         session = self.store.get(_sid(request))
+        token = self.store.hub_token(oauth_token)
         try:
             job = self.parse_job(job_payload, session)
-            resolve_growth(job, session, self.store.limits.caps())  # run names -> folders; bad sources refused now
+            with reading_as(token):  # run names -> folders; bad sources refused now
+                resolve_growth(job, session, self.store.limits.caps())
             with session.lock:  # one start at a time per session: never two trainings on one run folder
                 if self._active(session):
                     raise UserError("A training of this session is already running; stop it first")
@@ -108,6 +112,7 @@ class Handlers:
                 run.job = QueuedTraining(job, run.dir, caps=self.store.limits.caps(),
                                          mlflow_uri=self.store.mlflow_uri, worker=worker_for(job))
                 run.job.client = client_address(request)
+                run.job.hub_token = token  # handed to the worker in its environment, never written down
                 self.store.queue.submit(run.job)  # QueueFull: nothing registered
                 session.runs[name] = run
                 session.followed = name
@@ -207,11 +212,15 @@ class Handlers:
         session = self.store.get(_sid(request))
         return self.sample_at(session.followed, step, request) if session.followed else ""
 
-    def preview(self, job_payload, files, request: gr.Request) -> str:
+    def preview(self, job_payload, files, oauth_token: gr.OAuthToken | None, request: gr.Request) -> str:
         """What Start would train: the model with the tokenizer's real vocabulary, tokens per parameter, ETA."""
+        session = self.store.get(_sid(request))
+        with reading_as(self.store.hub_token(oauth_token)):  # a Hub dataset or tokenizer: as the visitor
+            return self._preview(job_payload, files, session)
+
+    def _preview(self, job_payload, files, session) -> str:
         from ..training.preview import preview_run, session_speed
 
-        session = self.store.get(_sid(request))
         try:
             job = self.parse_job(job_payload, session, check_caps=False)  # the caps are shown below the preview
             source = None

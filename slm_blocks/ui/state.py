@@ -254,6 +254,14 @@ class SessionStore:
                 self.closing.discard(session.id)
             self._disk = (self._disk[0], -1e9)  # measure again next time
 
+    def hub_token(self, oauth_token) -> str | bool | None:
+        """Whose credentials a visitor's Hub reads use (training/hub_access.py): their own sign-in token, else
+        none (anonymous); the server's own login only when a local owner opted in (never on Spaces)."""
+        visitor = getattr(oauth_token, "token", None)
+        if isinstance(visitor, str) and visitor:
+            return visitor
+        return None if self.limits.use_ambient_token else False
+
     @property
     def mlflow_uri(self) -> str:
         from ..training.tracking import tracking_uri

@@ -403,7 +403,7 @@ def test_the_disk_budget_refuses_new_work(tmp_path):
     (other.root / "uploads").mkdir(parents=True)
     (other.root / "uploads" / "big.txt").write_bytes(b"x" * (2 * 2**20))
     request = SimpleNamespace(session_hash="newcomer")
-    status = next(Handlers(store).train(app_job("r", 10), None, request))[0]
+    status = next(Handlers(store).train(app_job("r", 10), None, None, request))[0]
     assert "disk budget" in status and not store.get("newcomer").runs, status
     msg, _ = Handlers(store).import_folder([str(other.root / "uploads" / "big.txt")], request)
     assert "disk budget" in msg and not (store.get("newcomer").root / "imports").exists(), msg
