@@ -467,3 +467,45 @@ def test_a_queued_training_between_turns_is_not_number_zero_in_line():
 
     assert "number" not in queue_line(0, (None, False)) and "trainer" in queue_line(0, (None, False))
     assert "number **2** in line" in queue_line(2, (30.0, False))
+
+
+# ----------------------------------------------------------------------------- per-client caps behind a proxy
+
+
+@pytest.mark.parametrize("space, proxies, forwarded, peer, expected", [
+    ("user/space", None, "6.6.6.6, 7.7.7.7, 10.1.2.3", "10.0.0.1", "10.1.2.3"),  # Spaces: the proxy's entry
+    ("user/space", None, "10.1.2.3", "10.0.0.1", "10.1.2.3"),
+    ("user/space", None, None, "10.0.0.1", "10.0.0.1"),
+    (None, None, "6.6.6.6", "10.0.0.1", "10.0.0.1"),  # no proxy: the header is the client's own words
+    (None, "2", "6.6.6.6, 10.1.2.3, 172.16.0.9", "10.0.0.1", "10.1.2.3"),  # two proxies: the outer one's entry
+])
+def test_the_client_address_is_the_one_the_proxy_appended(monkeypatch, space, proxies, forwarded, peer, expected):
+    from slm_blocks.ui.guard import client_address
+
+    for name, value in (("SPACE_ID", space), ("SLM_TRUSTED_PROXIES", proxies)):
+        monkeypatch.delenv(name, raising=False) if value is None else monkeypatch.setenv(name, value)
+    request = SimpleNamespace(headers={"x-forwarded-for": forwarded} if forwarded else {},
+                              client=SimpleNamespace(host=peer))
+    assert client_address(request) == expected
+
+
+def test_made_up_forwarded_entries_do_not_buy_more_training_slots(monkeypatch):
+    """Three requests from one visitor with three different made-up first X-Forwarded-For entries are one
+    client for the per-client training cap."""
+    from slm_blocks.training.jobs import QueueFull, QueuedTraining, TrainingQueue
+    from slm_blocks.ui.guard import client_address
+
+    monkeypatch.setenv("SPACE_ID", "user/space")
+    queue = TrainingQueue(1, max_waiting=10, per_client=2)
+    monkeypatch.setattr(queue, "_dispatch", lambda: None)  # nothing starts: every entry stays in line
+    outcomes = []
+    for fake in ("1.1.1.1", "2.2.2.2", "3.3.3.3"):
+        entry = QueuedTraining(None, Path("/nonexistent") / fake, resume=True)
+        entry.client = client_address(SimpleNamespace(headers={"x-forwarded-for": f"{fake}, 10.9.9.9"},
+                                                      client=SimpleNamespace(host="10.0.0.1")))
+        try:
+            queue.submit(entry)
+            outcomes.append("queued")
+        except QueueFull:
+            outcomes.append("refused")
+    assert outcomes == ["queued", "queued", "refused"], outcomes
