@@ -127,6 +127,7 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
                         "character** (lower is better; it compares models whatever their tokenizer), with each "
                         "model's parameter count beside it.")
             board = gr.Dataframe(interactive=False, elem_id="class-board")
+            board_msg = gr.Markdown(elem_id="class-board-msg")
 
         with gr.Tab("Grow"):
             grow = grow_tab(store, h, spec_json, start_from)
@@ -215,7 +216,7 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
         cmp_btn.click(h.compare, [everyone, x_axis, y_axis], [cmp_table, cmp_curves, cmp_scatter, cmp_msg],
                       api_name="compare") \
             .then(h.redraw_legends, cmp_scatter, cmp_scatter, api_visibility="private") \
-            .then(h.class_board, None, board, api_name="class_board")
+            .then(h.class_board, None, [board, board_msg], api_name="class_board")
         for choice in (everyone, x_axis, y_axis):  # a new choice redraws at once
             choice.input(h.compare, [everyone, x_axis, y_axis], [cmp_table, cmp_curves, cmp_scatter, cmp_msg],
                          api_visibility="private") \

@@ -381,7 +381,7 @@ class Handlers:
         from .compare import compare_frames, curves_plot, empty_curves, empty_scatter
 
         session = self.store.get(_sid(request))
-        try:
+        try:  # (damaged records and an unreadable store are handled inside, with a message)
             table, curves, scatter, msg = compare_frames(session, self.store.mlflow_uri if everyone else None, x_axis,
                                                          y_axis)
         except Exception as e:
@@ -390,14 +390,14 @@ class Handlers:
         return table, curves_plot(curves, x_axis, y_axis), scatter, msg
 
     def class_board(self):
-        """Everyone's runs on this server ranked by held-out bits per character, per data set."""
-        from .compare import BOARD_COLUMNS, class_board
+        """(everyone's runs on this server ranked by held-out bits per character, per data set; a message)."""
+        from .compare import BOARD_COLUMNS, STORE_UNREADABLE, class_board
 
         try:
-            return class_board(self.store.mlflow_uri)
+            return class_board(self.store.mlflow_uri), ""
         except Exception:
-            log.exception("class board failed")
-            return pd.DataFrame(columns=BOARD_COLUMNS)
+            log.warning("class board: the MLflow store cannot be read", exc_info=True)
+            return pd.DataFrame(columns=BOARD_COLUMNS), STORE_UNREADABLE + " the board is back when it is."
 
     @staticmethod
     def redraw_legends(scatter):
