@@ -277,6 +277,9 @@ class Handlers:
                 raise UserError("Prompt: type some text to continue (a single newline works too)")
             self._check_prompt(prompt)
             model, tok = self._load_fresh(session, model_name)
+            max_len = model.config.max_position_embeddings
+            self._check_memory(model, len(tok(prompt, add_special_tokens=False)["input_ids"][-max_len:]),
+                               cache_len=max_len)  # the prefill, and the cache generation allocates
             model = with_weights(model, weights)  # fp32 / bf16 / int8 / int4 (deploy.py)
             cfg = self._sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
             stop = threading.Event()
@@ -310,6 +313,30 @@ class Handlers:
         if len(prompt) > cap:
             raise UserError(f"Prompt: is {len(prompt):,} characters; this app takes at most {cap:,} (a model sees "
                             "only its last few hundred tokens anyway): shorten it")
+
+    def _check_memory(self, model, tokens: int, explain: bool = False, cache_len: int = 0) -> None:
+        """A prompt whose attention would take more than SLM_MAX_INFER_MB (masks and scores grow with heads x
+        tokens²: 4,096 characters once took 4 GB in the app process) is refused before the model runs, with the
+        longest prompt that fits."""
+        from ..model.estimate import human
+        from ..model.memory import inference_extra_bytes
+
+        spec, cap = model.config.model_spec(), self.store.limits.max_infer_mb * 2**20
+
+        def need(n):
+            return inference_extra_bytes(spec, n, explain=explain, cache_len=cache_len)
+
+        if need(tokens) <= cap:
+            return
+        lo, hi = 0, tokens  # the longest prompt that fits (need grows with the length)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if need(mid) <= cap else (lo, mid - 1)
+        raise UserError(f"Prompt: {tokens:,} tokens would need about {human(need(tokens), 'B')} of memory for this "
+                        f"model's attention, over this app's {human(cap, 'B')} per request; use at most {lo:,} "
+                        "tokens (shorten the prompt)" if lo else
+                        f"Model: this model needs about {human(need(1), 'B')} of memory per request, over this "
+                        f"app's {human(cap, 'B')}; use a smaller model")
 
     @staticmethod
     def _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed) -> SamplingConfig:
@@ -348,6 +375,7 @@ class Handlers:
             ids = tok(prompt, add_special_tokens=False)["input_ids"][-model.config.max_position_embeddings:]
             if not ids:
                 raise UserError("Prompt: the tokenizer produced no tokens for this text")
+            self._check_memory(model, len(ids))
             rows = [{"token": repr(tok.decode([i])), "probability": round(p, 4)}
                     for i, p in next_token_distribution(model, ids, top=10)]
             return pd.DataFrame(rows), ""
@@ -369,7 +397,11 @@ class Handlers:
             if prompt:
                 self._check_prompt(prompt)
             model, tok = self._load_fresh(session, model_name)
-            from .plots import attention_figure
+            from .plots import MAX_TOKENS, attention_figure
+
+            if prompt:
+                shown = min(MAX_TOKENS, model.config.max_position_embeddings)
+                self._check_memory(model, len(tok(prompt, add_special_tokens=False)["input_ids"][:shown]), True)
 
             return attention_figure(model, tok, prompt, numbers[0], numbers[1]), ""
         except Exception as e:

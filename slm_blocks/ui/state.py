@@ -48,6 +48,7 @@ class Limits:
     max_train_mb: int = 8192  # training memory of one run, from the estimate (weights, grads, AdamW, activations)
     max_context: int = 4096  # longest context (max_seq_len) of a model trained or imported here
     max_prompt_chars: int = 10_000  # prompts of /generate, /next_tokens, /attention_map (checked before tokenizing)
+    max_infer_mb: int = 1024  # memory one /generate, /next_tokens or /attention_map call may add to the weights
     max_request_kb: int = 4096  # any request body but an upload (a job is at most 64 KB; Compare sends its curves)
     max_pending_per_session: int = 16  # events of one session waiting or running in Gradio's queue
     session_idle_s: int = 1800  # a session without requests, training or open tab for this long is closed
@@ -72,6 +73,7 @@ class Limits:
                    max_train_mb=_env_int("SLM_MAX_TRAIN_MB", cls.max_train_mb),
                    max_context=_env_int("SLM_MAX_CONTEXT", cls.max_context),
                    max_prompt_chars=_env_int("SLM_MAX_PROMPT_CHARS", cls.max_prompt_chars),
+                   max_infer_mb=_env_int("SLM_MAX_INFER_MB", cls.max_infer_mb),
                    max_request_kb=_env_int("SLM_MAX_REQUEST_KB", cls.max_request_kb),
                    max_pending_per_session=_env_int("SLM_MAX_PENDING_PER_SESSION", cls.max_pending_per_session),
                    session_idle_s=_env_int("SLM_SESSION_IDLE", cls.session_idle_s),

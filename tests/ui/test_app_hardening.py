@@ -173,6 +173,41 @@ def test_oversized_prompts_and_bodies_never_reach_the_tokenizer(app, model_folde
     assert c.predict(*gen_args(name, "Once "), api_name="/generate").startswith("Once ")  # still serving
 
 
+def test_a_prompt_whose_attention_would_take_gigabytes_is_refused_first(app, tmp_path):
+    """A small ALiBi model with many heads and a long context passes every size cap, but a long prompt makes
+    (1, heads, T, T) bias masks: 2,000 bytes at 64 heads is about 2 GiB. /generate and /next_tokens refuse it
+    before the model runs, naming the longest prompt that fits; the app's peak RSS does not move."""
+    import torch
+
+    from slm_blocks import ModelSpec, build_model
+    from slm_blocks.sharing.export import export_hf
+    from slm_blocks.training.tokenization import build_tokenizer
+
+    tok = build_tokenizer("byte")
+    spec = ModelSpec.from_dict({"vocab_size": len(tok), "d_model": 32, "max_seq_len": 2048, "blocks": [
+        {"type": "embedding"}, {"type": "positional", "kind": "alibi"},
+        {"type": "transformer", "attention": {"n_heads": 64, "head_dim": 2}, "mlp": {"hidden": 64}},
+        {"type": "final_norm"}, {"type": "lm_head"}]})
+    torch.manual_seed(0)
+    export_hf(build_model(spec), tok, tmp_path / "alibi", verify=False)
+    c = client(app)
+    name = import_model(c, tmp_path / "alibi")
+    prompt = "x" * PROMPT_CAP
+    baseline = trimmed_rss()
+    with PeakRSS() as rss:
+        out = c.predict(*gen_args(name, prompt), api_name="/generate")
+        df, msg = c.predict(name, prompt, api_name="/next_tokens")
+    assert out.startswith("⚠️ Prompt: 2,000 tokens would need about") and "use at most" in out, out
+    assert not df["data"] and msg.startswith("⚠️ Prompt: 2,000 tokens") and "use at most" in msg, msg
+    assert rss.peak < baseline + 60, (baseline, rss.peak)
+    most = int(msg.split("use at most ")[1].split(" ")[0].replace(",", ""))
+    assert 100 < most < 2000
+    df, msg = c.predict(name, prompt[:most], api_name="/next_tokens")  # the length it names does fit
+    assert df["data"] and not msg, msg
+    fig, msg = c.predict(name, prompt, 0, 0, api_name="/attention_map")  # the map shows the first 48 tokens only
+    assert fig is not None and not msg, msg
+
+
 def test_one_session_cannot_take_every_inspect_worker(app, model_folder, monkeypatch):
     """/next_tokens had one worker for everybody: six slow calls from one session kept another session waiting
     for all of them. Now one session runs one at a time (the rest are answered at once) and the inspect views
