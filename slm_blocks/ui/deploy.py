@@ -20,7 +20,7 @@ from ..training.schema import short
 from .guard import one_at_a_time
 from .state import SessionStore, safe_filename
 from .train_tab import scrub
-from .uploads import UserError
+from .uploads import UserError, archive_for_download, discard_upload, file_for_download
 
 log = logging.getLogger("slm_blocks.app")
 
@@ -110,7 +110,7 @@ class Deploy:
             self.store.check_disk("Export")
             out = session.root / "exports" / f"{run.name}-{weights}"
             r = export_run_quantized(run.dir, out, weights, _group(group_size), overwrite=True)
-            archive = shutil.make_archive(str(out), "zip", out)
+            archive = archive_for_download(session.id, out, out.name)
             group = f"groups of {r.group_size}" if r.group_size else "per row"
             return archive, (f"✅ **{r.model_class}** with {weights} weights ({group}), "
                              f"{r.size_bytes / 2**20:.2f} MiB of weights. Verified in a fresh process: max |Δlogits| "
@@ -136,9 +136,9 @@ class Deploy:
             self.store.check_disk("Export")
             out = session.root / "exports" / f"{run.name}-gguf-{quant}"
             r = export_run_gguf(run.dir, out, quant, overwrite=True)
-            archive = shutil.make_archive(str(out), "zip", out)
+            archive = archive_for_download(session.id, out, out.name)
             notes = "".join(f"\n\nNote: {html.escape(n, quote=False)}." for n in r.notes)
-            return str(out / r.file), archive, (
+            return file_for_download(session.id, out / r.file), archive, (
                 f"✅ **{r.file}** (llama.cpp architecture `{r.arch}`, {r.quant}, {r.size_bytes / 2**20:.2f} MiB). "
                 f"Read back by transformers' GGUF loader in a fresh process: max |Δlogits| {r.max_abs_diff:.2e}, "
                 f"greedy continuation {'identical' if r.greedy_match else 'different'}, tokenizer "
@@ -170,6 +170,7 @@ class Deploy:
             dst = folder / safe_filename(src.name)
             try:
                 shutil.copyfile(src, dst)
+                discard_upload(src)
                 model, tok, spec = import_gguf(dst, caps=self.store.limits.caps(), out_dir=folder / "model",
                                                timeout_s=self.store.limits.import_timeout_s)
                 dst.unlink()

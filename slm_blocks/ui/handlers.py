@@ -27,7 +27,7 @@ from .import_upload import gather_import_files
 from .state import SessionRun, SessionStore
 from .streaming import chunked, one_thread
 from .train_tab import follow, job_problems, loss_frame, preview_markdown, sample_at, scrub
-from .uploads import UserError, copy_data_uploads, refuse_pickle
+from .uploads import UserError, archive_for_download, copy_data_uploads, discard_upload, refuse_pickle
 
 log = logging.getLogger("slm_blocks.app")
 
@@ -98,7 +98,7 @@ class Handlers:
                 self.store.check_disk("Start training")
                 if job.data.source == "files":  # (files left in the upload widget of another source are ignored)
                     job.data.paths = copy_data_uploads(files, session.root / "uploads",
-                                                       self.store.limits.max_upload_mb)
+                                                       self.store.limits.max_upload_mb, session.uploads)
                 name = session.new_run_name(job.run_name)
                 job.run_name = name
                 run = SessionRun(name, session.root / "runs" / name)
@@ -230,7 +230,7 @@ class Handlers:
                 if not files:
                     return "Upload data files to see what this run will train."
                 job.data.paths = copy_data_uploads(files, session.root / "uploads",
-                                                   self.store.limits.max_upload_mb)
+                                                   self.store.limits.max_upload_mb, session.uploads)
             speed = session_speed([(r.dir, r.job.events) for r in reversed(list(session.runs.values())) if r.job])
             p = preview_run(job, session.preview_cache, speed, start_from=source)
             from ..training.job import model_cap_problems
@@ -458,7 +458,7 @@ class Handlers:
             out = session.root / "exports" / run.name
             r = export_run(run.dir, out, overwrite=True)
             session.exports[run.name] = out
-            archive = shutil.make_archive(str(session.root / "exports" / f"{run.name}-hf"), "zip", out)
+            archive = archive_for_download(session.id, out, f"{run.name}-hf")
             kind = ("native transformers class — loads with no remote code" if r.native else
                     f"custom code (load with trust_remote_code=True) because "
                     f"{html.escape(scrub(r.why_not_native))}")
@@ -522,6 +522,8 @@ class Handlers:
             folder.mkdir(parents=True, exist_ok=True)
             # the files, or the export's own .zip (unpacked to at most the same size: weights barely compress)
             gather_import_files(sources, folder, self.store.limits.max_upload_request_bytes)
+            for src in sources:  # the session has its copy now: Gradio's goes at once
+                discard_upload(src)
             model, tok, spec = import_hf(folder, caps=self.store.limits.caps())  # caps: before allocating
             if tok is None:
                 raise UserError("Import: the folder has no tokenizer files (tokenizer.json, tokenizer_config.json)")

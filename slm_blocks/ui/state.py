@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import threading
 import time
 import unicodedata
@@ -42,6 +43,8 @@ class Limits:
     max_time_s: int = 3600
     max_concurrent: int = 1
     max_upload_mb: int = 50
+    uploads_per_client_mb: int = 1024  # uploaded by one client address within an hour (0: no cap)
+    upload_space_mb: int = 4096  # Gradio's folder of uploads and downloads, all users together (0: no cap)
     max_runs_per_session: int = 10  # runs and imported models of one session
     model_cache_mb: int = 2048  # weights of the models loaded for generation, all sessions together
     import_timeout_s: int = 120  # reading one GGUF file (in a worker process)
@@ -69,6 +72,8 @@ class Limits:
                    max_time_s=_env_int("SLM_MAX_TIME", cls.max_time_s),
                    max_concurrent=_env_int("SLM_MAX_CONCURRENT_TRAININGS", cls.max_concurrent),
                    max_upload_mb=_env_int("SLM_MAX_UPLOAD_MB", cls.max_upload_mb),
+                   uploads_per_client_mb=_env_int("SLM_UPLOAD_MB_PER_CLIENT", cls.uploads_per_client_mb),
+                   upload_space_mb=_env_int("SLM_UPLOAD_SPACE_MB", cls.upload_space_mb),
                    max_runs_per_session=_env_int("SLM_MAX_RUNS_PER_SESSION", cls.max_runs_per_session),
                    model_cache_mb=_env_int("SLM_MODEL_CACHE_MB", cls.model_cache_mb),
                    import_timeout_s=_env_int("SLM_IMPORT_TIMEOUT", cls.import_timeout_s),
@@ -141,6 +146,7 @@ class Session:
     root: Path
     runs: dict[str, SessionRun] = field(default_factory=dict)
     imports: dict[str, Path] = field(default_factory=dict)  # name -> an imported model's folder (loaded: models.py)
+    uploads: dict[str, str] = field(default_factory=dict)  # an upload's path as the page sends it -> our copy
     exports: dict[str, Path] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)  # one training start at a time per session
     preview_cache: dict = field(default_factory=dict)  # (data, tokenizer) choice -> vocabulary and token counts
@@ -235,12 +241,14 @@ class SessionStore:
         return self.sweeper
 
     def disk_used_mb(self, max_age_s: float = 10.0) -> float:
-        """MiB used by the data folder (sessions, MLflow store and artifacts), measured at most max_age_s ago."""
+        """MiB used by the data folder (sessions, MLflow store and artifacts) and Gradio's folder of uploads
+        and downloads, measured at most max_age_s ago."""
         from .sweeper import folder_mb
+        from .uploads import upload_folder
 
         used, when = self._disk
         if time.time() - when > max_age_s:
-            used = folder_mb(self.limits.data_dir) if self.limits.data_dir.exists() else 0.0
+            used = sum(folder_mb(p) for p in (self.limits.data_dir, upload_folder()) if p.exists())
             self._disk = (used, time.time())
         return used
 
@@ -276,8 +284,10 @@ class SessionStore:
                 except Exception:
                     r.job.kill()
         from .sweeper import remove_session_files
+        from .uploads import served_folder
 
         try:
+            shutil.rmtree(served_folder(session.id), ignore_errors=True)  # its downloads in Gradio's folder
             remove_session_files(session.root, self.mlflow_uri)
         finally:
             with self.lock:
