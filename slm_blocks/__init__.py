@@ -6,8 +6,9 @@ The engine is importable without Gradio. Heavy modules (torch, transformers) loa
 
 from .model.estimate import Estimate, estimate
 from .model.presets import list_presets, load_preset
+from .model.fields import Problem
 from .model.spec import BLOCK_TYPES, ModelSpec, block_help
-from .model.validate import Problem, SpecError
+from .model.validate import SpecError
 
 __all__ = [
     "BLOCK_TYPES", "Estimate", "ModelSpec", "Problem", "SpecError", "block_help", "build_model", "estimate",

@@ -9,32 +9,25 @@ The rules read blocks by their `type` name, so this module imports nothing from 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .fields import Problem, SettingsError
 
 
-@dataclass(frozen=True)
-class Problem:
-    block: int | None  # index into spec.blocks, or None for a global field
-    field: str  # dotted path inside the block (or the spec), e.g. "attention.n_heads"
-    message: str  # what is wrong and how to fix it
-
-    def __str__(self) -> str:
-        where = "spec" if self.block is None else f"block {self.block}"
-        return f"{where} · {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
-
-
-class SpecError(ValueError):
+class SpecError(SettingsError):
     """A spec that cannot be built; `.problems` lists every reason."""
 
     def __init__(self, problems: list[Problem]):
-        self.problems = list(problems)
-        super().__init__("invalid model spec:\n" + "\n".join(f"- {p}" for p in self.problems))
+        super().__init__(problems, "model spec")
+
+    @staticmethod
+    def line(p: Problem) -> str:
+        """'block 2 · attention.n_heads: ...' inside a block, 'spec · d_model: ...' for a global field."""
+        return str(p) if p.block is not None else f"spec · {p}" if p.path else f"spec: {p}"
 
 
 def validate(spec: "ModelSpec") -> list[Problem]:
     """All problems of a parsed spec (empty list = buildable)."""
     problems: list[Problem] = []
-    add = lambda block, field, msg: problems.append(Problem(block, field, msg))  # noqa: E731
+    add = lambda block, field, msg: problems.append(Problem(at(block, field), msg))  # noqa: E731
 
     if spec.dropout >= 1:
         add(None, "dropout", f"is {spec.dropout}; use a value in [0, 1), e.g. 0.1")
@@ -59,6 +52,11 @@ def validate(spec: "ModelSpec") -> list[Problem]:
         if norm is not None and norm.bias and norm.kind == "rmsnorm":
             add(i, "norm.bias", "RMSNorm has no bias; set bias to false or kind to 'layernorm'")
     return problems
+
+
+def at(block: int | None, field: str) -> str:
+    """The path of a field of block `block` (None: a global field of the spec)."""
+    return field if block is None else f"blocks[{block}].{field}" if field else f"blocks[{block}]"
 
 
 # block types that sit on the residual stream between the positional block and final_norm

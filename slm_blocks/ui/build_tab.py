@@ -8,18 +8,18 @@ can hold comes from the engine's spec dataclasses; the UI only turns their field
 from __future__ import annotations
 
 import copy
-import functools
 import html
 import json
 import re
 import typing
 import uuid
-from dataclasses import fields, is_dataclass
+from dataclasses import fields
 
 import gradio as gr
 
 from .. import BLOCK_TYPES, ModelSpec, SpecError, block_help, estimate, list_presets, load_preset
 from ..model.estimate import block_costs, human, numel
+from ..model.fields import leaf_fields
 from ..model.spec import MAX_SPEC_BYTES
 from ..model.validate import LAYER_TYPES
 from ..training.config import TrainConfig
@@ -69,23 +69,7 @@ def check(spec: dict) -> tuple[ModelSpec | None, list]:
 
 def field_widgets(block_type: str) -> list[tuple[str, typing.Any, dict]]:
     """(dotted path, type hint, metadata) for every editable field of a block type, sub-specs flattened."""
-    out = []
-
-    def walk(cls, prefix: str):
-        hints = typing.get_type_hints(cls)
-        for f in fields(cls):
-            if f.name == "type":
-                continue
-            hint = hints[f.name]
-            inner = [a for a in typing.get_args(hint) if a is not type(None)]
-            target = inner[0] if inner and is_dataclass(inner[0]) else hint
-            if is_dataclass(target):
-                walk(target, f"{prefix}{f.name}.")
-            else:
-                out.append((prefix + f.name, hint, dict(f.metadata)))
-
-    walk(BLOCK_TYPES[block_type], "")
-    return out
+    return leaf_fields(BLOCK_TYPES[block_type])
 
 
 def get_path(d: dict, path: str):
@@ -116,29 +100,10 @@ def parse_optional_number(text, kind: type):
     return value if ok else text
 
 
-# Short human labels (unique within a block); a field missing here falls back to its name.
-LABELS = {
-    "vocab_size": "Vocabulary size", "d_model": "Width (d_model)", "max_seq_len": "Context length",
-    "tie_embeddings": "Tie embedding and head", "init_std": "Init std", "dropout": "Dropout",
-    "scale": "Scale by √d_model", "kind": "Kind", "rope_theta": "RoPE base", "local_rope_theta": "RoPE base (window)",
-    "repeat": "Layers (repeat)", "norm_placement": "Norm placement", "residual": "Residual",
-    "full_attention_every": "Full attention every",
-    "attention.n_heads": "Heads", "attention.n_kv_heads": "KV heads", "attention.head_dim": "Head size",
-    "attention.qkv_bias": "q/k/v bias", "attention.out_bias": "Output bias", "attention.qk_norm": "QK-norm",
-    "attention.sliding_window": "Sliding window", "attention.dropout": "Attention dropout",
-    "mlp.activation": "Activation", "mlp.gated": "Gated (GLU)", "mlp.hidden": "Hidden width", "mlp.bias": "MLP bias",
-    "norm.kind": "Norm kind", "norm.eps": "Norm epsilon", "norm.bias": "Norm bias",
-}
-# What an empty optional field means, shown as its placeholder.
-DEFAULTS = {
-    "attention.n_kv_heads": "= heads", "attention.head_dim": "d_model / heads", "attention.sliding_window": "all tokens",
-    "mlp.hidden": "4 × d_model", "local_rope_theta": "= RoPE base", "full_attention_every": "never",
-}
-
-
 def field_label(path: str) -> str:
-    """The label a learner sees for a spec field (the browser tests find fields by it)."""
-    return LABELS.get(path, path.rsplit(".", 1)[-1].replace("_", " ").capitalize())
+    """The label a learner sees for a spec field (its metadata's label; the browser tests find fields by it)."""
+    meta = _known_fields().get(path) or {}
+    return meta.get("label") or path.rsplit(".", 1)[-1].replace("_", " ").capitalize()
 
 
 def field_groups(block_type: str) -> list[tuple[str, list]]:
@@ -165,7 +130,7 @@ def make_widget(path: str, hint, meta: dict, value, key: str):
             return gr.Checkbox(value=bool(value), **common)
     if optional and base in (int, float):
         # a Textbox, not a Number: Gradio 6's Number shows (and sends back) 0 for an empty value
-        return gr.Textbox(value="" if value is None else str(value), placeholder=DEFAULTS.get(path, "default"),
+        return gr.Textbox(value="" if value is None else str(value), placeholder=meta.get("empty") or "default",
                           min_width=140, **common)
     if base in (int, float):
         return gr.Number(value=value, precision=0 if base is int else None, min_width=140, **common)
@@ -219,9 +184,13 @@ DIAGRAM_JS = ("element.addEventListener('click', (e) => { const b = e.target.clo
               "if (b) trigger('click', {block: b.dataset.block}); });")
 
 
-@functools.lru_cache(maxsize=1)
-def _known_fields() -> frozenset[str]:
-    return frozenset({"type", "blocks", "spec", *GLOBALS} | {p for t in BLOCK_TYPES for p, _, _ in field_widgets(t)})
+def _known_fields() -> dict[str, dict]:
+    """Every field path a spec can have -> its metadata (the registry can grow, so this is not cached)."""
+    known = {p: meta for p, _, meta in leaf_fields(ModelSpec)}
+    for t in BLOCK_TYPES:
+        for p, _, meta in field_widgets(t):
+            known.setdefault(p, meta)
+    return {"type": {}, "blocks": {}, "spec": {}, **known}
 
 
 def _field_text(field: str) -> str:

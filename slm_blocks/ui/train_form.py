@@ -69,7 +69,7 @@ def make_widget(path: str, hint, meta: dict, value, visible: bool = True):
     if path == "train.max_time" or (optional and base in (int, float)):
         # a Textbox, not a Number: Gradio's Number turns empty into 0, and empty means "derived" here
         shown = "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
-        return gr.Textbox(value=shown, placeholder=f"auto: {meta.get('derived') or 'default'}", min_width=140,
+        return gr.Textbox(value=shown, placeholder=f"auto: {meta.get('empty') or 'default'}", min_width=140,
                           **common)
     if base in (int, float):
         return gr.Number(value=value, precision=0 if base is int else None, min_width=140, **common)
