@@ -13,10 +13,10 @@ from ..model.spec import ModelSpec
 
 
 def _architecture_table(spec: ModelSpec) -> str:
-    rows = ["| # | block | settings |", "|---|---|---|"]
-    for i, b in enumerate(spec.blocks):
+    rows = ["| # | block | what it is | settings |", "|---|---|---|---|"]
+    for i, (b, (name, details)) in enumerate(zip(spec.blocks, spec.describe())):
         settings = ", ".join(f"{k}={v}" for k, v in applicable(b).items())
-        rows.append(f"| {i} | {b.type} | {settings or '—'} |")
+        rows.append(f"| {i} | {name} | {details or '—'} | {settings or '—'} |")
     return "\n".join(rows)
 
 

@@ -19,9 +19,9 @@ import gradio as gr
 
 from .. import BLOCK_TYPES, ModelSpec, SpecError, block_help, estimate, list_presets, load_preset
 from ..model.estimate import block_costs, human, numel
-from ..model.fields import leaf_fields
+from ..model.blocks import layer_types, module_of
+from ..model.fields import leaf_fields, parse_record
 from ..model.spec import MAX_SPEC_BYTES
-from ..model.validate import LAYER_TYPES
 from ..training.config import TrainConfig
 from ..training.schema import parse_number
 
@@ -153,19 +153,7 @@ def diagram(spec: dict, problems=(), selected: str | None = None) -> str:
         if not isinstance(b, dict):
             continue
         t = b.get("type", "?")
-        detail = ""
-        if t == "positional":
-            detail = str(b.get("kind"))
-        elif t in ("transformer", "attention"):
-            a = b.get("attention", {}) or {}
-            detail = f"{a.get('n_heads')} heads" + (f", {a.get('n_kv_heads')} kv" if a.get("n_kv_heads") else "")
-            if a.get("sliding_window"):
-                detail += f", window {a['sliding_window']}"
-            if t == "transformer":
-                detail = f"×{b.get('repeat', 1)} · {detail} · {b.get('norm_placement', 'pre')}-norm"
-        elif t == "mlp":
-            m = b.get("mlp", {}) or {}
-            detail = ("gated " if m.get("gated") else "") + str(m.get("activation"))
+        detail = _details(spec, b)
         border = "3px solid #dc2626" if i in bad else "3px solid #111" if b.get("_id") == selected else \
             "3px solid transparent"
         mark = "⚠️ " if i in bad else ""
@@ -177,6 +165,20 @@ def diagram(spec: dict, problems=(), selected: str | None = None) -> str:
     arrow = "<div style='text-align:center;color:#888'>↓</div>"
     return "<div>" + "<div style='text-align:center;color:#888'>token ids</div>" + arrow + arrow.join(boxes) + \
         arrow + "<div style='text-align:center;color:#888'>next-token scores</div></div>"
+
+
+def _details(spec: dict, block: dict) -> str:
+    """A block's own short description (its module's describe), read leniently: a spec mid-edit still shows one
+    (a bad field reads as its default)."""
+    if block.get("type") not in BLOCK_TYPES:
+        return ""
+    try:
+        top = parse_record(ModelSpec, {k: v for k, v in spec.items() if k in GLOBALS}, "", [], text=False)
+        parsed = parse_record(BLOCK_TYPES[block["type"]], {k: v for k, v in block.items() if k != "_id"}, "", [],
+                              text=False)
+        return module_of(parsed).describe(parsed, top)[1]
+    except Exception:  # noqa: BLE001 - a spec mid-edit: no details rather than no diagram
+        return ""
 
 
 # Clicking a box in the diagram sends its block id (event delegation: the boxes are re-rendered on every edit).
@@ -540,7 +542,7 @@ def _adder(block_type: str, spec):
     blocks = spec["blocks"]
     types = [b.get("type") if isinstance(b, dict) else None for b in blocks]
     at = types.index("lm_head") if "lm_head" in types else len(blocks)
-    if block_type in LAYER_TYPES and "final_norm" in types[:at]:
+    if block_type in layer_types() and "final_norm" in types[:at]:
         at = types.index("final_norm")
     blocks.insert(at, block)
     return spec
