@@ -20,10 +20,11 @@ import gradio as gr
 from .. import BLOCK_TYPES, ModelSpec, SpecError, block_help, estimate, list_presets, load_preset
 from ..model.estimate import block_costs, human, numel
 from ..model.blocks import layer_types, module_of
-from ..model.fields import leaf_fields, parse_record
+from ..model.fields import leaf_fields, parse_record, unwrap_optional
 from ..model.spec import MAX_SPEC_BYTES
 from ..training.config import TrainConfig
 from ..training.schema import parse_number
+from .widgets import field_widget
 
 GLOBALS = ("vocab_size", "d_model", "max_seq_len", "tie_embeddings", "init_std", "dropout")
 
@@ -115,26 +116,8 @@ def field_groups(block_type: str) -> list[tuple[str, list]]:
 
 
 def make_widget(path: str, hint, meta: dict, value, key: str):
-    """One input for one spec field. Every widget says interactive=True: Gradio 6 makes a component created
-    inside gr.render read-only unless told otherwise (a field that starts with a value looked editable but
-    ignored typing and clicks)."""
-    label, info = field_label(path), meta.get("help") or None
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    base = next((a for a in args if a is not type(None)), hint) if optional else hint
-    common = dict(label=label, info=info, key=key, preserved_by_key=None, interactive=True)
-    if typing.get_origin(base) is typing.Literal:
-        return gr.Dropdown(list(typing.get_args(base)), value=value, min_width=140, **common)
-    if base is bool:  # in a Column: Gradio 6's Checkbox ignores min_width and gets squeezed in a full Row
-        with gr.Column(min_width=140, key=f"col-{key}"):
-            return gr.Checkbox(value=bool(value), **common)
-    if optional and base in (int, float):
-        # a Textbox, not a Number: Gradio 6's Number shows (and sends back) 0 for an empty value
-        return gr.Textbox(value="" if value is None else str(value), placeholder=meta.get("empty") or "default",
-                          min_width=140, **common)
-    if base in (int, float):
-        return gr.Number(value=value, precision=0 if base is int else None, min_width=140, **common)
-    return gr.Textbox(value=value, **common)
+    """One input for one spec field (ui/widgets.py), labelled as the field's metadata says."""
+    return field_widget(hint, meta, value, label=field_label(path), key=key, boxed=True)
 
 
 # ----------------------------------------------------------------------------- views
@@ -338,7 +321,7 @@ def build_tab(spec_state: gr.State, spec_json: gr.Textbox):
                                 for path, hint, meta in items:
                                     w = make_widget(path, hint, meta, get_path(block, path), key=f"{bid}-{path}")
                                     event = w.blur if isinstance(w, (gr.Number, gr.Textbox)) else w.input
-                                    event(_setter(bid, path, optional_number(hint)), [w, spec_state], spec_state,
+                                    event(_setter(bid, path, hint), [w, spec_state], spec_state,
                                           api_visibility="private", show_progress="hidden")
                         text = block_problems(problems, i)
                         # always visible (an empty Markdown is 0 px high) and updated by value only: a gr.update()
@@ -470,15 +453,17 @@ def _index(spec: dict, bid: str) -> int | None:
     return next((i for i, b in enumerate(spec["blocks"]) if isinstance(b, dict) and b.get("_id") == bid), None)
 
 
-def _setter(bid: str, path: str, optional: type | None = None):
+def _setter(bid: str, path: str, hint=None):
+    optional = optional_number(hint)
+    whole = unwrap_optional(hint)[0] is int
+
     def set_value(value, spec):
         spec = copy.deepcopy(spec)
         i = _index(spec, bid)
         if i is not None:
             if optional is not None:
                 value = parse_optional_number(value, optional)
-            if isinstance(value, float) and value.is_integer() and path.split(".")[-1] not in (
-                    "eps", "dropout", "rope_theta", "local_rope_theta", "init_std"):
+            if isinstance(value, float) and value.is_integer() and whole:  # Gradio's Number sends 4.0 for 4
                 value = int(value)
             set_path(spec["blocks"][i], path, value)
         return spec
