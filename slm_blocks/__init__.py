@@ -1,7 +1,7 @@
 """SLM Blocks: build a small language model from a list of blocks, train it, export it to transformers.
 
-The engine is importable without Gradio. Heavy modules (torch, transformers) load on first use of
-`build_model`, so `ModelSpec`, validation and `estimate` stay fast for the builder UI.
+The engine is importable without Gradio. transformers loads on first use of `build_model`; torch loads with the
+spec, because each block type's module holds its spec and its torch modules side by side (model/blocks/).
 """
 
 from .model.estimate import Estimate, estimate

@@ -1,8 +1,10 @@
 """The model spec: global sizes plus an ordered list of blocks, as typed, versioned, JSON-safe data.
 
-A spec is *data*, never code. Reading one only matches block type names against the closed
-`BLOCK_TYPES` registry below; nothing named in a spec is ever imported or executed. Parsing and
-validation report every problem at once (see `validate.py`), so a learner fixes a spec in one go.
+A spec is *data*, never code. Reading one only matches block type names against the registry of block
+modules (blocks/); nothing named in a spec is ever imported or executed. Each block's fields, checks and
+description are its module's; here are the global sizes, the parsing of the block list and the views of the
+whole (layer plan, summary). Parsing and validation report every problem at once (see `validate.py`), so a
+learner fixes a spec in one go.
 """
 
 from __future__ import annotations

@@ -27,33 +27,6 @@ PRESETS = ["tiny-char", "gpt2", "llama", "mistral", "qwen3", "gemma3"]
 # ----------------------------------------------------------------------------- the specs (from the model tests)
 
 
-def _tiny(**over) -> dict:  # tests/model/test_model.py's tiny()
-    block = {"type": "transformer", "repeat": 2, "attention": {"n_heads": 4}, "mlp": {"activation": "silu",
-             "gated": True, "hidden": 64}, "norm": {"kind": "rmsnorm"}}
-    top = {}
-    for key, value in over.items():
-        if key.startswith("spec."):
-            top[key[5:]] = value
-        elif key == "positional":
-            continue
-        elif "." in key:
-            sub, field = key.split(".")
-            block[sub] = {**block[sub], field: value}
-        else:
-            block[key] = value
-    blocks = [{"type": "embedding"}, {"type": "positional", "kind": over.get("positional", "rope")}, block,
-              {"type": "final_norm"}, {"type": "lm_head"}]
-    return {"vocab_size": 50, "d_model": 32, "max_seq_len": 24, "blocks": blocks, **top}
-
-
-def _free_order(*kinds) -> dict:  # tests/model/test_model.py's free_order()
-    layer = {"attention": {"type": "attention", "attention": {"n_heads": 2}},
-             "mlp": {"type": "mlp", "mlp": {"hidden": 48}}, "norm": {"type": "norm"}}
-    return {"vocab_size": 50, "d_model": 32, "max_seq_len": 24, "blocks": [
-        {"type": "embedding"}, {"type": "positional", "kind": "learned"}, *[layer[k] for k in kinds],
-        {"type": "final_norm"}, {"type": "lm_head"}]}
-
-
 def _small(positional="rope", blocks=None, embed_scale=False, **layer) -> dict:  # tests/model/test_decode.py's
     attention = {"n_heads": 4, **layer.pop("attention", {})}
     block = {"type": "transformer", "repeat": 2, "attention": attention,
@@ -65,32 +38,13 @@ def _small(positional="rope", blocks=None, embed_scale=False, **layer) -> dict: 
 
 def specs() -> dict[str, dict]:
     from slm_blocks import load_preset
+    from tests.model.test_estimate import _every_block_kind
+    from tests.model.test_model import OPTIONS, tiny as _tiny
 
     out = {f"preset-{n}": load_preset(n).to_dict() for n in PRESETS}
-    out.update({f"pos-{k}": _tiny(positional=k) for k in ("learned", "sinusoidal", "rope", "alibi", "none")})
-    out.update({f"norm-{p}": _tiny(norm_placement=p) for p in ("pre", "post", "sandwich", "classic_post")})
+    out.update(OPTIONS)  # tests/model/test_model.py's block options and free orders
     out.update({
-        "parallel": _tiny(residual="parallel"),
-        "sandwich-parallel": _tiny(residual="parallel", norm_placement="sandwich"),
         "post-parallel": _tiny(residual="parallel", norm_placement="post"),
-        "mqa": _tiny(**{"attention.n_kv_heads": 1}), "gqa": _tiny(**{"attention.n_kv_heads": 2}),
-        "head-dim": _tiny(**{"attention.head_dim": 12}),
-        "qkv-out-bias": _tiny(**{"attention.qkv_bias": True, "attention.out_bias": True}),
-        "qk-norm": _tiny(**{"attention.qk_norm": True}),
-        "window": _tiny(**{"attention.sliding_window": 5}),
-        "window-mixed": _tiny(**{"attention.sliding_window": 5}, full_attention_every=2),
-        "window-alibi": _tiny(**{"attention.sliding_window": 6}, positional="alibi"),
-        "attn-dropout": _tiny(**{"attention.dropout": 0.1}, **{"spec.dropout": 0.1}),
-        **{f"mlp-{a}": _tiny(**{"mlp.activation": a, "mlp.gated": False}) for a in ("gelu", "gelu_tanh", "relu",
-                                                                                      "silu")},
-        **{f"glu-{a}": _tiny(**{"mlp.activation": a, "mlp.gated": True}) for a in ("gelu", "gelu_tanh", "relu")},
-        "mlp-bias": _tiny(**{"mlp.bias": True, "mlp.hidden": None}),
-        "layernorm": _tiny(**{"norm.kind": "layernorm", "norm.bias": True}),
-        "layernorm-nobias": _tiny(**{"norm.kind": "layernorm", "norm.bias": False}),
-        "untied": _tiny(**{"spec.tie_embeddings": False}),
-        "free-order": _free_order("attention", "mlp", "mlp", "attention"),
-        "with-norm-block": _free_order("mlp", "norm", "attention"),
-        "no-layers": _free_order(),
         "alibi-gqa-window": _small("alibi", attention={"n_kv_heads": 2, "sliding_window": 6}),
         "rope-mqa-window-qknorm": _small(attention={"n_kv_heads": 1, "sliding_window": 5, "qk_norm": True}),
         "qknorm-no-positions": _small("none", attention={"qk_norm": True, "qkv_bias": True, "out_bias": True}),
@@ -102,16 +56,7 @@ def specs() -> dict[str, dict]:
             {"type": "attention", "attention": {"n_heads": 2}}, {"type": "mlp", "mlp": {"activation": "gelu"}},
             {"type": "norm"}, {"type": "attention", "attention": {"n_heads": 4, "n_kv_heads": 2}, "norm": None},
             {"type": "mlp", "mlp": {"activation": "relu", "bias": True}, "norm": None}]),
-        "every-kind": {"vocab_size": 50, "d_model": 32, "max_seq_len": 16, "tie_embeddings": False, "blocks": [
-            {"type": "embedding", "scale": True}, {"type": "positional", "kind": "learned"},
-            {"type": "transformer", "repeat": 2, "norm_placement": "post",
-             "attention": {"n_heads": 4, "n_kv_heads": 2, "qkv_bias": True, "qk_norm": True},
-             "mlp": {"gated": True, "bias": True, "hidden": 48}, "norm": {"kind": "layernorm", "bias": True}},
-            {"type": "attention", "attention": {"n_heads": 2, "head_dim": 8, "out_bias": True}},
-            {"type": "mlp", "norm": None, "mlp": {"hidden": 40}},
-            {"type": "norm", "norm": {"kind": "layernorm", "bias": False}},
-            {"type": "transformer", "norm_placement": "sandwich"},
-            {"type": "final_norm"}, {"type": "lm_head"}]},
+        "every-kind": _every_block_kind().to_dict(),
         "untied-gpt2-shape": {**load_preset("gpt2").to_dict(), "tie_embeddings": False, "max_seq_len": 32},
     })
     return out
