@@ -56,6 +56,7 @@ class Costs:
 
     seq_len: int
     nbytes: int
+    dropout_mask: float = 0  # values per residual-branch output that dropout keeps (a one-byte mask: C / 4)
     matmul: int = 0
     attn_flops: float = 0.0
     act: int = 0

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 from .assembly import Costs
 from .blocks import module_of
+from .memory import attention_memory
 from .spec import ModelSpec
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -25,20 +26,23 @@ class Estimate:
     train_weights_bytes: int
     train_grads_bytes: int
     train_optimizer_bytes: int  # two fp32 moments per parameter (AdamW; an upper bound with Muon)
-    train_activations_bytes: int  # for one batch of batch_size x seq_len
+    train_activations_bytes: int  # peak for one batch of batch_size x seq_len, attention_bytes included
     train_total_bytes: int
     kv_cache_bytes_per_token: int  # per sequence, all attention layers
     inference_bytes: int  # weights + a full KV cache for batch_size x seq_len
+    attention_bytes: int = 0  # of train_activations_bytes: what grows with seq_len² (masks, kept scores; memory.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def estimate(spec: ModelSpec, batch_size: int = 8, seq_len: int | None = None, dtype: str = "float32") -> Estimate:
-    """Every block's module adds what it holds (its tensors) and what it costs (its `costs` hook)."""
+    """Every block's module adds what it holds (its tensors) and what it costs per token (its `costs` hook: the
+    activation values torch keeps for the backward pass, each term measured against torch's own peak in
+    tests/model/test_memory.py); memory.py adds what grows with the square of the context."""
     T = seq_len or spec.max_seq_len
     nbytes = BYTES[dtype]
-    acc = Costs(seq_len=T, nbytes=nbytes)
+    acc = Costs(seq_len=T, nbytes=nbytes, dropout_mask=spec.d_model / 4 if spec.dropout > 0 else 0)
     params = embedding = 0
     for block, first_layer in _blocks_and_first_layers(spec):
         module = module_of(block)
@@ -49,7 +53,8 @@ def estimate(spec: ModelSpec, batch_size: int = 8, seq_len: int | None = None, d
 
     fwd = int(round(2 * acc.matmul + acc.attn_flops))
     weights = params * nbytes
-    activations = acc.act * batch_size * T * nbytes
+    per_token = int(acc.act * batch_size * T * nbytes)
+    activations = attention_memory(spec, batch_size, T, "train", nbytes).peak(per_token)
     return Estimate(
         params=params,
         embedding_params=embedding,
@@ -62,6 +67,7 @@ def estimate(spec: ModelSpec, batch_size: int = 8, seq_len: int | None = None, d
         train_total_bytes=2 * weights + params * 8 + activations,
         kv_cache_bytes_per_token=acc.kv_bytes,
         inference_bytes=weights + acc.kv_bytes * batch_size * T,
+        attention_bytes=activations - per_token,
     )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from ..training.schema import short
 from .state import SessionStore, safe_filename
 from .train_tab import scrub
 from .uploads import UserError
@@ -120,11 +121,16 @@ class Deploy:
         """(the .gguf file, the folder with Modelfile and card as zip, the result in words)."""
         from ..compress.gguf_export import export_run_gguf
 
+        from ..compress.gguf_export import QUANTS
+
         session = _session(self.store, request)
         try:
+            quant = quant or "q8_0"
+            if quant not in QUANTS:  # checked before it becomes part of a folder name
+                raise UserError(f"GGUF quantization: choose one of {', '.join(QUANTS)} (got {short(quant)})")
             run = _finished_run(session, run_name)
             out = session.root / "exports" / f"{run.name}-gguf-{quant}"
-            r = export_run_gguf(run.dir, out, quant or "q8_0", overwrite=True)
+            r = export_run_gguf(run.dir, out, quant, overwrite=True)
             archive = shutil.make_archive(str(out), "zip", out)
             notes = "".join(f"\n\nNote: {html.escape(n, quote=False)}." for n in r.notes)
             return str(out / r.file), archive, (

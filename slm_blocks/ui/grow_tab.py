@@ -202,7 +202,7 @@ class Grow:
                                                                      value=s.followed or None))
 
     def grow(self, technique, source, run_name, steps, alpha, temperature, target_share, drop_layers, mlp_keep,
-             heads_keep, spec_json, request: gr.Request):
+             heads_keep, spec_json, oauth_token: gr.OAuthToken | None, request: gr.Request):
         """Start the chosen technique from `source` and stream (status, curves, log, before/after table)."""
         session = self._session(request)
         table = pd.DataFrame(columns=TABLE_COLUMNS)
@@ -234,7 +234,7 @@ class Grow:
             return
         last = log_text = None
         try:
-            for status, _plot, _sample, log_text, _timeline in self.h.train(payload, files, request):
+            for status, _plot, _sample, log_text, _timeline in self.h.train(payload, files, oauth_token, request):
                 last = status
                 run = session.runs.get(session.followed) if not status.startswith("❌") else None
                 yield status, curves_frame(run.job.events if run and run.job else []), log_text, table

@@ -8,8 +8,9 @@ which browser tabs are still open.
   tells the sweeper (sweeper.py) which idle sessions are still wanted.
 - `Gate`: at most one request of a kind (generate, the inspect views) running per session; a second one is
   answered at once instead of taking a second worker slot.
-- `guard_launch`: the app's `launch()` with these defaults (Gradio's per-file upload cap, the middleware) and,
-  once the queue runs, a cap on the events one session may have waiting or running in Gradio's queue.
+- `guard_launch`: the app's `launch()` with these defaults (Gradio's per-file upload cap, the middleware), a cap
+  on the events one session may have waiting or running in Gradio's queue and the sweeper, all installed
+  before the server starts (`launch()` blocks under `python app.py`).
 
 The caps come from `Limits` (state.py); the README's "Security and limits" lists them.
 """
@@ -147,18 +148,34 @@ class Gate:
 
 
 def client_address(request) -> str:
-    """The address a request came from, for per-client limits: on Spaces the first X-Forwarded-For entry
-    (the proxy's own address is the same for everybody), else the socket's peer. Best effort: behind one NAT
-    a class shares an address (raise SLM_MAX_TRAININGS_PER_CLIENT there)."""
+    """The address a request came from, for per-client limits. Behind a proxy (on Spaces, or wherever
+    SLM_TRUSTED_PROXIES says how many proxies stand in front of the app) it is the X-Forwarded-For entry that
+    the outermost trusted proxy appended: that many entries from the right. Entries further left were written
+    by the client itself and prove nothing (three made-up first entries once gave one visitor three training
+    slots). Without a proxy, the socket's peer. Best effort: behind one NAT a class shares an address (raise
+    SLM_MAX_TRAININGS_PER_CLIENT there)."""
     import os
 
     headers = getattr(request, "headers", None) or {}
-    if os.environ.get("SPACE_ID"):
+    hops = _trusted_proxies()
+    if hops:
         forwarded = headers.get("x-forwarded-for") if hasattr(headers, "get") else None
-        if forwarded:
-            return forwarded.split(",")[0].strip()[:64] or "unknown"
+        entries = [e.strip() for e in (forwarded or "").split(",") if e.strip()]
+        if entries:
+            return entries[-min(hops, len(entries))][:64]
     client = getattr(request, "client", None)
     return str(getattr(client, "host", None) or "local")[:64]
+
+
+def _trusted_proxies() -> int:
+    """How many proxies in front of the app append to X-Forwarded-For: SLM_TRUSTED_PROXIES, else 1 on a Space
+    (its proxy), else 0."""
+    import os
+
+    try:
+        return max(0, int(os.environ["SLM_TRUSTED_PROXIES"]))
+    except (KeyError, ValueError):
+        return 1 if os.environ.get("SPACE_ID") else 0
 
 
 def guard_launch(demo, store) -> None:
@@ -176,10 +193,10 @@ def guard_launch(demo, store) -> None:
         app_kwargs["middleware"] = list(app_kwargs.get("middleware") or []) + [Middleware(
             RequestGuard, max_body=limits.max_request_kb * 1024, max_upload=limits.max_upload_request_bytes,
             liveness=store.liveness, session_key=store.key)]
-        result = original(*args, app_kwargs=app_kwargs, **kwargs)
+        # before the original: under `python app.py` it blocks until the server stops, so nothing after it runs
         cap_session_events(demo, limits.max_pending_per_session)
-        store.start_sweeper()
-        return result
+        store.start_sweeper(limits.sweep_interval_s)
+        return original(*args, app_kwargs=app_kwargs, **kwargs)
 
     closer = demo.close
 

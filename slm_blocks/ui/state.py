@@ -48,9 +48,11 @@ class Limits:
     max_train_mb: int = 8192  # training memory of one run, from the estimate (weights, grads, AdamW, activations)
     max_context: int = 4096  # longest context (max_seq_len) of a model trained or imported here
     max_prompt_chars: int = 10_000  # prompts of /generate, /next_tokens, /attention_map (checked before tokenizing)
+    max_infer_mb: int = 1024  # memory one /generate, /next_tokens or /attention_map call may add to the weights
     max_request_kb: int = 4096  # any request body but an upload (a job is at most 64 KB; Compare sends its curves)
     max_pending_per_session: int = 16  # events of one session waiting or running in Gradio's queue
     session_idle_s: int = 1800  # a session without requests, training or open tab for this long is closed
+    sweep_interval_s: float = 30.0  # how often the sweeper looks for idle sessions, orphans and the disk in use
     disk_budget_mb: int = 20480  # all sessions' files and MLflow artifacts; new work is refused above it
     max_trainings_per_client: int = 8  # trainings one client address may have queued or running (0: no cap)
     max_queued_trainings: int = 32  # trainings waiting for a trainer, all users together
@@ -71,9 +73,11 @@ class Limits:
                    max_train_mb=_env_int("SLM_MAX_TRAIN_MB", cls.max_train_mb),
                    max_context=_env_int("SLM_MAX_CONTEXT", cls.max_context),
                    max_prompt_chars=_env_int("SLM_MAX_PROMPT_CHARS", cls.max_prompt_chars),
+                   max_infer_mb=_env_int("SLM_MAX_INFER_MB", cls.max_infer_mb),
                    max_request_kb=_env_int("SLM_MAX_REQUEST_KB", cls.max_request_kb),
                    max_pending_per_session=_env_int("SLM_MAX_PENDING_PER_SESSION", cls.max_pending_per_session),
                    session_idle_s=_env_int("SLM_SESSION_IDLE", cls.session_idle_s),
+                   sweep_interval_s=_env_int("SLM_SWEEP_INTERVAL", cls.sweep_interval_s),
                    disk_budget_mb=_env_int("SLM_DISK_BUDGET_MB", cls.disk_budget_mb),
                    max_trainings_per_client=_env_int("SLM_MAX_TRAININGS_PER_CLIENT", cls.max_trainings_per_client),
                    max_queued_trainings=_env_int("SLM_MAX_QUEUED_TRAININGS", cls.max_queued_trainings),
@@ -251,6 +255,14 @@ class SessionStore:
             with self.lock:
                 self.closing.discard(session.id)
             self._disk = (self._disk[0], -1e9)  # measure again next time
+
+    def hub_token(self, oauth_token) -> str | bool | None:
+        """Whose credentials a visitor's Hub reads use (training/hub_access.py): their own sign-in token, else
+        none (anonymous); the server's own login only when a local owner opted in (never on Spaces)."""
+        visitor = getattr(oauth_token, "token", None)
+        if isinstance(visitor, str) and visitor:
+            return visitor
+        return None if self.limits.use_ambient_token else False
 
     @property
     def mlflow_uri(self) -> str:

@@ -55,6 +55,20 @@ def test_export_gguf_gives_the_file_and_a_modelfile(served, exported_gguf):
     assert msg.startswith("❌") and "f16, q8_0" in msg, msg
 
 
+def test_no_argument_makes_a_folder_anywhere_before_it_is_checked(served, tmp_path):
+    """/export_gguf's quantization became part of a folder name (preprocess is off, so any text arrives):
+    `x/../../…/somewhere/sub` made that folder on the server before the value was checked."""
+    c, _, session = served
+    target = tmp_path / "planted"
+    depth = len(session.root.resolve().parts) + 2
+    for quant in (f"x/{'../' * depth}{target.relative_to('/')}/sub", f"x/{'../' * depth}{target}", "../../x"):
+        _, _, msg = c.predict("shakespeare", quant, api_name="/export_gguf")
+        assert msg.startswith("❌") and "GGUF quantization" in msg and "Traceback" not in msg, msg
+    assert not target.exists()
+    assert not [p for p in (session.root / "exports").glob("shakespeare-gguf-x*")] if \
+        (session.root / "exports").exists() else True
+
+
 def test_generate_with_int8_weights_and_bad_weights(served):
     c, _, _ = served
     args = ["shakespeare", "ROMEO:\n", 30, 0, 50, 1.0, 1.0, "1"]

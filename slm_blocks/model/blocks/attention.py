@@ -21,7 +21,7 @@ from torch import nn
 
 from ..assembly import affine, unchanged
 from ..fields import Problem, join, setting
-from .norm import NormSpec, RMSNorm, make_norm, norm_problems, norm_step, norm_tensors, rms_norm
+from .norm import NormSpec, RMSNorm, make_norm, norm_act, norm_problems, norm_step, norm_tensors, rms_norm
 from .positional import alibi_slopes, alibi_step_table, apply_rope, rope_step_tables
 
 TYPE = "attention"
@@ -330,7 +330,9 @@ def attention_costs(spec, a: AttentionSpec, window: int | None, acc) -> None:
     hd, nh, nkv = a.head_size(C), a.n_heads, a.kv_heads()
     acc.matmul += C * (nh + 2 * nkv) * hd + nh * hd * C
     acc.attn_flops += 2 * 2 * nh * hd * attended(acc.seq_len, window)  # q·k scores and probs·v
-    acc.act += C + (nh + 2 * nkv) * hd + nh * hd + nh  # qkv input, q/k/v, attention output, logsumexp
+    # q/k/v input and output, RoPE's rotated q and k, QK-norm's, attention output, logsumexp
+    acc.act += C + (nh + 2 * nkv) * hd + ((nh + nkv) * hd if spec.positional() == "rope" else 0) + \
+        (2 * (nh + nkv) * hd if a.qk_norm else 0) + nh * hd + nh
     acc.kv_bytes += 2 * nkv * hd * acc.nbytes
 
 
@@ -398,7 +400,7 @@ def tensors(block: Spec, spec, first_layer: int) -> list:
 
 
 def costs(block: Spec, spec, acc) -> None:
-    acc.act += spec.d_model if block.norm else 0
+    acc.act += norm_act(block.norm, spec.d_model) + acc.dropout_mask
     attention_costs(spec, block.attention, block.attention.sliding_window, acc)
 
 

@@ -60,7 +60,7 @@ def tensors(block: Spec, spec, first_layer: int) -> list:
 
 
 def costs(block: Spec, spec, acc) -> None:
-    acc.act += spec.d_model  # its output
+    acc.act += spec.d_model + acc.dropout_mask  # its output (and the embedding dropout's mask)
 
 
 def shapes(block: Spec, spec) -> list[tuple[str, str]]:

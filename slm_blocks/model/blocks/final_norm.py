@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..fields import Problem, setting
-from .norm import NormSpec, make_norm, norm_problems, norm_step, norm_tensors
+from .norm import NormSpec, make_norm, norm_act, norm_problems, norm_step, norm_tensors
 
 TYPE = "final_norm"
 ROLE = "final_norm"
@@ -46,7 +46,7 @@ def tensors(block: Spec, spec, first_layer: int) -> list:
 
 
 def costs(block: Spec, spec, acc) -> None:
-    acc.act += spec.d_model
+    acc.act += norm_act(block.norm, spec.d_model)
 
 
 def shapes(block: Spec, spec) -> list[tuple[str, str]]:

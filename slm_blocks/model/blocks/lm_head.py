@@ -50,7 +50,7 @@ def tensors(block: Spec, spec, first_layer: int) -> list:
 
 def costs(block: Spec, spec, acc) -> None:
     acc.matmul += spec.vocab_size * spec.d_model  # it multiplies even when tied
-    acc.act += 2 * spec.vocab_size  # logits and their softmax
+    acc.act += spec.d_model + 4 * spec.vocab_size  # its input; logits, log-softmax and the two gradients
 
 
 def shapes(block: Spec, spec) -> list[tuple[str, str]]:

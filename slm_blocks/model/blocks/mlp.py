@@ -14,7 +14,7 @@ from torch import nn
 
 from ..assembly import affine, unchanged
 from ..fields import Problem, setting
-from .norm import NormSpec, make_norm, norm_problems, norm_step, norm_tensors
+from .norm import NormSpec, make_norm, norm_act, norm_problems, norm_step, norm_tensors
 
 TYPE = "mlp"
 ROLE = "layer"
@@ -102,7 +102,7 @@ def mlp_tensors(prefix: str, spec, m: MLPSpec) -> list[tuple[str, tuple[int, ...
 def mlp_costs(spec, m: MLPSpec, acc) -> None:
     C, H = spec.d_model, m.hidden_size(spec.d_model)
     acc.matmul += (3 if m.gated else 2) * C * H
-    acc.act += C + (3 if m.gated else 2) * H  # MLP input, hidden pre-activations (and gate), activations
+    acc.act += C + (4 if m.gated else 2) * H  # MLP input; hidden pre-activations, activations (gate, product)
 
 
 def mlp_words(spec, m: MLPSpec) -> str:
@@ -158,7 +158,7 @@ def tensors(block: Spec, spec, first_layer: int) -> list:
 
 
 def costs(block: Spec, spec, acc) -> None:
-    acc.act += spec.d_model if block.norm else 0
+    acc.act += norm_act(block.norm, spec.d_model) + acc.dropout_mask
     mlp_costs(spec, block.mlp, acc)
 
 

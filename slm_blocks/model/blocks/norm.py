@@ -80,6 +80,13 @@ def norm_tensors(prefix: str, norm: NormSpec | None, dim: int) -> list[tuple[str
                                             else [])
 
 
+def norm_act(norm: NormSpec | None, dim: int) -> int:
+    """Values per token a norm keeps for its backward: its input (RMSNorm also its normalised input)."""
+    if norm is None:
+        return 0
+    return dim * (2 if norm.kind == "rmsnorm" else 1)
+
+
 def norm_problems(norm: NormSpec | None, at: str) -> list[Problem]:
     if norm is not None and norm.bias and norm.kind == "rmsnorm":
         return [Problem(join(at, "norm.bias"), "RMSNorm has no bias; set bias to false or kind to 'layernorm'")]
@@ -127,7 +134,7 @@ def tensors(block: Spec, spec, first_layer: int) -> list:
 
 
 def costs(block: Spec, spec, acc) -> None:
-    acc.act += spec.d_model  # its input, kept for the backward pass
+    acc.act += norm_act(block.norm, spec.d_model)
 
 
 def shapes(block: Spec, spec) -> list[tuple[str, str]]:

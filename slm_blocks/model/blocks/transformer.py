@@ -27,7 +27,7 @@ from .attention import (
     attention_tensors, attention_words,
 )
 from .mlp import MLP, MLPSpec, mlp_costs, mlp_tensors, mlp_words
-from .norm import NormSpec, make_norm, norm_problems, norm_step, norm_tensors
+from .norm import NormSpec, make_norm, norm_act, norm_problems, norm_step, norm_tensors
 
 TYPE = "transformer"
 ROLE = "layer"
@@ -162,7 +162,7 @@ def tensors(block: Spec, spec, first_layer: int) -> list:
 def costs(block: Spec, spec, acc) -> None:
     n_norms = sum(n is not None for n in NORM_SLOTS[block.norm_placement])
     for r in range(block.repeat):
-        acc.act += n_norms * spec.d_model
+        acc.act += n_norms * norm_act(block.norm, spec.d_model) + 2 * acc.dropout_mask
         attention_costs(spec, block.attention, block.window(r), acc)
         mlp_costs(spec, block.mlp, acc)
 
