@@ -91,7 +91,7 @@ class TransformerLayer(nn.Module):
         super().__init__()
         self.self_attn = attn
         self.mlp = MLP(d_model, block.mlp)
-        for name in sorted({n for n in NORM_SLOTS[block.norm_placement] if n}, key=_NAME_ORDER.index):
+        for name in norm_names(block):
             self.add_module(name, make_norm(block.norm, d_model))
         self.slots = NORM_SLOTS[block.norm_placement]
         self.parallel = block.residual == "parallel"
@@ -109,8 +109,9 @@ class TransformerLayer(nn.Module):
         return step(self, decoding)
 
 
-_NAME_ORDER = ["input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
-               "post_feedforward_layernorm"]
+def norm_names(block: Spec) -> list[str]:
+    """The norm modules a placement fills (each slot has its own module; NORM_SLOTS lists them in module order)."""
+    return [name for name in NORM_SLOTS[block.norm_placement] if name]
 
 
 # ----------------------------------------------------------------------------- the block's hooks
@@ -151,7 +152,7 @@ def step(layer: TransformerLayer, decoding):
 
 def tensors(block: Spec, spec, first_layer: int) -> list:
     out = []
-    names = sorted({n for n in NORM_SLOTS[block.norm_placement] if n}, key=_NAME_ORDER.index)
+    names = norm_names(block)
     for r in range(block.repeat):
         p = f"model.layers.{first_layer + r}"
         out += attention_tensors(f"{p}.self_attn", spec, block.attention) + mlp_tensors(f"{p}.mlp", spec, block.mlp)
@@ -160,7 +161,7 @@ def tensors(block: Spec, spec, first_layer: int) -> list:
 
 
 def costs(block: Spec, spec, acc) -> None:
-    n_norms = sum(n is not None for n in NORM_SLOTS[block.norm_placement])
+    n_norms = len(norm_names(block))
     for r in range(block.repeat):
         acc.act += n_norms * norm_act(block.norm, spec.d_model) + 2 * acc.dropout_mask
         attention_costs(spec, block.attention, block.window(r), acc)
