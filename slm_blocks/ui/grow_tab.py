@@ -308,13 +308,7 @@ class Grow:
         with session.lock:
             if self.h._active(session):
                 raise UserError("A training of this session is already running; stop it first")
-            if len(session.runs) >= limits.max_runs_per_session:
-                raise UserError(f"This session has {len(session.runs)} runs, the most allowed here; reload the page "
-                                "for a fresh session")
-            used_mb = session.disk_mb()
-            if used_mb > limits.session_quota_mb:
-                raise UserError(f"This session uses {used_mb:.0f} MB of disk, over the {limits.session_quota_mb} MB "
-                                "allowed; reload the page for a fresh session")
+            session.check_room(limits, "Prune")
             self.store.check_disk("Prune")
             name = session.new_run_name(name)
             out = session.root / "runs" / name

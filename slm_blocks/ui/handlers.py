@@ -27,7 +27,7 @@ from .import_upload import gather_import_files
 from .state import SessionRun, SessionStore
 from .streaming import chunked, one_thread
 from .train_tab import follow, job_problems, loss_frame, preview_markdown, sample_at, scrub
-from .uploads import UserError, copy_data_uploads, refuse_pickle
+from .uploads import UserError, archive_for_download, copy_data_uploads, discard_upload, refuse_pickle
 
 log = logging.getLogger("slm_blocks.app")
 
@@ -94,18 +94,11 @@ class Handlers:
             with session.lock:  # one start at a time per session: never two trainings on one run folder
                 if self._active(session):
                     raise UserError("A training of this session is already running; stop it first")
-                if len(session.runs) >= self.store.limits.max_runs_per_session:
-                    raise UserError(f"This session has {len(session.runs)} runs, the most allowed here; reload the "
-                                    "page for a fresh session")
-                used_mb = session.disk_mb()  # walks the session folder: once
-                if used_mb > self.store.limits.session_quota_mb:
-                    raise UserError(f"This session uses {used_mb:.0f} MB of disk, over the "
-                                    f"{self.store.limits.session_quota_mb} MB allowed; reload the page for a fresh "
-                                    "session")
+                session.check_room(self.store.limits, "Start training")
                 self.store.check_disk("Start training")
                 if job.data.source == "files":  # (files left in the upload widget of another source are ignored)
                     job.data.paths = copy_data_uploads(files, session.root / "uploads",
-                                                       self.store.limits.max_upload_mb)
+                                                       self.store.limits.max_upload_mb, session.uploads)
                 name = session.new_run_name(job.run_name)
                 job.run_name = name
                 run = SessionRun(name, session.root / "runs" / name)
@@ -237,7 +230,7 @@ class Handlers:
                 if not files:
                     return "Upload data files to see what this run will train."
                 job.data.paths = copy_data_uploads(files, session.root / "uploads",
-                                                   self.store.limits.max_upload_mb)
+                                                   self.store.limits.max_upload_mb, session.uploads)
             speed = session_speed([(r.dir, r.job.events) for r in reversed(list(session.runs.values())) if r.job])
             p = preview_run(job, session.preview_cache, speed, start_from=source)
             from ..training.job import model_cap_problems
@@ -255,15 +248,22 @@ class Handlers:
 
     # ----------------------------------------------------------------------------- generate
     def _model(self, session, name: str):
+        """(model, tokenizer) of a run or an import of this session, from the app's model cache (models.py):
+        read from its folder when it is not loaded, or no longer."""
+        from ..sharing.importer import import_hf
         from ..training.run import open_run
 
-        if name not in session.models:
-            if name in session.runs:
+        if name in session.runs:
+            def load():
                 run = open_run(session.runs[name].dir, load_data=False)
-                session.models[name] = (run.load_model(), run.tokenizer)
-            else:
-                raise UserError("Model: pick one of this session's runs or imported models")
-        return session.models[name]
+                return run.load_model(), run.tokenizer
+        elif name in session.imports:
+            def load():
+                model, tok, _spec = import_hf(session.imports[name], caps=self.store.limits.caps())
+                return model, tok
+        else:
+            raise UserError("Model: pick one of this session's runs or imported models")
+        return self.store.models.get(session.id, name, load)
 
     @one_at_a_time("generate", "Generate", lambda message: f"⚠️ {message}")
     def generate(self, model_name, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
@@ -301,7 +301,7 @@ class Handlers:
             raise UserError(f"Model: pick one of this session's runs or imported models (got {short(name)})")
         run = session.runs.get(name)
         if run is not None and run.job is not None and not run.job.finished:
-            session.models.pop(name, None)  # still training: always take the newest checkpoint
+            self.store.models.drop(session.id, name)  # still training: always take the newest checkpoint
         return self._model(session, name)
 
     def _check_prompt(self, prompt) -> None:
@@ -453,11 +453,12 @@ class Handlers:
             run = session.run(run_name)
             if run.job and not run.job.finished:
                 raise UserError(f"Run: {run_name} is still training; stop it or wait until it finishes")
+            session.check_quota(self.store.limits, "Export")
             self.store.check_disk("Export")
             out = session.root / "exports" / run.name
             r = export_run(run.dir, out, overwrite=True)
             session.exports[run.name] = out
-            archive = shutil.make_archive(str(session.root / "exports" / f"{run.name}-hf"), "zip", out)
+            archive = archive_for_download(session.id, out, f"{run.name}-hf")
             kind = ("native transformers class — loads with no remote code" if r.native else
                     f"custom code (load with trust_remote_code=True) because "
                     f"{html.escape(scrub(r.why_not_native))}")
@@ -514,19 +515,22 @@ class Handlers:
             if size > self.store.limits.max_upload_request_bytes:
                 raise UserError(f"Import: the files hold {size / 2**20:,.0f} MB, more than a model this app allows "
                                 f"({self.store.limits.max_upload_request_bytes / 2**20:,.0f} MB)")
+            session.check_room(self.store.limits, "Import")
             self.store.check_disk("Import")
             name = session.new_run_name("imported")
             folder = session.root / "imports" / name
             folder.mkdir(parents=True, exist_ok=True)
             # the files, or the export's own .zip (unpacked to at most the same size: weights barely compress)
             gather_import_files(sources, folder, self.store.limits.max_upload_request_bytes)
+            for src in sources:  # the session has its copy now: Gradio's goes at once
+                discard_upload(src)
             model, tok, spec = import_hf(folder, caps=self.store.limits.caps())  # caps: before allocating
             if tok is None:
                 raise UserError("Import: the folder has no tokenizer files (tokenizer.json, tokenizer_config.json)")
-            session.models[name] = (model, tok)
+            session.imports[name] = folder  # on disk: read again from here if the model cache lets it go
+            self.store.models.put(session.id, name, (model, tok))
             return f"✅ Imported as **{name}** ({html.escape(spec.summary())}); pick it on the Generate tab.", \
-                gr.update(choices=list(session.runs) + [n for n in session.models if n not in session.runs],
-                          value=name)
+                gr.update(choices=session.model_names(), value=name)
         except Exception as e:
             if folder is not None:  # a failed import leaves no files behind
                 shutil.rmtree(folder, ignore_errors=True)
