@@ -1,13 +1,14 @@
 """SLM Blocks: build a small language model from a list of blocks, train it, export it to transformers.
 
-The engine is importable without Gradio. Heavy modules (torch, transformers) load on first use of
-`build_model`, so `ModelSpec`, validation and `estimate` stay fast for the builder UI.
+The engine is importable without Gradio. transformers loads on first use of `build_model`; torch loads with the
+spec, because each block type's module holds its spec and its torch modules side by side (model/blocks/).
 """
 
 from .model.estimate import Estimate, estimate
 from .model.presets import list_presets, load_preset
+from .model.fields import Problem
 from .model.spec import BLOCK_TYPES, ModelSpec, block_help
-from .model.validate import Problem, SpecError
+from .model.validate import SpecError
 
 __all__ = [
     "BLOCK_TYPES", "Estimate", "ModelSpec", "Problem", "SpecError", "block_help", "build_model", "estimate",

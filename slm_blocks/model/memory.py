@@ -1,7 +1,7 @@
 """The memory of attention that grows with the square of the context: what `estimate()` adds to the
 per-token activations, and what one inference call in the app may allocate.
 
-Which attention path runs decides it (model/attention.py, torch's CPU kernels, measured in
+Which attention path runs decides it (model/blocks/attention.py, torch's CPU kernels, measured in
 tests/model/test_memory.py):
 
 - `scaled_dot_product_attention` without dropout runs a fused kernel that never materialises the (T, S)
