@@ -3,7 +3,7 @@
     python -m slm_blocks.grow.worker WORK.json
 
 training/worker.py, handed this layer's preparer (training imports nothing from above; see
-training/driver.py, growth_hook). The app picks it for such jobs (ui/grow_tab.py, `worker_for`).
+training/driver.py, growth_hook). The app picks it for such jobs (ui/grow_actions.py, `worker_for`).
 """
 
 from __future__ import annotations

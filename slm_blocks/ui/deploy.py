@@ -1,9 +1,7 @@
-"""Share tab, "Quantize & deploy": the size-speed-quality table of fp32 / bf16 / int8 / int4 / GGUF q8_0 for a
-run, quantized transformers exports, a GGUF download for llama.cpp / Ollama, and GGUF import. Also the
-weights choice the Generate tab passes to /generate (`with_weights`).
-
-Built here so app.py only calls `deploy_section(...)`; the engine is slm_blocks.compress. Endpoints:
-/compare_weights, /export_quantized, /export_gguf, /import_gguf.
+"""What the Share tab's "Quantize & deploy" does (its layout and wiring: tabs/share.py): the size-speed-quality
+table of fp32 / bf16 / int8 / int4 / GGUF q8_0 for a run, quantized transformers exports, a GGUF download for
+llama.cpp / Ollama, and GGUF import. Also the weights choice the Generate tab passes to /generate
+(`with_weights`). The engine is slm_blocks.compress.
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ import pandas as pd
 from ..training.schema import short
 from .guard import one_at_a_time
 from .state import SessionStore, safe_filename
-from .train_tab import scrub
+from .train_view import scrub
 from .uploads import UserError, archive_for_download, discard_upload, file_for_download
 
 log = logging.getLogger("slm_blocks.app")
@@ -147,8 +145,8 @@ class Deploy:
         except Exception as e:
             return None, None, _message(e)
 
-    @one_at_a_time("import", "Import", lambda message: (f"❌ {message}", gr.update()))
-    def import_gguf(self, file, request: gr.Request):
+    @one_at_a_time("import", "Import", lambda message: f"❌ {message}")
+    def import_gguf(self, file, request: gr.Request) -> str:
         """Import a .gguf file as a model of this session (for the Generate tab): its header is checked against
         its tensors and the caps, then a worker process reads it into a transformers folder, within
         SLM_IMPORT_TIMEOUT seconds. The folder is kept (the model is read again from it when the model cache
@@ -178,48 +176,8 @@ class Deploy:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
             session.imports[name] = folder / "model"
+            session.followed = name  # the model the learner is on now: Generate's picker shows it
             self.store.models.put(session.id, name, (model, tok))
-            return (f"✅ Imported as **{name}** ({html.escape(spec.summary())}); pick it on the Generate tab.",
-                    gr.update(choices=session.model_names(), value=name))
+            return f"✅ Imported as **{name}** ({html.escape(spec.summary())}); pick it on the Generate tab."
         except Exception as e:
-            return _message(e), gr.update()
-
-
-def deploy_section(store: SessionStore, run_pick: gr.Dropdown, model_pick: gr.Dropdown) -> None:
-    """The "Quantize & deploy" part of the Share tab, with its events (run_pick: the tab's run dropdown;
-    model_pick: the Generate tab's model dropdown, updated by a GGUF import)."""
-    d = Deploy(store)
-    gr.Markdown(INTRO)
-    with gr.Row():
-        group = gr.Dropdown(["default", "16", "32", "64", "128", "256"], value="default",
-                            label="Group size (int8 default: per row; int4 default: 32)")
-        compare_btn = gr.Button("Compare fp32 / bf16 / int8 / int4 / GGUF q8_0")
-    table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, wrap=True)
-    table_msg = gr.Markdown()
-    with gr.Row():
-        with gr.Column():
-            qweights = gr.Radio(["int8", "int4"], value="int8", label="Quantized transformers export")
-            qexport_btn = gr.Button("Export quantized folder")
-            qfile = gr.File(label="Quantized folder (.zip)")
-            qmsg = gr.Markdown()
-        with gr.Column():
-            gquant = gr.Radio(["q8_0", "f16"], value="q8_0", label="GGUF for llama.cpp / Ollama")
-            gexport_btn = gr.Button("Export GGUF")
-            gfile = gr.File(label="GGUF file")
-            gzip = gr.File(label="GGUF + Modelfile + model card (.zip)")
-            gmsg = gr.Markdown()
-    gr.Markdown("### Import a GGUF file")
-    gguf_in = gr.File(label="A .gguf file (GPT-2, Llama, Qwen3 or Gemma 3 architecture)", file_types=[".gguf"])
-    gimport_btn = gr.Button("Import GGUF")
-    gimport_msg = gr.Markdown()
-
-    # preprocess=False: the handlers check every choice themselves and answer with a message naming the field
-    compare_btn.click(d.compare, [run_pick, group], [table, table_msg], api_name="compare_weights",
-                      concurrency_limit=2, preprocess=False)
-    qexport_btn.click(d.export_quantized, [run_pick, qweights, group], [qfile, qmsg], api_name="export_quantized",
-                      concurrency_limit=2, preprocess=False)
-    gexport_btn.click(d.export_gguf, [run_pick, gquant], [gfile, gzip, gmsg], api_name="export_gguf",
-                      concurrency_limit=2, preprocess=False)
-    # imports run in a worker with a time limit (one per session at a time): two may run at once
-    gimport_btn.click(d.import_gguf, gguf_in, [gimport_msg, model_pick], api_name="import_gguf", concurrency_limit=2,
-                      concurrency_id="import")
+            return _message(e)

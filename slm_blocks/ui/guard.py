@@ -270,7 +270,6 @@ def client_address(request) -> str:
     by the client itself and prove nothing (three made-up first entries once gave one visitor three training
     slots). Without a proxy, the socket's peer. Best effort: behind one NAT a class shares an address (raise
     SLM_MAX_TRAININGS_PER_CLIENT there)."""
-    import os
 
     headers = getattr(request, "headers", None) or {}
     hops = _trusted_proxies()

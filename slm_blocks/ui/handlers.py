@@ -13,6 +13,7 @@ from pathlib import Path
 
 import gradio as gr
 import pandas as pd
+import torch
 
 from ..model.generation import SamplingConfig, next_token_distribution, stream_text
 from ..training.events import EvalEvent, SampleEvent, StepEvent
@@ -26,7 +27,8 @@ from .guard import client_address, one_at_a_time
 from .import_upload import gather_import_files
 from .state import SessionRun, SessionStore
 from .streaming import chunked, one_thread
-from .train_tab import follow, job_problems, loss_frame, preview_markdown, sample_at, scrub
+from .train_view import follow, job_problems, loss_frame, preview_markdown, sample_at, scrub, start_label
+from .attention_view import MAX_TOKENS
 from .uploads import UserError, archive_for_download, copy_data_uploads, discard_upload, refuse_pickle
 
 log = logging.getLogger("slm_blocks.app")
@@ -83,7 +85,7 @@ class Handlers:
         """Start training the job (JSON; data files optional) and stream (status, loss curve, sample, log,
         timeline) until it ends. Hub reads (a source model, a teacher, data, a tokenizer) use the visitor's own
         sign-in or none, never the server's token."""
-        from .grow_tab import resolve_growth, worker_for
+        from .grow_actions import resolve_growth, worker_for
 
         session = self.store.get(_sid(request))
         token = self.store.hub_token(oauth_token)
@@ -121,8 +123,39 @@ class Handlers:
         if run is None:
             return "Nothing is training in this session."
         self.store.queue.cancel(run.job)
-        return f"Stopping **{html.escape(run.name)}** after the current step; a resumable checkpoint is kept."
+        return f"⏹️ Stopping **{html.escape(run.name)}** after the current step; a resumable checkpoint is kept."
 
+    def resume_plan(self, run_name, extra_steps, request: gr.Request) -> str:
+        """What Resume would do, said before it runs: where the run stands, the step it will train to and its
+        time budget."""
+        import json
+
+        from ..training.checkpoint import latest_checkpoint
+
+        session = self.store.get(_sid(request))
+        if not isinstance(run_name, str) or run_name not in session.runs:
+            return ""
+        run = session.runs[run_name]
+        if run.job is not None and not run.job.finished:
+            return f"<small>{html.escape(run_name)} is training now; Resume is for a stopped or finished run.</small>"
+        try:
+            train = json.loads((run.dir / "run.json").read_text())["train"]
+            ckpt = latest_checkpoint(run.dir)
+            state = json.loads((ckpt / "trainer_state.json").read_text()) if ckpt else {"step": 0}
+        except (OSError, ValueError, KeyError):
+            return f"<small>{html.escape(run_name)} has no readable run.json or checkpoint yet.</small>"
+        ok, extra, _ = parse_number(extra_steps, int, optional=True)
+        extra = max(0, extra or 0) if ok else 0
+        total, at = train["max_steps"] + extra, state["step"]
+        budget = train.get("max_time")
+        time_text = (f", with a fresh time budget of {budget / 60:.3g} min" if extra and budget else
+                     ", within what is left of its time budget" if budget else "")
+        if extra == 0 and at >= train["max_steps"]:
+            return (f"<small>{html.escape(run_name)} reached its {train['max_steps']:,} steps; add extra steps to train "
+                    "it further.</small>")
+        return (f"<small>{html.escape(run_name)} stopped at step {at:,} of {train['max_steps']:,}: Resume trains it from "
+                f"there to step **{total:,}** ({total - at:,} more steps{time_text}); the learning rate continues from "
+                "where it was and decays to its minimum at the new end.</small>")
     def resume(self, run_name, extra_steps, request: gr.Request):
         """Continue a stopped or finished run from its last checkpoint; `extra_steps` more steps are added to
         its total and the learning rate continues from where it was. Called with raw values (preprocess off):
@@ -191,8 +224,8 @@ class Handlers:
         entry.resume_step = step
         return entry
 
-    def sample_at(self, run_name, step, request: gr.Request) -> str:
-        """The sample a run took at (or just before) `step`: the Train tab's timeline."""
+    def sample_at(self, run_name: str, step: int | float | str | None = None, request: gr.Request = None) -> str:
+        """API: the sample a run took at (or just before) `step` (the Train tab's timeline)."""
         session = self.store.get(_sid(request))
         if not isinstance(run_name, str) or run_name not in session.runs:
             return "Pick one of this session's runs."
@@ -209,9 +242,17 @@ class Handlers:
         """What Start would train: the model with the tokenizer's real vocabulary, tokens per parameter, ETA."""
         session = self.store.get(_sid(request))
         with reading_as(self.store.hub_token(oauth_token)):  # a Hub dataset or tokenizer: as the visitor
-            return self._preview(job_payload, files, session)
+            return self._preview(job_payload, files, session)[0]
 
-    def _preview(self, job_payload, files, session) -> str:
+    def preview_view(self, job_payload, files, oauth_token: gr.OAuthToken | None, request: gr.Request):
+        """The Train tab's preview and its Start button, which says what it will train."""
+        session = self.store.get(_sid(request))
+        with reading_as(self.store.hub_token(oauth_token)):
+            text, label = self._preview(job_payload, files, session)
+        return text, gr.update(value=label or "Start training")
+
+    def _preview(self, job_payload, files, session) -> tuple[str, str | None]:
+        """(the preview's text, the Start button's label when the model is known)."""
         from ..training.preview import preview_run, session_speed
 
         try:
@@ -220,15 +261,16 @@ class Handlers:
             if job.init_from:  # fine-tuning: the source's architecture and tokenizer train, not the Build tab's
                 from ..training.data import is_hub_id
                 from ..training.run import open_run
-                from .grow_tab import _finished_run
+                from .grow_actions import _finished_run
 
                 if job.init_from not in session.runs and is_hub_id(job.init_from):
                     return (f"- 🌱 **Fine-tuning {html.escape(job.init_from)}** from the Hub: its architecture, "
-                            "size and vocabulary are read (and checked against this app's caps) when the run starts")
+                            "size and vocabulary are read (and checked against this app's caps) when the run starts",
+                            f"Start training · fine-tune {job.init_from}")
                 source = open_run(_finished_run(session, job.init_from, "init_from").dir, load_data=False)
             if job.data.source == "files":
                 if not files:
-                    return "Upload data files to see what this run will train."
+                    return "Upload data files to see what this run will train.", None
                 job.data.paths = copy_data_uploads(files, session.root / "uploads",
                                                    self.store.limits.max_upload_mb, session.uploads)
             speed = session_speed([(r.dir, r.job.events) for r in reversed(list(session.runs.values())) if r.job])
@@ -240,20 +282,26 @@ class Handlers:
                    f"with the {p.tokenizer_kind} tokenizer the vocabulary is {p.vocab_size:,} tokens, so ")
             over = [q for q in job.cap_problems(caps) if q.path != "spec" and q.path != "train.batch_size"]
             over += model_cap_problems(p.spec, job.train, caps, why)
-            return preview_markdown(p, job) + ("\n\n" + job_problems(JobError(over)) if over else "")
+            text = preview_markdown(p, job) + ("\n\n" + job_problems(JobError(over)) if over else "")
+            return text, start_label(p, job.spec.name)
         except JobError as e:
-            return job_problems(e)
+            return job_problems(e), None
         except Exception as e:
-            return f"⚠️ {html.escape(_friendly(e))}"
+            return f"⚠️ {html.escape(_friendly(e))}", None
 
     # ----------------------------------------------------------------------------- generate
     def _model(self, session, name: str):
         """(model, tokenizer) of a run or an import of this session, from the app's model cache (models.py):
         read from its folder when it is not loaded, or no longer."""
         from ..sharing.importer import import_hf
+        from ..training.checkpoint import latest_checkpoint
         from ..training.run import open_run
 
+        version = None
         if name in session.runs:
+            ckpt = latest_checkpoint(session.runs[name].dir)  # a run that trained on since is read again
+            version = (ckpt.name, ckpt.stat().st_mtime_ns) if ckpt is not None else None
+
             def load():
                 run = open_run(session.runs[name].dir, load_data=False)
                 return run.load_model(), run.tokenizer
@@ -263,7 +311,7 @@ class Handlers:
                 return model, tok
         else:
             raise UserError("Model: pick one of this session's runs or imported models")
-        return self.store.models.get(session.id, name, load)
+        return self.store.models.get(session.id, name, load, version)
 
     @one_at_a_time("generate", "Generate", lambda message: f"⚠️ {message}")
     def generate(self, model_name, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
@@ -296,12 +344,9 @@ class Handlers:
             yield f"⚠️ {_friendly(e)}"
 
     def _load_fresh(self, session, name):
-        """Reload a run's model when training wrote a newer checkpoint since it was loaded."""
+        """A run's or an import's model, read again when training wrote a newer checkpoint since it was loaded."""
         if not isinstance(name, str):
             raise UserError(f"Model: pick one of this session's runs or imported models (got {short(name)})")
-        run = session.runs.get(name)
-        if run is not None and run.job is not None and not run.job.finished:
-            self.store.models.drop(session.id, name)  # still training: always take the newest checkpoint
         return self._model(session, name)
 
     def _check_prompt(self, prompt) -> None:
@@ -366,27 +411,25 @@ class Handlers:
                                                               f"⚠️ {message}"))
     def next_tokens(self, model_name, prompt, request: gr.Request):
         """The model's top next-token candidates for the prompt, with probabilities."""
+        from .attention_view import shown
+
         session = self.store.get(_sid(request))
         try:
-            if not prompt:
-                raise UserError("Prompt: type some text first")
-            self._check_prompt(prompt)
-            model, tok = self._load_fresh(session, model_name)
-            ids = tok(prompt, add_special_tokens=False)["input_ids"][-model.config.max_position_embeddings:]
-            if not ids:
-                raise UserError("Prompt: the tokenizer produced no tokens for this text")
-            self._check_memory(model, len(ids))
+            model, tok, ids = self._inspected(session, model_name, prompt, last=True)
             rows = [{"token": repr(tok.decode([i])), "probability": round(p, 4)}
                     for i, p in next_token_distribution(model, ids, top=10)]
-            return pd.DataFrame(rows), ""
+            return pd.DataFrame(rows), f"For the prompt `…{shown(prompt[-40:]).replace('`', 'ʼ')}` ({len(ids)} tokens)"
         except Exception as e:
             return pd.DataFrame(columns=["token", "probability"]), f"⚠️ {_friendly(e)}"
 
-    @one_at_a_time("inspect", "Attention map", lambda message: (None, f"⚠️ {message}"))
-    def attention_map(self, model_name, prompt, layer, head, request: gr.Request):
-        """A heatmap of one attention head over the prompt's tokens. Called with raw values (preprocess off):
-        text, lists or 1e400 as layer or head get a message naming the field."""
+    @one_at_a_time("inspect", "Attention map", lambda message: ({"tokens": [], "weights": []}, f"⚠️ {message}"))
+    def attention_map(self, model_name: str, prompt: str, layer: int | float | str | None = 0,
+                      head: int | float | str | None = 0, request: gr.Request = None) -> tuple[dict, str]:
+        """API: one attention head over the prompt's first tokens, as {"tokens": [...], "weights": [[...]]} (rows:
+        queries, columns: keys), and a message. Raw values are checked here: text, lists or 1e400 as layer or head
+        get a message naming the field."""
         session = self.store.get(_sid(request))
+        empty = {"tokens": [], "weights": []}
         try:
             numbers = []
             for value, name in ((layer, "Attention layer"), (head, "Head")):
@@ -394,18 +437,81 @@ class Handlers:
                 if not ok:
                     raise UserError(f"{name}: {why}")
                 numbers.append(number or 0)
-            if prompt:
-                self._check_prompt(prompt)
-            model, tok = self._load_fresh(session, model_name)
-            from .plots import MAX_TOKENS, attention_figure
-
-            if prompt:
-                shown = min(MAX_TOKENS, model.config.max_position_embeddings)
-                self._check_memory(model, len(tok(prompt, add_special_tokens=False)["input_ids"][:shown]), True)
-
-            return attention_figure(model, tok, prompt, numbers[0], numbers[1]), ""
+            model, tok, ids = self._inspected(session, model_name, prompt)
+            ids = ids[:MAX_TOKENS]
+            with torch.inference_mode():
+                maps = model(torch.tensor([ids]), use_cache=False, output_attentions=True).attentions
+            if not maps:
+                raise UserError("This model has no attention layers")
+            if not 0 <= numbers[0] < len(maps):
+                raise UserError(f"Attention layer: choose 0…{len(maps) - 1}")
+            if not 0 <= numbers[1] < maps[numbers[0]].shape[1]:
+                raise UserError(f"Head: choose 0…{maps[numbers[0]].shape[1] - 1}")
+            weights = maps[numbers[0]][0, numbers[1]].float()
+            return {"tokens": [tok.decode([i]) for i in ids],
+                    "weights": [[round(float(w), 5) for w in row] for row in weights]}, ""
         except Exception as e:
-            return None, f"⚠️ {_friendly(e)}"
+            return empty, f"⚠️ {_friendly(e)}"
+
+    @one_at_a_time("inspect", "Attention", lambda message: f"⚠️ {html.escape(message)}")
+    def attention_heads(self, model_name, prompt, layer, request: gr.Request) -> str:
+        """Every head of one attention layer side by side (attention_view.py), as HTML for the Generate tab."""
+        from .attention_view import attention_heads
+
+        session = self.store.get(_sid(request))
+        try:
+            ok, number, why = parse_number(layer, int, optional=True)
+            if not ok:
+                raise UserError(f"Attention layer: {why}")
+            model, tok, ids = self._inspected(session, model_name, prompt)
+            return attention_heads(model, tok, ids, number or 0)
+        except Exception as e:
+            return f"⚠️ {html.escape(_friendly(e))}"
+
+    @one_at_a_time("inspect", "Next tokens", lambda message: f"⚠️ {html.escape(message)}")
+    def next_bars(self, model_name, prompt, temperature, top_k, top_p, request: gr.Request) -> str:
+        """The next-token probabilities of the prompt as bars, filtered as these sampling settings would."""
+        from .attention_view import next_token_bars
+
+        session = self.store.get(_sid(request))
+        try:
+            if not model_name:
+                return "<small>Pick a model to see what it thinks comes next.</small>"
+            model, tok, ids = self._inspected(session, model_name, prompt, last=True)
+            cfg = self._sampling(1, temperature, top_k, top_p, 1.0, None)
+            return next_token_bars(model, tok, ids, prompt, cfg)
+        except Exception as e:
+            return f"⚠️ {html.escape(_friendly(e))}"
+
+    def append_token(self, model_name, prompt, evt: gr.EventData, request: gr.Request):
+        """A bar of the next-token view was clicked: its token goes at the end of the prompt."""
+        session = self.store.get(_sid(request))
+        token = (getattr(evt, "_data", None) or {}).get("token")
+        try:
+            _, tok = self._load_fresh(session, model_name)
+            return (prompt or "") + tok.decode([int(token)])
+        except Exception:  # a stale bar (another model picked since): the prompt stays as it is
+            return gr.update()
+
+    def _inspected(self, session, model_name, prompt, last: bool = False):
+        """(model, tokenizer, prompt ids) for an inspect view, checked: the prompt's length, the memory its
+        attention takes (explain mode keeps every layer's map) and that it has tokens at all."""
+        from .attention_view import MAX_TOKENS as SHOWN
+
+        if not prompt:
+            raise UserError("Prompt: type some text first")
+        self._check_prompt(prompt)
+        model, tok = self._load_fresh(session, model_name)
+        ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise UserError("Prompt: the tokenizer produced no tokens for this text")
+        if last:
+            ids = ids[-model.config.max_position_embeddings:]
+            self._check_memory(model, len(ids))
+        else:
+            ids = ids[:min(SHOWN, model.config.max_position_embeddings)]
+            self._check_memory(model, len(ids), explain=True)
+        return model, tok, ids
 
     # ----------------------------------------------------------------------------- compare
     def compare(self, everyone: bool, x_axis: str, y_axis: str = "loss", request: gr.Request = None):
@@ -497,8 +603,8 @@ class Handlers:
             msg = _friendly(e)
             return f"❌ {html.escape(msg.replace(token, '***') if token else msg)}"
 
-    @one_at_a_time("import", "Import", lambda message: (f"❌ {message}", gr.update()))
-    def import_folder(self, files, request: gr.Request):
+    @one_at_a_time("import", "Import", lambda message: f"❌ {message}")
+    def import_folder(self, files, request: gr.Request) -> str:
         """Import an exported / native checkpoint (uploaded files of one folder) as a model to generate with."""
         from ..sharing.importer import import_hf
 
@@ -529,10 +635,10 @@ class Handlers:
             if tok is None:
                 raise UserError("Import: the folder has no tokenizer files (tokenizer.json, tokenizer_config.json)")
             session.imports[name] = folder  # on disk: read again from here if the model cache lets it go
+            session.followed = name  # the model the learner is on now: Generate's picker shows it
             self.store.models.put(session.id, name, (model, tok))
-            return f"✅ Imported as **{name}** ({html.escape(spec.summary())}); pick it on the Generate tab.", \
-                gr.update(choices=session.model_names(), value=name)
+            return f"✅ Imported as **{name}** ({html.escape(spec.summary())}); pick it on the Generate tab."
         except Exception as e:
             if folder is not None:  # a failed import leaves no files behind
                 shutil.rmtree(folder, ignore_errors=True)
-            return f"❌ {html.escape(_friendly(e))}", gr.update()
+            return f"❌ {html.escape(_friendly(e))}"

@@ -25,27 +25,32 @@ def model_bytes(model) -> int:
 
 
 class ModelCache:
-    """(session id, model name) -> (model, tokenizer), least recently used evicted past `budget_bytes`."""
+    """(session id, model name) -> (model, tokenizer), least recently used evicted past `budget_bytes`. Each entry
+    remembers the version it was read from (a run's latest checkpoint), so a run that trained on since it was
+    loaded is read again."""
 
     def __init__(self, budget_bytes: int):
         self.budget = budget_bytes
         self._entries: OrderedDict[tuple[str, str], tuple] = OrderedDict()
+        self._versions: dict[tuple[str, str], object] = {}
         self._lock = threading.Lock()
 
-    def get(self, sid: str, name: str, load: Callable[[], tuple]) -> tuple:
-        """The loaded (model, tokenizer), loading it with `load()` when it is not (or no longer) held."""
+    def get(self, sid: str, name: str, load: Callable[[], tuple], version=None) -> tuple:
+        """The loaded (model, tokenizer), loading it with `load()` when it is not held, or was read from another
+        `version`."""
         key = (sid, name)
         with self._lock:
-            if key in self._entries:
+            if key in self._entries and self._versions.get(key) == version:
                 self._entries.move_to_end(key)
                 return self._entries[key]
         loaded = load()  # outside the lock: reading weights takes a while, other sessions go on
-        self.put(sid, name, loaded)
+        self.put(sid, name, loaded, version)
         return loaded
 
-    def put(self, sid: str, name: str, loaded: tuple) -> None:
+    def put(self, sid: str, name: str, loaded: tuple, version=None) -> None:
         with self._lock:
             self._entries[(sid, name)] = loaded
+            self._versions[(sid, name)] = version
             self._entries.move_to_end((sid, name))
             self._evict(keep=(sid, name))
 
@@ -58,12 +63,14 @@ class ModelCache:
             if key != keep:
                 total -= sizes[key]
                 del self._entries[key]
+                self._versions.pop(key, None)
 
     def drop(self, sid: str, name: str | None = None) -> None:
         """Forget one model of a session (a newer checkpoint came), or all of them (the session closed)."""
         with self._lock:
             for key in [k for k in self._entries if k[0] == sid and (name is None or k[1] == name)]:
                 del self._entries[key]
+                self._versions.pop(key, None)
         if name is None:
             release_memory()
 

@@ -25,7 +25,10 @@ from .widgets import field_widget
 RECORDS = {"data": DataConfig, "tokenizer": TokenizerConfig, "train": TrainConfig}
 SKIP = {"data.paths"}  # files come only through the upload widget
 SOURCES = [("Built-in", "builtin"), ("Upload", "files"), ("Hub", "hub")]
+SCRATCH = "random weights (train from scratch)"  # the "Start from" choice of a run that starts from nothing
 TIME_LABEL = "Time budget (minutes)"  # the form edits train.max_time in minutes; the job holds seconds
+TIME_HELP = "minutes of training: the run ends, with a final eval and a checkpoint, when they are used up"
+BPE_VOCAB = 1024  # the BPE vocabulary the form starts with: a working size for a small corpus
 
 
 def form_fields() -> list[tuple[str, typing.Any, dict]]:
@@ -52,16 +55,16 @@ def widget_label(path: str) -> str:
 
 def make_widget(path: str, hint, meta: dict, value, visible: bool = True):
     """One input for one job field (ui/widgets.py); the data source and the built-in datasets get their own."""
-    common = dict(label=widget_label(path), info=meta.get("help") or None, interactive=True, visible=visible,
-                  elem_id=_elem_id(path))
+    info = TIME_HELP if path == "train.max_time" else meta.get("help") or None
+    common = dict(label=widget_label(path), info=info, interactive=True, visible=visible, elem_id=_elem_id(path))
     if path == "data.source":
         return gr.Radio(SOURCES, value=value, **common)
     if path == "data.name":
         return gr.Dropdown(list(builtin_datasets()), value=value,
                            **{**common, "info": " · ".join(f"{k}: {v}" for k, v in builtin_datasets().items())})
     choices = typing.get_args(unwrap_optional(hint)[0])
-    return field_widget(hint, meta, value, label=common["label"], elem_id=common["elem_id"], visible=visible,
-                        radio=len(choices) <= 4 and not meta.get("advanced"))
+    return field_widget(hint, {**meta, "help": info}, value, label=common["label"], elem_id=common["elem_id"],
+                        visible=visible, radio=len(choices) <= 4 and not meta.get("advanced"))
 
 
 def _elem_id(path: str) -> str:
@@ -72,7 +75,7 @@ def build_form(limits, overrides: dict | None = None) -> dict[str, gr.components
     """Lay out the form (inside the caller's column): common fields, the upload widget, then Advanced.
     Returns path -> component, plus "files" (the upload widget) and "run_name"."""
     start = {"train.max_steps": 1000, "train.max_time": min(10.0, limits.max_time_s / 60), "train.eval_every": None,
-             "tokenizer.vocab_size": None, **(overrides or {})}
+             "tokenizer.vocab_size": BPE_VOCAB, **(overrides or {})}
     specs = form_fields()
     w: dict = {"run_name": gr.Textbox("my-first-model", label="Run name", interactive=True, elem_id="job-run-name")}
     common = [s for s in specs if not s[2].get("advanced")]
@@ -108,6 +111,17 @@ def build_form(limits, overrides: dict | None = None) -> dict[str, gr.components
 def paths() -> list[str]:
     """The job fields the form edits, in the order `collect` takes their values."""
     return ["run_name"] + [p for p, _, _ in form_fields()]
+
+
+def collect_job(spec: dict | None, start_from, *values) -> dict:
+    """The job the Train tab describes: the Build tab's spec (`ctx.spec`), the form's values and its "Start from"
+    choice (random weights = no init_from)."""
+    from .spec_view import clean
+
+    job = collect(json.dumps(clean(spec)) if isinstance(spec, dict) else None, *values)
+    if isinstance(start_from, str) and start_from.strip() and start_from != SCRATCH:
+        job["init_from"] = start_from.strip()
+    return job
 
 
 def collect(spec_json: str, *values) -> dict:

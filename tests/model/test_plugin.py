@@ -62,12 +62,12 @@ def test_parses_checks_builds_and_decodes(gate):
 
 
 def test_appears_in_the_build_tab(gate):
-    from slm_blocks.ui import build_tab as B
+    from slm_blocks.ui import spec_view as B
 
     assert "gate" in B.BLOCK_TYPES
     assert [(p, m["label"]) for p, _, m in B.field_widgets("gate")] == [("start", "Gate start")]
     state = B.preset_state("tiny-char")
-    state = B._adder("gate", state)
+    state = B.adder("gate", state)
     types = [b["type"] for b in state["blocks"]]
     assert types.index("gate") == types.index("final_norm") - 1  # a layer: after the last layer
     assert B.check(state)[1] == []

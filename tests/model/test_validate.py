@@ -794,7 +794,7 @@ def test_round_trip_keeps_every_block_field():
 
 def test_an_emptied_field_is_named_empty_never_null():
     """What the Build tab shows when a learner clears a required field: "is empty" and what to enter."""
-    from slm_blocks.ui.build_tab import field_widgets, set_path as set_field
+    from slm_blocks.ui.spec_view import field_widgets, set_path as set_field
 
     for btype in BLOCK_TYPES:
         for path, hint, _ in field_widgets(btype):

@@ -7,7 +7,6 @@ import re
 import subprocess
 import sys
 
-import pytest
 
 from slm_blocks import load_preset
 from slm_blocks.model.fields import applicable as applicable_settings

@@ -10,7 +10,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pandas as pd
 import pytest
 
-from slm_blocks.training import data as D
 from slm_blocks.training.data import Corpus, DataConfig, DataError, builtin_datasets, check_length, load_corpus, split_docs
 
 SHAKESPEARE = Path("/work/shared/data/tinyshakespeare.txt")

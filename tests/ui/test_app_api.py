@@ -239,20 +239,22 @@ def test_full_flow_on_one_client(app, tmp_path):
     assert all(t.startswith("Once ") for t in texts), texts
     assert len(texts[-1]) > len("Once ") and "⚠️" not in texts[-1]
 
-    # next-token table: up to 10 tokens, probabilities in [0, 1], sorted, no message
+    # next-token table: up to 10 tokens, probabilities in [0, 1], sorted, and the prompt it belongs to
     df, msg = c.predict("flow", "Once upon a ", api_name="/next_tokens")
-    assert msg == ""
+    assert msg.startswith("For the prompt `…Once␣upon␣a␣`"), msg
     rows = table_rows(df)
     assert 1 <= len(rows) <= 10
     probs = [r["probability"] for r in rows]
     assert all(0 <= p <= 1 for p in probs) and probs == sorted(probs, reverse=True) and sum(probs) <= 1.0001
 
-    # attention map: a figure (and no message)
-    fig, msg = c.predict("flow", "Once upon a time", 1, 2, api_name="/attention_map")
+    # attention map: one head's weights over the prompt's tokens (rows sum to 1, causal) and no message
+    att, msg = c.predict("flow", "Once upon a time", 1, 2, api_name="/attention_map")
     assert msg == "", msg
-    assert isinstance(fig, dict) and fig.get("type") == "matplotlib" and str(fig.get("plot", "")).startswith("data:image")
-    fig, msg = c.predict("flow", "Once upon a time", 9, 0, api_name="/attention_map")
-    assert fig is None
+    T = len(att["tokens"])
+    assert T == len("Once upon a time") and len(att["weights"]) == T
+    assert all(abs(sum(row) - 1) < 1e-3 and not any(row[k + 1:]) for k, row in enumerate(att["weights"]))
+    att, msg = c.predict("flow", "Once upon a time", 9, 0, api_name="/attention_map")
+    assert att["weights"] == []
     assert_clean(msg, "Layer")
 
     # compare lists the run
@@ -312,8 +314,8 @@ def test_two_sessions_train_concurrently_and_are_isolated(app2):
     assert out.startswith("⚠️") and "this session" in out
     df, msg = a.predict("beta", "The ", api_name="/next_tokens")
     assert not df["data"] and msg.startswith("⚠️")
-    fig, msg = a.predict("beta", "The ", 0, 0, api_name="/attention_map")
-    assert fig is None and msg.startswith("⚠️")
+    att, msg = a.predict("beta", "The ", 0, 0, api_name="/attention_map")
+    assert att["weights"] == [] and msg.startswith("⚠️")
     archive, msg, card = a.predict("beta", api_name="/export")
     assert archive is None and card == "" and msg.startswith("❌") and "beta" in msg
     assert_clean(msg, "Run")
@@ -514,8 +516,8 @@ def test_bad_inputs_come_back_as_messages(app, exported, monkeypatch):
     df, msg = c.predict("nope", "The ", api_name="/next_tokens")
     assert_clean(msg, "Model")
     for layer, head, prompt, words in [(0, 99, "The ", ["Head"]), (-1, 0, "The ", ["Layer"]), (0, 0, "", ["Prompt"])]:
-        fig, msg = owner.predict(run, prompt, layer, head, api_name="/attention_map")
-        assert fig is None
+        att, msg = owner.predict(run, prompt, layer, head, api_name="/attention_map")
+        assert att["weights"] == []
         assert_clean(msg, *words)
 
     # export / resume / stop before training
@@ -544,7 +546,7 @@ def test_bad_inputs_come_back_as_messages(app, exported, monkeypatch):
         assert_clean(msg, "repository")
 
     # import with nothing
-    msg, _ = c.predict([], api_name="/import_model")
+    msg = c.predict([], api_name="/import_model")
     assert_clean(msg, "Import")
 
     app_still_works(c)

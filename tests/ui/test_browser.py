@@ -168,8 +168,7 @@ def test_the_whole_walk_in_a_browser(app):
     page.evaluate("window.scrollTo(0, 0)")
     shot(page, "readme-train", full_page=False)
     page.get_by_role("button", name="Stop", exact=True).click()
-    expect(page.locator("#train-stop-msg")).to_contain_text(f"Stopping {RUN}")
-    expect(status).to_contain_text("Stopped", timeout=60_000)
+    expect(status).to_contain_text("Stopped", timeout=60_000)  # (the status says "Stopping" until the worker has)
     stopped_at = int(re.search(r"steps (\d+)/2000", status.inner_text()).group(1))
     lr_before = lrs_in_log(page)
     clock.lap(f"Train: stopped at step {stopped_at}")
@@ -179,7 +178,6 @@ def test_the_whole_walk_in_a_browser(app):
     pick(page, "Run to resume", RUN)
     field(page, "Extra steps").fill("10")
     page.get_by_role("button", name="Resume", exact=True).click()
-    expect(page.locator("#train-stop-msg")).to_have_text("", timeout=10_000)  # the earlier stop's message is gone
     expect(status).to_contain_text("/2010", timeout=120_000)  # the extra steps add to the total
     expect(status).not_to_contain_text("Stopped")  # a fresh status: the resumed run's own
     lrs = wait_for(lambda: (lambda lr: lr if max(lr, default=0) >= stopped_at + 5 else None)(lrs_in_log(page)), 120,
@@ -196,7 +194,6 @@ def test_the_whole_walk_in_a_browser(app):
 
     # ------------------------------------------------------------------ Generate
     page.get_by_role("tab", name="Generate").click()
-    page.get_by_role("button", name="Refresh list").click()
     pick(page, "Model (this session's runs and imports)", RUN)
     prompt = field(page, "Prompt").input_value()
     assert prompt.strip(), "the default prompt is visible text"

@@ -4,6 +4,7 @@ spec JSON on the page must hold the new value. A field that looks editable but i
 
 from __future__ import annotations
 
+import json
 import math
 import typing
 
@@ -17,7 +18,7 @@ if CHROMIUM is None:
     pytest.skip("chromium is not installed (apt-get install chromium)", allow_module_level=True)
 
 from slm_blocks import BLOCK_TYPES, ModelSpec  # noqa: E402
-from slm_blocks.ui.build_tab import GLOBALS, field_label, field_widgets, get_path  # noqa: E402
+from slm_blocks.ui.spec_view import GLOBALS, field_label, field_widgets, get_path, moot_fields, set_path  # noqa: E402
 from playwright.sync_api import expect  # noqa: E402
 
 JS_ERRORS: list[str] = []
@@ -51,8 +52,29 @@ def same(a, b) -> bool:
     return a == b
 
 
+def choices_that_hide_fields(btype: str, current: dict) -> dict:
+    """{choice field: the value that shows the most fields} for the block's choices that hide some fields."""
+    out = {}
+    for path, hint, _ in field_widgets(btype):
+        args = typing.get_args(hint)
+        base = next((a for a in args if a is not type(None)), hint) if type(None) in args else hint
+        if typing.get_origin(base) is not typing.Literal:
+            continue
+        hidden = {}
+        for value in typing.get_args(base):
+            trial = json.loads(json.dumps(current))
+            set_path(trial, path, value)
+            hidden[value] = len(moot_fields(trial))
+        if len(set(hidden.values())) > 1:
+            out[path] = min(hidden, key=hidden.get)
+    return out
+
+
 def edit(scope, label: str, hint, value) -> str:
-    """Change one widget through the page; returns the widget kind."""
+    """Change one widget through the page (a choice when `hint` is None); returns the widget kind."""
+    if hint is None:
+        pick(scope, label, value)
+        return "dropdown"
     args = typing.get_args(hint)
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), hint) if optional else hint
@@ -92,10 +114,24 @@ def test_every_field_of_every_block_edits_the_spec(page):
     for name in GLOBALS:
         check(page, lambda s, n=name: s[n], field_label(name), hints[name], meta[name])
     for btype in BLOCK_TYPES:
-        for path, hint, fmeta in field_widgets(btype):
-            def get(s, t=btype, p=path):
-                return get_path(next(b for b in s["blocks"] if b["type"] == t), p)
-            check(block(page, btype), get, field_label(path), hint, fmeta)
+        def get(s, p, t=btype):
+            return get_path(next(b for b in s["blocks"] if b["type"] == t), p)
+
+        # a field that does not apply to the block's other choices is not shown (a RoPE base under learned
+        # positions): first the choice that shows the most fields, then every field, the choices last
+        controls = choices_that_hide_fields(btype, next(b for b in spec_in_page(page)["blocks"] if b["type"] == btype))
+        for path, value in controls.items():
+            if get(spec_in_page(page), path) != value:
+                edit(block(page, btype), field_label(path), None, value)
+                wait_for(lambda p=path, v=value: get(spec_in_page(page), p) == v, what=f"{path} set to {value}")
+        shown = next(b for b in spec_in_page(page)["blocks"] if b["type"] == btype)
+        for path, _, _ in field_widgets(btype):  # the block was redrawn with every field that now applies
+            if path not in moot_fields(shown):
+                expect(field(block(page, btype), field_label(path)).or_(
+                    block(page, btype).get_by_text(field_label(path), exact=True)).first).to_be_visible()
+        ordered = sorted(field_widgets(btype), key=lambda f: f[0] in controls)
+        for path, hint, fmeta in ordered:
+            check(block(page, btype), lambda s, p=path: get(s, p), field_label(path), hint, fmeta)
     assert kinds == {"number", "optional number", "dropdown", "checkbox"}, kinds
     assert edited == len(GLOBALS) + sum(len(field_widgets(t)) for t in BLOCK_TYPES)
     no_traceback(page, "Build")

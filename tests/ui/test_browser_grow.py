@@ -34,11 +34,12 @@ def test_grow_tab_prune_and_heal_in_a_browser(tmp_path, trained_tiny_char, mlflo
         page.get_by_role("tab", name="Grow").click()
         explain = page.locator("#grow-explain")
         expect(explain).to_contain_text("Fine-tune")
-        page.get_by_role("button", name="↻").click()  # the browser's session now exists on the server
+        # opening a tab refreshes its run pickers; the browser's session now exists on the server
         session = wait_for(lambda: next(iter(store.sessions.values()), None), 15, "the browser's session")
         shutil.copytree(trained_tiny_char.dir, session.root / "runs" / "shakespeare")
         session.runs["shakespeare"] = SessionRun("shakespeare", session.root / "runs" / "shakespeare")
-        page.get_by_role("button", name="↻").click()
+        page.get_by_role("tab", name="Build").click()  # as if trained meanwhile: the Grow tab, opened again,
+        page.get_by_role("tab", name="Grow").click()  # lists it
         pick(page, "Source / teacher (a finished run, or a Hub id)", "shakespeare")
 
         page.get_by_label("Distill").check()

@@ -52,20 +52,25 @@ def test_import_generate_and_inspect_through_the_guard(tmp_path, model_files):
         output = field(page, "Output")
         wait_for(lambda: output.input_value().startswith("Once upon") and len(output.input_value()) > 9, 60,
                  "generated text")
-        page.get_by_text("What does the model think comes next?").click()
+        # the next-token bars follow the prompt; a click on one appends its token
+        bars = page.locator("#next-bars")
+        wait_for(lambda: "After the prompt" in bars.inner_text() and "Once␣upon" in bars.inner_text(), 60,
+                 "the next-token bars")
+        before = field(page, "Prompt").input_value()
+        bars.locator("[data-token]").first.click()
+        wait_for(lambda: len(field(page, "Prompt").input_value()) > len(before), 30, "the clicked token appended")
+        page.get_by_text("As a table (the /next_tokens API)").click()
         page.get_by_role("button", name="Show next-token probabilities for the prompt").click()
         wait_for(lambda: page.locator("table").filter(has_text="probability").count() > 0, 30, "the table")
-        page.get_by_text("Attention maps", exact=True).click()
+        page.get_by_text("Attention: every head of a layer", exact=True).click()
         page.get_by_role("button", name="Show attention").click()
-        # the figure arrives as an image; until then the call is still running (and a second one would be told so)
-        wait_for(lambda: page.locator("img[src^='data:image/webp'], img[src^='data:image/png']").count() > 0
-                 and page.locator(".pending").count() == 0, 60, "the attention map")
-        head = field(page, "Head")
-        head.fill("99")
-        head.press("Enter")
+        heads = page.locator("#attention-heads")
+        wait_for(lambda: "head 0" in heads.inner_text() and "head 1" in heads.inner_text(), 60, "the heads")
+        layer = field(page, "Attention layer")
+        layer.fill("99")
+        layer.press("Enter")
         page.get_by_role("button", name="Show attention").click()
-        wait_for(lambda: re.search(r"Head: choose 0…1", page.evaluate("document.body.textContent")), 30,
-                 "the head message")
+        wait_for(lambda: re.search(r"Layer: choose 0…1", heads.inner_text()), 30, "the layer message")
         shot(page, "hardening-2-generate")
         no_traceback(page, "Generate tab")
     assert not errors, errors

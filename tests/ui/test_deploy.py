@@ -86,14 +86,14 @@ def test_import_gguf_good_and_corrupt(served, exported_gguf, tmp_path):
     c, store, session = served
     gguf, _, msg = exported_gguf
     assert msg.startswith("✅"), msg
-    msg, pick = c.predict(handle_file(gguf), api_name="/import_gguf")
+    msg = c.predict(handle_file(gguf), api_name="/import_gguf")
     assert msg.startswith("✅ Imported as **gguf") and "transformer×4" in msg, msg
     name = msg.split("**")[1]
     text = c.predict(name, "ROMEO:\n", 20, 0, 50, 1.0, 1.0, "1", "fp32", api_name="/generate")
     assert text.startswith("ROMEO:\n") and len(text) > 10
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(Path(gguf).read_bytes()[:5000])
-    msg, _ = c.predict(handle_file(str(bad)), api_name="/import_gguf")
+    msg = c.predict(handle_file(str(bad)), api_name="/import_gguf")
     assert msg.startswith("❌") and "not a valid GGUF file" in msg and "Traceback" not in msg, msg
     assert not any("broken" in str(p) for p in (session.root / "imports").rglob("*.gguf"))
 
@@ -123,7 +123,7 @@ def test_a_gguf_header_that_lies_about_its_tensors_is_refused_before_anything_is
     for key, value, words in ((b"gpt2.block_count", 100, "block_count says 100, the file holds tensors of 4 blocks"),
                               (b"gpt2.embedding_length", 4096, "token embedding"),
                               (b"gpt2.context_length", 1 << 20, "position table")):
-        msg, _ = c.predict(handle_file(str(_patched(gguf, tmp_path, key, value))), api_name="/import_gguf")
+        msg = c.predict(handle_file(str(_patched(gguf, tmp_path, key, value))), api_name="/import_gguf")
         assert msg.startswith("❌") and "header does not match its tensors" in msg and words in msg, msg
     after = set((session.root / "imports").iterdir()) if (session.root / "imports").exists() else set()
     assert after == before, "a refused import left files"
@@ -141,9 +141,9 @@ def test_reading_a_gguf_file_has_a_time_limit(served, exported_gguf):
     limits = store.limits
     store.limits = dataclasses.replace(limits, import_timeout_s=1)  # less than the worker needs to start
     try:
-        msg, _ = c.predict(handle_file(gguf), api_name="/import_gguf")
+        msg = c.predict(handle_file(gguf), api_name="/import_gguf")
     finally:
         store.limits = limits
     assert msg.startswith("❌") and "took longer than 1 s" in msg, msg
-    msg, _ = c.predict(handle_file(gguf), api_name="/import_gguf")  # with the app's own limit it imports
+    msg = c.predict(handle_file(gguf), api_name="/import_gguf")  # with the app's own limit it imports
     assert msg.startswith("✅ Imported as"), msg

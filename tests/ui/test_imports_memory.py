@@ -64,8 +64,8 @@ def test_imports_count_with_runs_and_loaded_models_share_one_budget(tmp_path, ze
     store = SessionStore(Limits(data_dir=tmp_path / "app", max_runs_per_session=3, model_cache_mb=BUDGET_MB))
     with running_app(store) as (demo, url):
         warm = Client(url, verbose=False)  # the first import and generation set up kernels and thread pools
-        msg, pick = warm.predict([handle_file(str(zeros_zip))], api_name="/import_model")
-        warm.predict(pick["value"], "Once", 4, 0, 50, 1.0, 1.0, "1", "fp32", api_name="/generate")
+        msg = warm.predict([handle_file(str(zeros_zip))], api_name="/import_model")
+        warm.predict(msg.split("**")[1], "Once", 4, 0, 50, 1.0, 1.0, "1", "fp32", api_name="/generate")
         store.close(warm.session_hash)
         a, b = Client(url, verbose=False), Client(url, verbose=False)
         baseline = trimmed_rss()
@@ -73,10 +73,10 @@ def test_imports_count_with_runs_and_loaded_models_share_one_budget(tmp_path, ze
         for c in (a, b):
             names[c] = []
             for _ in range(3):
-                msg, pick = c.predict([handle_file(str(zeros_zip))], api_name="/import_model")
+                msg = c.predict([handle_file(str(zeros_zip))], api_name="/import_model")
                 assert msg.startswith("✅"), msg
-                names[c].append(pick["value"])
-            msg, _ = c.predict([handle_file(str(zeros_zip))], api_name="/import_model")  # a 4th: refused
+                names[c].append(msg.split("**")[1])
+            msg = c.predict([handle_file(str(zeros_zip))], api_name="/import_model")  # a 4th: refused
             assert msg.startswith("❌") and "3 runs and imported models" in msg, msg
         held = store.models.held_bytes() / 2**20
         grown = trimmed_rss() - baseline

@@ -245,7 +245,7 @@ def generator(i: int, c, model: str, others: list[str], book: Book, start: float
             if k % 5 == 0:
                 t0 = time.time()
                 df, msg = c.predict(model, "Once upon a ", api_name="/next_tokens")
-                if msg or not df.get("data"):
+                if not msg.startswith("For the prompt") or not df.get("data"):
                     book.error(who, f"/next_tokens {model}: {df}, {msg!r}")
                 book.count("next_tokens", time.time() - t0)
                 check_compare(c, [model], book, who)
@@ -310,7 +310,7 @@ def hostile(c, url: str, model: str, book: Book, start: float, deadline: float):
                         refused(kind, r.status_code == 413, (r.status_code, r.text[:100]))
                     except httpx.TransportError:
                         refused(kind, True, None)
-                msg = c.predict([handle_file(str(junk))], api_name="/import_model")[0]
+                msg = c.predict([handle_file(str(junk))], api_name="/import_model")
                 refused("junk import", msg.startswith("❌"), msg)
     except Exception as e:
         book.error(who, f"{type(e).__name__}: {e}\n{traceback.format_exc()[-1500:]}")

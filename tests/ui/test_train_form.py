@@ -16,7 +16,7 @@ from slm_blocks.training.jobs import QueuedTraining
 from slm_blocks.training.tokenization import TokenizerConfig
 from slm_blocks.ui.state import Limits
 from slm_blocks.ui.train_form import build_form, collect, default_of, form_fields, paths, widget_label
-from slm_blocks.ui.train_tab import (
+from slm_blocks.ui.train_view import (
     describe, job_problems, log_text, queue_line, sample_at, samples, scrub, timeline_update,
 )
 

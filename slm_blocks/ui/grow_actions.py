@@ -1,11 +1,9 @@
-"""The Grow tab: make a model from another one. Fine-tune (start from its weights), distill (a smaller student
-learns from it as a teacher) or prune (cut it down, then heal it by distilling from the original); a
-before/after table (parameters, held-out loss, tokens/s) and the kd / ce curves. Also the Train tab's
-"Start from" choice, and `resolve_growth`, which the /train handler calls to turn this session's run names
-into their folders (and to refuse a bad source before anything is queued).
-
-Built here so app.py only calls `grow_tab(...)`; the engine is slm_blocks.grow. Endpoints: /grow (streamed),
-/grow_table.
+"""What the Grow tab does (its layout and wiring: tabs/grow.py): make a model from another one. Fine-tune (start
+from its weights), distill (a smaller student learns from it as a teacher) or prune (cut it down, then heal it by
+distilling from the original); a before/after table (parameters, held-out loss, tokens/s) and the kd / ce curves.
+Also what the Train tab's "Start from" choice says, and `resolve_growth`, which the /train handler calls to turn
+this session's run names into their folders (and to refuse a bad source before anything is queued). The engine
+is slm_blocks.grow.
 """
 
 from __future__ import annotations
@@ -26,12 +24,13 @@ from ..training.data import is_hub_id
 from ..training.job import Job, JobError
 from ..training.schema import Problem, SettingsError, parse_number, short
 from .state import SessionRun, SessionStore
-from .train_tab import follow, job_problems, scrub
+from .train_form import SCRATCH
+from .train_view import follow, job_problems, scrub
 from .uploads import UserError
 
 log = logging.getLogger("slm_blocks.app")
 
-SCRATCH = "random weights (train from scratch)"
+SOURCE_DATA = "the source run's data"  # Grow's data choice: what the source trained on
 TECHNIQUES = ["Fine-tune", "Distill", "Prune + heal"]
 TABLE_COLUMNS = ["model", "parameters", "held-out loss", "bits/char", "tokens/s", "speed vs first"]
 
@@ -101,16 +100,8 @@ def start_from_choices(session) -> list[str]:
     return [SCRATCH] + [n for n, r in session.runs.items() if r.job is None or r.job.finished]
 
 
-def start_from_widget(store: SessionStore) -> gr.Dropdown:
-    """The Train tab's "Start from" choice (random weights, a finished run of this session, or a Hub id), with a
-    line under it that says what the run will be when it is not random."""
-    choice = gr.Dropdown([SCRATCH], value=SCRATCH, label="Start from", allow_custom_value=True, interactive=True,
-                         elem_id="train-start-from",
-                         info="a finished run or a Hub id 'owner/name' to fine-tune: the run keeps that model's "
-                              "architecture and tokenizer (the Build tab's blocks and the tokenizer choice are not "
-                              "used)")
-    note = gr.Markdown(elem_id="train-start-from-note")
-
+def describe_start_from(store: SessionStore):
+    """The line under the Train tab's "Start from" choice: what the run will be when it is not random weights."""
     def describe(value, request: gr.Request):
         from ..model.estimate import estimate, human
         from ..model.spec import ModelSpec
@@ -126,22 +117,12 @@ def start_from_widget(store: SessionStore) -> gr.Dropdown:
                 return f"⚠️ {html.escape(value)} has no readable run.json yet"
             return (f"🌱 **Fine-tuning {html.escape(value)}**: {html.escape(spec.summary())}, "
                     f"{human(estimate(spec).params)} parameters, its {html.escape(record['tokenizer']['kind'])} "
-                    "tokenizer (the preview below describes it).")
+                    "tokenizer (the preview above describes it).")
         if is_hub_id(value):
             return (f"🌱 **Fine-tuning {html.escape(value)}** from the Hub: only its config, safetensors and "
                     "tokenizer files are downloaded, after its size is checked against this app's cap.")
         return f"⚠️ {html.escape(short(value))} is neither a run of this session nor a Hub id 'owner/name'"
-
-    choice.change(describe, choice, note, api_visibility="private")
-    return choice
-
-
-def with_start_from(job: dict, start_from) -> dict:
-    """The Train tab's job with its "Start from" choice (random weights = no init_from)."""
-    job = dict(job or {})
-    if isinstance(start_from, str) and start_from.strip() and start_from != SCRATCH:
-        job["init_from"] = start_from.strip()
-    return job
+    return describe
 
 
 # ----------------------------------------------------------------------------- the tab's behaviour
@@ -202,8 +183,10 @@ class Grow:
                                                                      value=s.followed or None))
 
     def grow(self, technique, source, run_name, steps, alpha, temperature, target_share, drop_layers, mlp_keep,
-             heads_keep, spec_json, oauth_token: gr.OAuthToken | None, request: gr.Request):
-        """Start the chosen technique from `source` and stream (status, curves, log, before/after table)."""
+             heads_keep, spec_json, data=SOURCE_DATA, oauth_token: gr.OAuthToken | None = None,
+             request: gr.Request = None):
+        """Start the chosen technique from `source` and stream (status, curves, log, before/after table).
+        `spec_json`: the distilled student; `data`: SOURCE_DATA or "builtin:<name>" (fine-tuning and distilling)."""
         session = self._session(request)
         table = pd.DataFrame(columns=TABLE_COLUMNS)
         try:
@@ -221,7 +204,8 @@ class Grow:
                                           drop_layers, mlp_keep, heads_keep, request)
                 yield from self._follow(entry, name, session)
                 return
-            payload, files, tmp = self._job(session, technique, source, name, steps, alpha, temperature, spec_json)
+            payload, files, tmp = self._job(session, technique, source, name, steps, alpha, temperature, spec_json,
+                                            data)
         except JobError as e:
             yield job_problems(e), curves_frame([]), "", table
             return
@@ -253,12 +237,16 @@ class Grow:
         log.exception("grow: unexpected error")
         return f"Something went wrong ({type(e).__name__}); the app is still running — try again."
 
-    def _job(self, session, technique, source, name, steps, alpha, temperature, spec_json):
-        """The /train payload for fine-tuning or distillation (data: the source run's; for a Hub model the
-        built-in stories), the data files to hand over when the source trained on uploads, and the temporary
-        folder holding them."""
+    def _job(self, session, technique, source, name, steps, alpha, temperature, spec_json, data_choice=SOURCE_DATA):
+        """The /train payload for fine-tuning or distillation (data: the source run's, or the built-in set the
+        learner picked; for a Hub model the built-in stories), the data files to hand over when the source trained
+        on uploads, and the temporary folder holding them."""
         limits = self.store.limits
         data, files, tmp, train = {"source": "builtin", "name": "stories"}, None, None, {}
+        builtin = data_choice.removeprefix("builtin:") if isinstance(data_choice, str) and \
+            data_choice.startswith("builtin:") else None
+        if data_choice not in (None, "", SOURCE_DATA) and builtin is None:
+            raise UserError(f"Data to learn from: choose {SOURCE_DATA!r} or a built-in set (got {short(data_choice)})")
         if source in session.runs:
             record = json.loads((session.runs[source].dir / "run.json").read_text())
             data = {k: v for k, v in record["data"].items() if k != "paths"}
@@ -270,6 +258,8 @@ class Grow:
                 files = []
                 for p in record["data"].get("paths") or []:
                     files.append(str(shutil.copy(p, tmp / Path(p).name)))
+        if builtin is not None:  # the learner's pick (the parser checks the name)
+            data, files = {"source": "builtin", "name": builtin}, None
         if technique == "Fine-tune":
             train["lr"] = train.get("lr", 1e-3) / 3  # gentler than training from scratch: keep what it knows
         train.update(max_steps=steps, max_time=float(limits.max_time_s), eval_every=max(1, steps // 10))
@@ -368,76 +358,3 @@ class Grow:
             return table, self._curves(run.dir), msg
         except Exception as e:
             return pd.DataFrame(columns=TABLE_COLUMNS), curves_frame([]), f"❌ {html.escape(scrub(str(e)))}"
-
-
-def grow_tab(store: SessionStore, handlers, spec_json: gr.Textbox, start_from: gr.Dropdown) -> dict:
-    """Lay out the Grow tab (inside the caller's gr.Tab) and wire its events. `spec_json`: the Build tab's spec
-    (a distilled student); `start_from`: the Train tab's choice, refreshed with the run lists. Returns
-    {"refresh": fn, "inputs": ..., "outputs": [...]} for other tabs' events that change the run list, and "started" (the /grow
-    event) for refreshing other tabs' run lists when a grown run starts."""
-    g = Grow(store, handlers)
-    gr.Markdown(INTRO)
-    with gr.Row():
-        with gr.Column(scale=1):
-            technique = gr.Radio(TECHNIQUES, value="Fine-tune", label="Technique", elem_id="grow-technique")
-            explain = gr.Markdown(EXPLAIN["Fine-tune"], elem_id="grow-explain")
-            with gr.Row(equal_height=True):
-                source = gr.Dropdown([], label="Source / teacher (a finished run, or a Hub id)",
-                                     allow_custom_value=True, interactive=True, elem_id="grow-source", scale=5)
-                refresh = gr.Button("↻", size="sm", min_width=40, scale=0)
-            run_name = gr.Textbox("", label="New run name", placeholder="automatic", elem_id="grow-name")
-            steps = gr.Number(200, label="Steps", precision=0, info="fine-tuning, distillation or healing steps")
-            with gr.Group(visible=False) as distill_box:
-                alpha = gr.Slider(0, 1, 0.5, step=0.05, label="α: the teacher's share of the loss",
-                                  info="0 = plain training, 1 = follow only the teacher")
-                temperature = gr.Slider(0.5, 8, 2.0, step=0.5, label="Temperature T",
-                                        info="higher = softer teacher distribution, near misses count more")
-            student = gr.Markdown(visible=False, elem_id="grow-student")
-            with gr.Group(visible=False) as prune_box:
-                target = gr.Slider(10, 95, 70, step=5, label="Target size (% of the source's parameters)",
-                                   info="tries depth and head counts, sizes the MLP to fit, keeps the shape with "
-                                        "the lowest loss")
-                with gr.Accordion("Or choose exactly what to cut", open=False):
-                    drop = gr.Number(0, label="Drop layers", precision=0)
-                    mlp_keep = gr.Slider(0.05, 1, 1.0, step=0.05, label="MLP neurons kept (share)")
-                    heads = gr.Number(0, label="Heads kept per layer (0 = all)", precision=0)
-            go = gr.Button("Grow", variant="primary", elem_id="grow-start")
-        with gr.Column(scale=2):
-            status = gr.Markdown("Pick a source and a technique, then press **Grow**.", elem_id="grow-status")
-            curves = gr.LinePlot(curves_frame([]), x="step", y="loss", color="split", height=300,
-                                 title="Loss: train (total = α·kd + (1−α)·ce), kd (teacher), ce (data), validation")
-            table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, label="Before / after (same held-out "
-                                 "text; tokens/s as a ratio to the first row)", elem_id="grow-table")
-            with gr.Row():
-                table_run = gr.Dropdown([], label="Grown run", allow_custom_value=True, interactive=True)
-                table_btn = gr.Button("Before / after")
-            table_msg = gr.Markdown()
-            log_box = gr.Textbox(label="Log (newest first)", lines=6, max_lines=10, autoscroll=False)
-
-    def on_technique(t, spec_text):
-        summary = ""
-        if t == "Distill":
-            try:
-                from ..model.estimate import estimate, human
-                from ..model.spec import ModelSpec
-
-                spec = ModelSpec.from_json(spec_text) if spec_text else None
-                summary = (f"**Student** (the Build tab's blocks): {html.escape(spec.summary())}, "
-                           f"{human(estimate(spec).params)} parameters before its vocabulary becomes the teacher's"
-                           if spec else "")
-            except Exception:
-                summary = "**Student**: fix the Build tab's problems first"
-        return (EXPLAIN.get(t, ""), gr.update(visible=t != "Fine-tune"), gr.update(visible=t == "Distill",
-                                                                                     value=summary),
-                gr.update(visible=t == "Prune + heal"))
-
-    technique.change(on_technique, [technique, spec_json], [explain, distill_box, student, prune_box],
-                     api_visibility="private")
-    lists = [source, start_from, table_run]
-    refresh.click(g.choices, source, lists, api_visibility="private")
-    inputs = [technique, source, run_name, steps, alpha, temperature, target, drop, mlp_keep, heads, spec_json]
-    started = go.click(g.grow, inputs, [status, curves, log_box, table], api_name="grow", concurrency_limit=None,
-                       preprocess=False)
-    started.then(g.choices, source, lists, api_visibility="private")
-    table_btn.click(g.table, table_run, [table, curves, table_msg], api_name="grow_table")
-    return {"refresh": g.choices, "inputs": source, "outputs": lists, "started": started}

@@ -1,8 +1,9 @@
-"""Build tab: a preset picker, an editable block list, live validation, estimate and a diagram.
+"""What the Build tab shows and does to a spec, as pure functions of it (the tab's layout and wiring: tabs/build.py).
 
-The block list is a `gr.State` holding the spec as a JSON dict (each block carries a stable `_id` so
-`gr.render` keeps rows attached to their block when the list is reordered). All knowledge of what a block
-can hold comes from the engine's spec dataclasses; the UI only turns their fields into widgets.
+The spec is a JSON dict (each block carries a stable `_id` so `gr.render` keeps rows attached to their block
+when the list is reordered). All knowledge of what a block can hold comes from the engine's block modules and
+their field metadata; this module only turns those fields into widgets, problems into lines, and edits into new
+dicts. An edit that makes the spec differ from the preset it was named after renames it "custom (from llama)".
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ import json
 import re
 import typing
 import uuid
-from dataclasses import fields
 
 import gradio as gr
 
-from .. import BLOCK_TYPES, ModelSpec, SpecError, block_help, estimate, list_presets, load_preset
+from .. import BLOCK_TYPES, ModelSpec, SpecError, estimate, list_presets, load_preset
 from ..model.estimate import block_costs, human, numel
 from ..model.blocks import layer_types, module_of
 from ..model.fields import leaf_fields, parse_record, unwrap_optional
@@ -107,12 +107,36 @@ def field_label(path: str) -> str:
     return meta.get("label") or path.rsplit(".", 1)[-1].replace("_", " ").capitalize()
 
 
-def field_groups(block_type: str) -> list[tuple[str, list]]:
-    """field_widgets grouped by sub-spec ("" = the block's own fields), in declaration order."""
+def field_groups(block_type: str, block: dict | None = None) -> list[tuple[str, list]]:
+    """field_widgets grouped by sub-spec ("" = the block's own fields), in declaration order; with `block`, only
+    the fields that apply to its other choices (no RoPE base under ALiBi)."""
+    shown = moot_fields(block) if block is not None else set()
     groups: dict[str, list] = {}
     for path, hint, meta in field_widgets(block_type):
-        groups.setdefault(path.split(".")[0] if "." in path else "", []).append((path, hint, meta))
+        if path not in shown:
+            groups.setdefault(path.split(".")[0] if "." in path else "", []).append((path, hint, meta))
     return list(groups.items())
+
+
+def moot_fields(block: dict) -> set[str]:
+    """The fields of a block (a dict, possibly mid-edit) whose `applies` metadata says its other choices make
+    them moot, e.g. the RoPE bases of a positional block that is not RoPE."""
+    btype = block.get("type") if isinstance(block, dict) else None
+    if btype not in BLOCK_TYPES:
+        return set()
+    try:
+        record = parse_record(BLOCK_TYPES[btype], {k: v for k, v in block.items() if k != "_id"}, "", [], text=False)
+    except Exception:  # noqa: BLE001 - a block mid-edit: show every field rather than none
+        return set()
+    moot = set()
+    for path, _hint, meta in field_widgets(btype):
+        owner = record
+        for part in path.split(".")[:-1]:
+            owner = getattr(owner, part, None)
+        applies = meta.get("applies")
+        if applies is not None and owner is not None and not applies(owner):
+            moot.add(path)
+    return moot
 
 
 def make_widget(path: str, hint, meta: dict, value, key: str):
@@ -272,134 +296,27 @@ def validate_spec(spec_json: str) -> tuple[str, str]:
     return summary(spec.to_dict())
 
 
-# ----------------------------------------------------------------------------- the tab
-
-
-def build_tab(spec_state: gr.State, spec_json: gr.Textbox):
-    """Lay out the tab; returns (refresh function, its inputs, its outputs) for demo.load."""
-    presets = list_presets()
-    last_valid = gr.State(None)  # the last spec without problems: its figures stay visible, marked stale
-    undo = gr.State([])  # [(button label, spec, preset name)], newest last: Remove, preset switch, Apply JSON
-    selected = gr.State(None)  # the block id clicked in the diagram
-    layout = gr.State(None)  # the blocks' ids and types in order (layout_key): the block list is redrawn when it changes
-    with gr.Row():
-        preset = gr.Dropdown(list(presets), value="tiny-char", label="Start from a preset", scale=2,
-                             info="switching replaces the blocks (Undo brings yours back)")
-        preset_info = gr.Markdown(presets["tiny-char"])
-    with gr.Row():
-        with gr.Column(scale=3):
-            gr.Markdown("### Global sizes")
-            with gr.Row():
-                globals_ = {name: make_widget(name, typing.get_type_hints(ModelSpec)[name],
-                                              next(f.metadata for f in fields(ModelSpec) if f.name == name),
-                                              None, key=f"global-{name}") for name in GLOBALS}
-            with gr.Row(equal_height=True):
-                gr.Markdown("### Blocks (top = input)")
-                undo_btn = gr.Button("Undo", visible=False, size="sm", scale=0, min_width=260, elem_id="build-undo")
-
-            # Redrawn only when blocks are added, removed or moved, not on every field edit: a redraw rebuilds every
-            # widget of every block (seconds on a big spec), and a field typed into during a redraw was lost.
-            @gr.render(inputs=spec_state, triggers=[layout.change])
-            def render_blocks(spec):
-                _, problems = check(spec)
-                blocks, problem_boxes = spec.get("blocks", []), []
-                for i, block in enumerate(blocks):
-                    if not isinstance(block, dict):
-                        continue
-                    bid, btype = block.get("_id", str(i)), block.get("type")
-                    with gr.Group(key=f"group-{bid}"):
-                        with gr.Row(key=f"head-{bid}"):
-                            gr.Markdown(f"**{i} · {html.escape(str(btype))}** — "  # a type from pasted JSON
-                                        f"{block_help(btype) if btype in BLOCK_TYPES else ''}",
-                                        key=f"title-{bid}")
-                            up = gr.Button("↑", size="sm", min_width=40, scale=0, key=f"up-{bid}")
-                            down = gr.Button("↓", size="sm", min_width=40, scale=0, key=f"down-{bid}")
-                            dup = gr.Button("Duplicate", size="sm", scale=0, key=f"dup-{bid}")
-                            rm = gr.Button("Remove", size="sm", variant="stop", scale=0, key=f"rm-{bid}")
-                        for group, items in (field_groups(btype) if btype in BLOCK_TYPES else []):
-                            with gr.Row(key=f"fields-{bid}-{group}", elem_classes=["field-row"]):
-                                for path, hint, meta in items:
-                                    w = make_widget(path, hint, meta, get_path(block, path), key=f"{bid}-{path}")
-                                    event = w.blur if isinstance(w, (gr.Number, gr.Textbox)) else w.input
-                                    event(_setter(bid, path, hint), [w, spec_state], spec_state,
-                                          api_visibility="private", show_progress="hidden")
-                        text = block_problems(problems, i)
-                        # always visible (an empty Markdown is 0 px high) and updated by value only: a gr.update()
-                        # makes Gradio 6.31 swap in an unrendered copy of the component, and a redraw running at that
-                        # moment failed ("'Markdown' object has no attribute 'page'"), freezing the block list
-                        problem_boxes.append(gr.Markdown(text, key=f"problems-{bid}"))
-                    up.click(_mover(bid, -1), spec_state, spec_state, api_visibility="private")
-                    down.click(_mover(bid, +1), spec_state, spec_state, api_visibility="private")
-                    dup.click(_duplicator(bid), spec_state, spec_state, api_visibility="private")
-                    rm.click(_remover_undoable(bid), [spec_state, undo, preset], [spec_state, undo, undo_btn],
-                             api_visibility="private")
-
-                def show_problems(spec):  # every edit: the problems under each block, without a redraw
-                    _, problems = check(spec)
-                    return [block_problems(problems, i) for i in range(len(problem_boxes))]
-
-                # on spec_json (a Textbox every spec change rewrites): a listener inside the render on the State
-                # itself stopped every State update of the page (Gradio 6.31)
-                spec_json.change(show_problems, spec_state, problem_boxes, api_visibility="private",
-                                 show_progress="hidden")
-
-            with gr.Row():
-                add_type = gr.Dropdown(list(BLOCK_TYPES), value="transformer", label="Block type to add", scale=2,
-                                       info="layers go after the last layer; other blocks above lm_head")
-                add_btn = gr.Button("Add block", scale=1)
-            add_help = gr.Markdown(block_help("transformer"))
-        with gr.Column(scale=2):
-            problems_md = gr.Markdown(elem_id="build-problems")
-            estimate_md = gr.Markdown(elem_id="build-estimate")
-            diagram_html = gr.HTML(js_on_load=DIAGRAM_JS, elem_id="build-diagram")
-            detail_md = gr.Markdown(block_detail({}, None), elem_id="build-block-detail")
-            with gr.Accordion("Spec as JSON (copy, paste, upload, download)", open=False):
-                code = gr.Code(language="json", label="spec.json", interactive=True)
-                with gr.Row():
-                    apply_btn = gr.Button("Apply JSON")
-                    upload = gr.UploadButton("Upload spec.json", file_types=[".json"])
-                json_msg = gr.Markdown()
-
-    def on_state(spec, last, chosen):
-        parsed, problems = check(spec)
-        last = spec if parsed is not None else last
-        p, e = summary(spec, last)
-        values = [spec.get(name) for name in GLOBALS]
-        text = json.dumps(clean(spec), indent=2)
-        return [p, e, diagram(spec, problems, chosen), block_detail(spec, chosen), text, text, last,
-                layout_key(spec), *values]
-
-    def on_click(spec, evt: gr.EventData):
-        bid = (getattr(evt, "_data", None) or {}).get("block")
-        _, problems = check(spec)
-        return bid, diagram(spec, problems, bid), block_detail(spec, bid)
-
-    inputs = [spec_state, last_valid, selected]
-    outputs = [problems_md, estimate_md, diagram_html, detail_md, code, spec_json, last_valid, layout,
-               *globals_.values()]
-    spec_state.change(on_state, inputs, outputs, api_visibility="private", show_progress="hidden")
-    diagram_html.click(on_click, spec_state, [selected, diagram_html, detail_md], api_visibility="private",
-                       show_progress="hidden")
-    # .input, not .change: Undo sets the dropdown back without loading that preset again
-    preset.input(_switch_preset, [preset, spec_state, undo, preset_info], [spec_state, preset_info, undo, undo_btn],
-                 api_visibility="private")
-    undo_btn.click(_undo, undo, [spec_state, preset, preset_info, undo, undo_btn], api_visibility="private")
-    for name, widget in globals_.items():
-        event = widget.blur if isinstance(widget, gr.Number) else widget.input
-        event(_global_setter(name), [widget, spec_state], spec_state, api_visibility="private", show_progress="hidden")
-    add_type.change(lambda t: block_help(t), add_type, add_help, api_visibility="private")
-    add_btn.click(_adder, [add_type, spec_state], spec_state, api_visibility="private")
-    apply_btn.click(_undoable(_apply_json), [code, spec_state, undo, preset], [spec_state, json_msg, undo, undo_btn],
-                    api_visibility="private")
-    upload.upload(_undoable(_upload_json), [upload, spec_state, undo, preset], [spec_state, json_msg, undo, undo_btn],
-                  api_visibility="private")
-    return on_state, inputs, outputs
-
-
 def layout_key(spec: dict) -> list:
-    """What the rendered block list is made of: the blocks' ids and types, in order. Field widgets keep what the
-    learner typed and problems are updated in place, so an edit that leaves this alone needs no redraw."""
-    return [[b.get("_id"), b.get("type")] if isinstance(b, dict) else [None, None] for b in spec.get("blocks", [])]
+    """What the rendered block list is made of: the blocks' ids and types in order, and the fields each shows.
+    Field widgets keep what the learner typed and problems are updated in place, so an edit that leaves this alone
+    needs no redraw; a choice that hides or shows fields (a positional kind) does."""
+    return [[b.get("_id"), b.get("type"), sorted(moot_fields(b))] if isinstance(b, dict) else [None, None, []]
+            for b in spec.get("blocks", [])]
+
+
+def renamed(spec: dict) -> dict:
+    """`spec` named after what it is: a preset's name while it is that preset, "custom (from llama)" once edited
+    away from it (the JSON, the card and the Compare table then never claim an edited spec is the preset)."""
+    name = spec.get("name")
+    m = re.fullmatch(r"custom \(from (.+)\)", name) if isinstance(name, str) else None
+    base = m.group(1) if m else name
+    presets = list_presets()
+    if base not in presets:
+        return spec
+    same = {k: v for k, v in clean(spec).items() if k != "name"} == \
+        {k: v for k, v in clean(preset_state(base)).items() if k != "name"}
+    spec["name"] = base if same else f"custom (from {base})"
+    return spec
 
 
 def block_problems(problems: list, i: int) -> str:
@@ -418,7 +335,7 @@ def _push(stack: list, label: str, spec: dict, preset_name) -> tuple[list, dict]
     return stack, gr.update(value=f"↶ {label}", visible=True)
 
 
-def _undo(stack):
+def undo(stack):
     """Put back the spec (and the preset shown) from before the newest undoable change."""
     stack = list(stack or [])
     if not stack:
@@ -434,7 +351,7 @@ def _same(a: dict, b: dict) -> bool:
     return clean(a) == clean(b)
 
 
-def _switch_preset(name, spec, stack, info):
+def switch_preset(name, spec, stack, info):
     """Load a preset; the blocks it replaces can be brought back with Undo."""
     presets = list_presets()
     if name not in presets:
@@ -453,7 +370,7 @@ def _index(spec: dict, bid: str) -> int | None:
     return next((i for i, b in enumerate(spec["blocks"]) if isinstance(b, dict) and b.get("_id") == bid), None)
 
 
-def _setter(bid: str, path: str, hint=None):
+def setter(bid: str, path: str, hint=None):
     optional = optional_number(hint)
     whole = unwrap_optional(hint)[0] is int
 
@@ -466,17 +383,17 @@ def _setter(bid: str, path: str, hint=None):
             if isinstance(value, float) and value.is_integer() and whole:  # Gradio's Number sends 4.0 for 4
                 value = int(value)
             set_path(spec["blocks"][i], path, value)
-        return spec
+        return renamed(spec)
     return set_value
 
 
-def _global_setter(name: str):
+def global_setter(name: str):
     def set_value(value, spec):
         spec = copy.deepcopy(spec)
         if isinstance(value, float) and value.is_integer() and name in ("vocab_size", "d_model", "max_seq_len"):
             value = int(value)
         spec[name] = value
-        return spec
+        return renamed(spec)
     return set_value
 
 
@@ -487,18 +404,18 @@ def _edit(bid: str, change):
         i = _index(spec, bid)
         if i is not None:
             change(spec["blocks"], i)
-        return spec
+        return renamed(spec)
     return apply
 
 
-def _mover(bid: str, delta: int):
+def mover(bid: str, delta: int):
     def move(blocks, i):
         if 0 <= i + delta < len(blocks):
             blocks[i], blocks[i + delta] = blocks[i + delta], blocks[i]
     return _edit(bid, move)
 
 
-def _duplicator(bid: str):
+def duplicator(bid: str):
     def duplicate(blocks, i):
         blocks.insert(i + 1, {**copy.deepcopy(blocks[i]), "_id": uuid.uuid4().hex[:8]})
     return _edit(bid, duplicate)
@@ -508,7 +425,7 @@ def _remover(bid: str):
     return _edit(bid, lambda blocks, i: blocks.pop(i))
 
 
-def _remover_undoable(bid: str):
+def remover_undoable(bid: str):
     """Remove the block; Undo puts it back."""
     def remove(spec, stack, preset_name):
         i = _index(spec, bid)
@@ -519,7 +436,7 @@ def _remover_undoable(bid: str):
     return remove
 
 
-def _adder(block_type: str, spec):
+def adder(block_type: str, spec):
     """Insert a new block where it is valid: a layer after the last layer (above final_norm), anything else
     above lm_head (at the end when there is none)."""
     spec = copy.deepcopy(spec)
@@ -530,10 +447,10 @@ def _adder(block_type: str, spec):
     if block_type in layer_types() and "final_norm" in types[:at]:
         at = types.index("final_norm")
     blocks.insert(at, block)
-    return spec
+    return renamed(spec)
 
 
-def _apply_json(text: str, spec):
+def apply_json(text: str, spec):
     """The spec from JSON text, or the old spec and a message saying what is wrong with the text."""
     try:
         if len((text or "").encode()) > MAX_SPEC_BYTES:
@@ -550,16 +467,16 @@ def _apply_json(text: str, spec):
     return with_ids(clean(data)), "Applied. Problems, if any, are listed above and next to each block."
 
 
-def _upload_json(file, spec):
+def upload_json(file, spec):
     try:
         with open(file if isinstance(file, str) else file.name, "rb") as f:
             raw = f.read(MAX_SPEC_BYTES + 1)
-        return _apply_json(raw.decode("utf-8"), spec)
+        return apply_json(raw.decode("utf-8"), spec)
     except UnicodeDecodeError:
         return spec, "⚠️ The file is not UTF-8 text; upload a .json spec."
 
 
-def _undoable(replace):
+def undoable(replace):
     """A spec-replacing handler (Apply JSON, Upload) whose old spec Undo brings back when it did replace it."""
     def apply(value, spec, stack, preset_name):
         new, message = replace(value, spec)

@@ -84,8 +84,12 @@ def queue_line(position: int, wait: tuple[float | None, bool]) -> str:
     return f"⏳ Waiting for a free trainer: you are number **{position}** in line · {est}."
 
 
+STEP_EVENTS = (StepEvent, EvalEvent, SampleEvent, CheckpointEvent)  # events that show training has begun
+
+
 def describe(entry: QueuedTraining, position: int = 0, wait: tuple[float | None, bool] = (None, False)) -> str:
-    """Status markdown from the latest events: queue place and wait, step, loss, speed, ETA, progress bars."""
+    """Status markdown from the latest events: queue place and wait, step, loss, speed, ETA, progress bars, and
+    what the numbers mean (passes over the data, the train/validation gap, overfitting)."""
     events = entry.events
     steps = [e for e in events if isinstance(e, StepEvent)]
     evals = [e for e in events if isinstance(e, EvalEvent)]
@@ -96,14 +100,49 @@ def describe(entry: QueuedTraining, position: int = 0, wait: tuple[float | None,
     val = f" · val loss {evals[-1].val_loss:.3f}, {evals[-1].bits_per_char:.3f} bits/char" if evals else ""
     if entry.status in ("done", "stopped"):
         head = "✅ Done" if entry.status == "done" else "⏸️ Stopped (resumable)"
-        return f"{head}: {html.escape(scrub(entry.message))}{val}" + _bars(entry, steps[-1] if steps else None)
-    if not any(isinstance(e, StepEvent) for e in events[entry.carried:]):
+        return f"{head}: {html.escape(scrub(entry.message))}{val}" + _bars(entry, steps[-1] if steps else None) + \
+            understanding(events)
+    stopping = "⏹️ Stopping after the current step (a resumable checkpoint is kept)… · " if entry.stop_requested else ""
+    begun = [e for e in events[entry.carried:] if isinstance(e, STEP_EVENTS)]
+    if not begun:  # (an early sample or eval can come before the first logged step: training has begun then)
         status = next((e.message for e in reversed(events) if isinstance(e, StatusEvent)), "starting")
-        return f"🔄 Preparing: {html.escape(status)}…"
+        return f"{stopping}🔄 Preparing: {html.escape(status)}…"
+    if not steps or steps[-1].step < begun[-1].step:
+        return f"{stopping}🏃 Step **{begun[-1].step}/{entry.max_steps}**{val}" + \
+            _bars(entry, steps[-1] if steps else None)
     s = steps[-1]
     acc = f" · accuracy {evals[-1].accuracy:.0%}" if evals and evals[-1].accuracy is not None else ""
-    return (f"🏃 Step **{s.step}/{entry.max_steps}** · loss {s.loss:.3f}{val}{acc} · lr {s.lr:.2e} · "
-            f"{s.tokens_per_s:,.0f} tokens/s · ETA {duration(s.eta_s)}" + _bars(entry, s))
+    return (f"{stopping}🏃 Step **{s.step}/{entry.max_steps}** · loss {s.loss:.3f}{val}{acc} · lr {s.lr:.2e} · "
+            f"{s.tokens_per_s:,.0f} tokens/s · ETA {duration(s.eta_s)}" + _bars(entry, s) + understanding(events))
+
+
+OVERFIT_PASSES = 4  # passes over the training text past which a small model memorises more than it learns
+
+
+def understanding(events: list) -> str:
+    """One line that says what the numbers mean: passes over the data, the validation - training gap, and an
+    overfitting note when validation rises from its best while training falls, or the passes pile up."""
+    ready = next((e for e in reversed(events) if isinstance(e, ReadyEvent)), None)
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    evals = [e for e in events if isinstance(e, EvalEvent)]
+    parts = []
+    passes = steps[-1].tokens_seen / ready.train_tokens if ready and steps and ready.train_tokens else None
+    if passes is not None:
+        parts.append(f"{passes:.2g} passes over the training text")
+    if evals and steps:
+        train = [s.loss for s in steps if s.step <= evals[-1].step][-10:]  # the training loss around that eval
+        if train:
+            gap = evals[-1].val_loss - sum(train) / len(train)
+            parts.append(f"validation − training loss {gap:+.2f}")
+    note = ""
+    best = min((e.val_loss for e in evals), default=None)
+    if len(evals) >= 3 and evals[-1].val_loss > best + 0.02 and evals[-2].val_loss > best:
+        note = (" · ⚠️ **overfitting**: the validation loss has risen from its best "
+                f"({best:.3f}) while the training loss falls: the model memorises its text; stop, or use more data")
+    elif passes is not None and passes > OVERFIT_PASSES:
+        note = (f" · ⚠️ {passes:.2g} passes: a small model starts to memorise its training text after about "
+                f"{OVERFIT_PASSES}; watch the validation loss, or give it more data")
+    return ("\n\n<small>" + " · ".join(parts) + note + "</small>") if parts else ""
 
 
 def _bars(entry: QueuedTraining, s: StepEvent | None) -> str:
@@ -195,9 +234,16 @@ def preview_markdown(p: RunPreview, job) -> str:
     changed = "" if p.params == p.spec_params else f" (the Build tab's {human(p.spec_params)} assumes its own " \
         f"vocabulary; training uses the tokenizer's)"
     ratio = p.tokens_per_param
-    verdict = ("far below it: the model will be undertrained for its size (fine for a first look)" if ratio < 2 else
-               "below it: more steps or a smaller model would use this budget better" if ratio < 10 else
-               "around it" if ratio <= 40 else "above it: a bigger model could use this much data")
+    if p.epochs > OVERFIT_PASSES:  # data-limited: more tokens per parameter would only mean more repeats
+        data_note = (f"This run passes over its data {p.epochs:.2g} times: past about {OVERFIT_PASSES} passes a "
+                     "model memorises its text (the validation loss stops falling or rises); more data, or fewer "
+                     "steps, would help more than a longer run.")
+    else:
+        verdict = ("far below it: the model will be undertrained for its size (fine for a first look)" if ratio < 2
+                   else "below it: more steps or a smaller model would use this budget better" if ratio < 10 else
+                   "around it" if ratio <= 40 else "above it: a bigger model could use this much data")
+        data_note = (f"Chinchilla rule of thumb: a compute-optimal model sees about {CHINCHILLA_TOKENS_PER_PARAM} "
+                     f"training tokens per parameter; this run is {verdict}.")
     ends = (f"the time budget ({duration(t.max_time)}) ends it at about step {p.steps:,} of {t.max_steps:,}"
             if p.ends_by == "time" else f"{t.max_steps:,} steps")
     kept = [f"🌱 **Fine-tuning {html.escape(p.source)}**: its trained weights, architecture and tokenizer (the "
@@ -211,6 +257,11 @@ def preview_markdown(p: RunPreview, job) -> str:
         f"**This run**: {ends} × {p.tokens_per_step:,} tokens = {human(p.tokens)} tokens "
         f"(**{ratio:.2g} tokens per parameter**, {p.epochs:.2g} passes over the data) · **ETA ≈ {duration(p.eta_s)}** "
         f"(from {p.speed_from})",
-        f"Chinchilla rule of thumb: a compute-optimal model sees about {CHINCHILLA_TOKENS_PER_PARAM} training "
-        f"tokens per parameter; this run is {verdict}.",
+        data_note,
     ])
+
+
+def start_label(p: RunPreview, spec_name: str | None) -> str:
+    """The Start button says what it will train: "Start training · llama · 4.17M"."""
+    name = p.source or spec_name or p.summary.split(" · ")[0]
+    return f"Start training · {name} · {human(p.params)}"
