@@ -4,10 +4,14 @@ The engine is importable without Gradio. Heavy modules (torch, transformers) loa
 `build_model`, so `ModelSpec`, validation and `estimate` stay fast for the builder UI.
 """
 
-from .model.estimate import Estimate, estimate
-from .model.presets import list_presets, load_preset
-from .model.spec import BLOCK_TYPES, ModelSpec, block_help
-from .model.validate import Problem, SpecError
+from .quiet import defer_torchao
+
+defer_torchao()  # torchao loads only when something is quantized (quiet.py)
+
+from .model.estimate import Estimate, estimate  # noqa: E402 (after defer_torchao)
+from .model.presets import list_presets, load_preset  # noqa: E402
+from .model.spec import BLOCK_TYPES, ModelSpec, block_help  # noqa: E402
+from .model.validate import Problem, SpecError  # noqa: E402
 
 __all__ = [
     "BLOCK_TYPES", "Estimate", "ModelSpec", "Problem", "SpecError", "block_help", "build_model", "estimate",
