@@ -131,11 +131,17 @@ def import_gguf(path: str | Path, caps=None):
 
     if caps is not None:
         check_caps(read_metadata(path), caps)
-    native, tokenizer, _ = load_gguf(path)
+    from .gguf_export import TRAINED_CONTEXT_KEY
+
+    native, tokenizer, meta = load_gguf(path)
     config = native.config.to_dict()
     config.pop("quantization_config", None)  # the weights below are plain dequantized floats
     tied = config.get("tie_word_embeddings", False)
     state = {k: v.contiguous() for k, v in native.state_dict().items() if not (tied and k == "lm_head.weight")}
+    trained = meta.get(TRAINED_CONTEXT_KEY)
+    if trained and "transformer.wpe.weight" in state:  # learned positions padded for llama.cpp: the trained rows
+        state["transformer.wpe.weight"] = state["transformer.wpe.weight"][:trained].contiguous()
+        config["n_positions"] = trained
     with tempfile.TemporaryDirectory(prefix="slm-gguf-import-") as d:
         (Path(d) / "config.json").write_text(json.dumps(config))
         save_file(state, Path(d) / "model.safetensors")
