@@ -366,6 +366,8 @@ def export_gguf(model, tokenizer, out_dir: str | Path, quant: str = "q8_0", *, n
     in a fresh process (transformers' GGUF reader); assembled under a temporary name, renamed when verified."""
     from ..sharing.card import write_gguf_card
 
+    if quant not in QUANTS:  # before anything touches the disk: the name of a folder is made from it
+        raise GGUFError(f"GGUF quantization {quant!r} is not supported; choose one of {', '.join(QUANTS)}")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise GGUFError(f"{out} is not empty; choose another folder or allow overwriting")

@@ -116,21 +116,83 @@ def check_caps(meta: dict, caps) -> None:
         raise GGUFReadError("this model is too big for this app: " + "; ".join(problems))
 
 
-def import_gguf(path: str | Path, caps=None):
-    """(model, tokenizer, spec) from a GGUF file of a supported architecture, as an SLMForCausalLM to generate
-    with or keep training; GGUFReadError says why a file cannot be used. Read as transformers reads it, then
-    through the same importer as a transformers folder (weights in safetensors, no code from the file).
-    `caps` (job.Caps): a model over them is refused from the file's header, before it is loaded."""
+def check_header(meta: dict, name: str = "the file") -> None:
+    """GGUFReadError unless the header describes exactly the tensors the file holds: as many blocks as
+    `blk.N.` indices, every block with the same tensors and shapes, widths, heads, vocabulary and context that
+    match the tensors' shapes. transformers builds the model from the header alone (and maps names in time
+    quadratic in the block count), so a header patched to claim hundreds of blocks next to a few real ones
+    would otherwise allocate a model of that size before anything noticed."""
+    import re
+
+    arch = meta.get("general.architecture")
+    tensors = meta.get("__tensors__") or {}
+
+    def fail(why: str):
+        raise GGUFReadError(f"{name}: its header does not match its tensors ({why}); re-export the file")
+
+    def number(key: str, required: bool = True) -> int | None:
+        value = meta.get(f"{arch}.{key}")
+        if value is None and not required:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 1 << 24:
+            fail(f"{arch}.{key} is {short_value(value)}")
+        return value
+
+    blocks: dict[int, dict[str, tuple]] = {}
+    for tname, (_kind, shape) in tensors.items():
+        m = re.fullmatch(r"blk\.(\d+)\.(.+)", tname)
+        if m:
+            blocks.setdefault(int(m.group(1)), {})[m.group(2)] = tuple(shape)
+    n = number("block_count")
+    if sorted(blocks) != list(range(n)):
+        fail(f"block_count says {n:,}, the file holds tensors of {len(blocks):,} blocks")
+    first = blocks[0]
+    if any(b != first for b in blocks.values()):
+        fail("its blocks do not all hold the same tensors")
+    C, ff = number("embedding_length"), number("feed_forward_length")
+    heads, kv = number("attention.head_count"), number("attention.head_count_kv", required=False) or \
+        number("attention.head_count")
+    head_dim = number("attention.key_length", required=False) or (C // heads if C % heads == 0 else None)
+    if head_dim is None or heads % kv:
+        fail(f"{heads} heads do not divide {C} or {kv} key/value heads")
+    embed = tensors.get("token_embd.weight")
+    if embed is None or tuple(embed[1])[0] != C:
+        fail("the token embedding is missing or not embedding_length wide")
+    vocab = tuple(embed[1])[1]
+    for key in ("vocab_size",):
+        if meta.get(f"{arch}.{key}") not in (None, vocab):
+            fail(f"{arch}.{key} is {meta.get(f'{arch}.{key}')}, the embedding has {vocab:,} rows")
+    if meta.get("tokenizer.ggml.tokens") not in (None, vocab):
+        fail(f"the tokenizer has {meta.get('tokenizer.ggml.tokens')} tokens, the embedding {vocab:,} rows")
+    expect = {"ffn_up.weight": (C, ff), "attn_output.weight": (heads * head_dim, C)}
+    if arch == "gpt2":
+        expect["attn_qkv.weight"] = (C, 3 * C)
+        position = tensors.get("position_embd.weight")
+        if position is None or tuple(position[1]) != (C, number("context_length")):
+            fail("the position table does not match context_length")
+    else:
+        expect.update({"attn_q.weight": (C, heads * head_dim), "attn_k.weight": (C, kv * head_dim)})
+    for suffix, shape in expect.items():
+        if first.get(suffix) != shape:
+            fail(f"{suffix} is {first.get(suffix)}, the header implies {shape}")
+    pattern = meta.get(f"{arch}.attention.sliding_window_pattern")
+    if isinstance(pattern, list) and len(pattern) != n:
+        fail(f"the sliding-window pattern has {len(pattern)} entries for {n} blocks")
+
+
+def short_value(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def gguf_to_folder(path: str | Path, out_dir: str | Path) -> None:
+    """Write the model of a GGUF file as a transformers folder (config, safetensors, tokenizer), read by
+    transformers' own GGUF loader. The app runs this in a worker process with a time limit (gguf_worker.py)."""
     import json
-    import tempfile
 
     from safetensors.torch import save_file
 
-    from ..sharing.importer import import_hf
     from ..training.tokenization import save_tokenizer
-
-    if caps is not None:
-        check_caps(read_metadata(path), caps)
     from .gguf_export import TRAINED_CONTEXT_KEY
 
     native, tokenizer, meta = load_gguf(path)
@@ -142,11 +204,61 @@ def import_gguf(path: str | Path, caps=None):
     if trained and "transformer.wpe.weight" in state:  # learned positions padded for llama.cpp: the trained rows
         state["transformer.wpe.weight"] = state["transformer.wpe.weight"][:trained].contiguous()
         config["n_positions"] = trained
-    with tempfile.TemporaryDirectory(prefix="slm-gguf-import-") as d:
-        (Path(d) / "config.json").write_text(json.dumps(config))
-        save_file(state, Path(d) / "model.safetensors")
-        save_tokenizer(tokenizer, d)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config))
+    save_file(state, out / "model.safetensors")
+    save_tokenizer(tokenizer, out)
+
+
+def import_gguf(path: str | Path, caps=None, out_dir: str | Path | None = None, timeout_s: float | None = None):
+    """(model, tokenizer, spec) from a GGUF file of a supported architecture, as an SLMForCausalLM to generate
+    with or keep training; GGUFReadError says why a file cannot be used. The header is checked against the
+    file's tensors (check_header) and `caps` (job.Caps) before anything is built; the file is then read as
+    transformers reads it into a transformers folder (`out_dir`, kept; else a temporary one) and imported from
+    there like any folder (weights in safetensors, no code from the file). With `timeout_s` that reading runs in
+    a worker process stopped after that many seconds."""
+    import tempfile
+
+    from ..sharing.importer import import_hf
+
+    path = Path(path)
+    meta = read_metadata(path)
+    check_header(meta, path.name)
+    if caps is not None:
+        check_caps(meta, caps)
+    with tempfile.TemporaryDirectory(prefix="slm-gguf-import-") as tmp:
+        folder = Path(out_dir) if out_dir is not None else Path(tmp)
+        if timeout_s is None:
+            gguf_to_folder(path, folder)
+        else:
+            convert_in_worker(path, folder, timeout_s)
         try:
-            return import_hf(d, caps=caps)
+            return import_hf(folder, caps=caps)
         except ValueError as e:
-            raise GGUFReadError(f"{Path(path).name}: {e}") from None
+            raise GGUFReadError(f"{path.name}: {e}") from None
+
+
+def convert_in_worker(path: Path, out_dir: Path, timeout_s: float) -> None:
+    """gguf_to_folder in `python -m slm_blocks.compress.gguf_worker`, killed after `timeout_s` seconds."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(root)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+    try:
+        done = subprocess.run([sys.executable, "-m", "slm_blocks.compress.gguf_worker", str(path), str(out_dir)],
+                              env=env, cwd=out_dir.parent, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise GGUFReadError(f"{path.name}: reading it took longer than {timeout_s:g} s, the most this app allows "
+                            "for one GGUF file; import a smaller model") from None
+    if done.returncode != 0:
+        last = (done.stdout.strip().splitlines() or [""])[-1]
+        try:
+            message = json.loads(last)["error"]
+        except (ValueError, KeyError, TypeError):
+            message = f"{path.name} could not be read (the reader exited with code {done.returncode})"
+        raise GGUFReadError(message)

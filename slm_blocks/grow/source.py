@@ -173,19 +173,23 @@ def _locate_hub(repo: str, field_path: str) -> Source:
     """config.json (and slm_spec.json) and the safetensors headers only: the weights wait until the cap is checked."""
     from huggingface_hub import HfApi, hf_hub_download
 
+    from ..training.hub_access import read_token
+
+    token = read_token()  # the visitor's, never the server's own (hub_access.py)
+    api = HfApi(token=token)
     try:
-        files = HfApi().list_repo_files(repo)
+        files = api.list_repo_files(repo, token=token)
         if not any(f.endswith(".safetensors") and "/" not in f for f in files):
             pickles = [f for f in files if f.lower().endswith(PICKLE_SUFFIXES)]
             raise problem(field_path, f"{repo} has no .safetensors weights" + (" (only .bin / .pt files)" if pickles
                           else "") + "; only safetensors are loaded, because unpickling can run code")
         if "config.json" not in files:
             raise problem(field_path, f"{repo} has no config.json; it is not a transformers model repository")
-        config = Path(hf_hub_download(repo, "config.json"))
-        spec_file = Path(hf_hub_download(repo, "slm_spec.json")) if "slm_spec.json" in files else None
+        config = Path(hf_hub_download(repo, "config.json", token=token))
+        spec_file = Path(hf_hub_download(repo, "slm_spec.json", token=token)) if "slm_spec.json" in files else None
         spec = _spec_of(config, spec_file, repo, field_path)
         try:
-            counted = sum(HfApi().get_safetensors_metadata(repo).parameter_count.values())
+            counted = sum(api.get_safetensors_metadata(repo, token=token).parameter_count.values())
         except Exception:  # no parsable header on the Hub: the config's count stands
             counted = 0
     except JobError:
@@ -201,8 +205,10 @@ def _locate_hub(repo: str, field_path: str) -> Source:
 def _download(repo: str, files: list[str], field_path: str) -> Path:
     from huggingface_hub import snapshot_download
 
+    from ..training.hub_access import read_token
+
     try:  # exact file names: never *.py, *.bin, *.pt or anything else the repository holds
-        return Path(snapshot_download(repo, allow_patterns=files))
+        return Path(snapshot_download(repo, allow_patterns=files, token=read_token()))
     except Exception as e:
         raise problem(field_path, f"could not download {repo} ({type(e).__name__}: {' '.join(str(e).split())[:160]}); "
                       "check your connection and try again") from None

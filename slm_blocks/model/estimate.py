@@ -14,6 +14,8 @@ from .spec import (
     NormSpec, PositionalBlock, TransformerBlock,
 )
 
+from .memory import attention_memory
+
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
@@ -26,13 +28,21 @@ class Estimate:
     train_weights_bytes: int
     train_grads_bytes: int
     train_optimizer_bytes: int  # two fp32 moments per parameter (AdamW; an upper bound with Muon)
-    train_activations_bytes: int  # for one batch of batch_size x seq_len
+    train_activations_bytes: int  # peak for one batch of batch_size x seq_len, attention_bytes included
     train_total_bytes: int
     kv_cache_bytes_per_token: int  # per sequence, all attention layers
     inference_bytes: int  # weights + a full KV cache for batch_size x seq_len
+    attention_bytes: int = 0  # of train_activations_bytes: what grows with seq_len² (masks, kept scores; memory.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _norm_act(norm: NormSpec | None, dim: int) -> int:
+    """Values per token a norm keeps for its backward: its input (RMSNorm also its normalised input)."""
+    if norm is None:
+        return 0
+    return dim * (2 if norm.kind == "rmsnorm" else 1)
 
 
 def _norm_params(norm: NormSpec | None, dim: int) -> int:
@@ -70,41 +80,48 @@ def estimate(spec: ModelSpec, batch_size: int = 8, seq_len: int | None = None, d
     params = embedding + (0 if spec.tie_embeddings else V * C)
     matmul = V * C  # the LM head multiplies even when tied
     attn_flops = 0.0
-    act = 0  # activation elements stored per token for backward
+    # activation values kept per token for the backward pass (each term measured against torch's own peak in
+    # tests/model/test_memory.py); dropout on the residual branches keeps a one-byte mask per value
+    rope = spec.positional() == "rope"
+    drop = C / 4 if spec.dropout > 0 else 0
+    act = C + drop  # the embedding's output
     kv_per_token = 0
     for block, a, window in spec.layer_plan():
         if isinstance(block, TransformerBlock):
             n_norms = 4 if block.norm_placement == "sandwich" else 2
             params += n_norms * _norm_params(block.norm, C)
-            act += n_norms * C
+            act += n_norms * _norm_act(block.norm, C) + 2 * drop
         elif isinstance(block, (AttentionLayerBlock, MLPLayerBlock)):
             params += _norm_params(block.norm, C)
-            act += C if block.norm else 0
+            act += _norm_act(block.norm, C) + drop
         elif isinstance(block, NormBlock):
             params += _norm_params(block.norm, C)
-            act += C
+            act += _norm_act(block.norm, C)
         if a is not None:
             hd, nh, nkv = a.head_size(spec.d_model), a.n_heads, a.kv_heads()
             p = _attn_params(C, spec, a)
             params += p
             matmul += C * (nh + 2 * nkv) * hd + nh * hd * C
             attn_flops += 2 * 2 * nh * hd * _attended(T, window)  # q·k scores and probs·v
-            act += C + (nh + 2 * nkv) * hd + nh * hd + nh  # qkv input, q/k/v, attention output, logsumexp
+            # q/k/v input and output, RoPE's rotated q and k, QK-norm's, attention output, logsumexp
+            act += C + (nh + 2 * nkv) * hd + ((nh + nkv) * hd if rope else 0) + \
+                (2 * (nh + nkv) * hd if a.qk_norm else 0) + nh * hd + nh
             kv_per_token += 2 * nkv * hd * nbytes
         if isinstance(block, (TransformerBlock, MLPLayerBlock)):
             m, H = block.mlp, block.mlp.hidden_size(C)
             params += _mlp_params(C, m)
             matmul += (3 if m.gated else 2) * C * H
-            act += C + (3 if m.gated else 2) * H  # MLP input, hidden pre-activations (and gate), activations
+            act += C + (4 if m.gated else 2) * H  # MLP input; hidden pre-activations, activations (gate, product)
     final = next((b for b in spec.blocks if isinstance(b, FinalNormBlock)), None)
     if final:
         params += _norm_params(final.norm, C)
-        act += C
-    act += C + 2 * V  # embedding output, logits and their softmax
+        act += _norm_act(final.norm, C)
+    act += C + 4 * V  # the head's input; logits, their log-softmax, its gradient and the logits' gradient
 
     fwd = int(round(2 * matmul + attn_flops))
     weights = params * nbytes
-    activations = act * batch_size * T * nbytes
+    attention = attention_memory(spec, batch_size, T, "train", nbytes)
+    activations = attention.peak(int(act * batch_size * T * nbytes))
     return Estimate(
         params=params,
         embedding_params=embedding,
@@ -117,6 +134,7 @@ def estimate(spec: ModelSpec, batch_size: int = 8, seq_len: int | None = None, d
         train_total_bytes=2 * weights + params * 8 + activations,
         kv_cache_bytes_per_token=kv_per_token,
         inference_bytes=weights + kv_per_token * batch_size * T,
+        attention_bytes=activations - int(act * batch_size * T * nbytes),
     )
 
 

@@ -277,9 +277,11 @@ def _rows(cfg: DataConfig, what: str, budget: int, hub: bool, *args: Any, **kw: 
     """Stream rows of a `datasets` source and keep one text column, stopping at `budget` chars."""
     import datasets  # slow import; only paid when rows are needed
 
+    from .hub_access import read_token
+
     out: list[str] = []
     try:
-        ds = datasets.load_dataset(*args, streaming=True, **kw)
+        ds = datasets.load_dataset(*args, streaming=True, token=read_token(), **kw)
         col, n = None, 0
         for row in ds:
             if col is None:

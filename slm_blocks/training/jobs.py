@@ -25,6 +25,7 @@ from collections import deque
 from pathlib import Path
 
 from .events import DoneEvent, ErrorEvent, Event, StatusEvent, StepEvent, decode
+from .hub_access import worker_env
 from .job import Caps, Job
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,6 +67,7 @@ class QueuedTraining:
         self.started_at: float | None = None
         self.client: str | None = None  # the address that asked for it (per-client queue limit)
         self.preempting = False  # stopped by the queue for others: goes back in line, not to "stopped"
+        self.hub_token = False  # the worker's Hub reads: anonymous, a visitor's token, or None (hub_access.py)
         self.turns = 0  # how many times a worker has started for it
 
     def work(self) -> dict:
@@ -85,6 +87,7 @@ class QueuedTraining:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
                "SLM_MLFLOW_CHECKPOINTS": "0",  # the run folder holds the checkpoints: MLflow gets metrics only
                "PYTHONPATH": os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+        env = worker_env(env, self.hub_token)  # never the server's own Hub token for a visitor's job
         self.proc = subprocess.Popen([sys.executable, "-m", self.worker, str(work_file)], cwd=cwd,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
         self.started_at = time.time()

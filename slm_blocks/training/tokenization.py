@@ -136,8 +136,10 @@ def _bpe(text: str, vocab_size: int) -> PreTrainedTokenizerFast:
 
 
 def _pretrained(name_or_path: str) -> PreTrainedTokenizerFast:
+    from .hub_access import read_token
+
     try:
-        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
+        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False, token=read_token())
     except Exception as e:  # offline, unknown id, bad folder: all mean "fix the name"
         msg = " ".join(str(e).split())[:300]
         raise ValueError(f"tokenizer name '{name_or_path}' could not be loaded ({type(e).__name__}: {msg}); "

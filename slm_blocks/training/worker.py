@@ -41,7 +41,10 @@ def main(work_file: str, grow_prepare=None) -> int:
     threading.Thread(target=_watch_stdin, args=(stop,), daemon=True).start()
     try:
         from .driver import drive
+        from .hub_access import adopt_worker_env
         from .job import Caps, Job
+
+        adopt_worker_env()  # whose Hub credentials this job's reads use (the app's visitor, never the server's)
 
         work = json.loads(Path(work_file).read_text())
         job = Job.from_dict(work["job"]) if work.get("job") is not None else None

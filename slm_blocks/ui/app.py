@@ -10,6 +10,7 @@ import os
 
 import gradio as gr
 
+from ..training.hub_access import set_process_default
 from .build_tab import build_tab, preset_state, validate_spec
 from .compare import Y_AXES
 from .deploy import WEIGHTS, deploy_section
@@ -27,6 +28,8 @@ it as a standard `transformers` checkpoint. Start on **Build**, then press **Sta
 
 def build_app(store: SessionStore | None = None) -> gr.Blocks:
     store = store or SessionStore(Limits.from_env())
+    # a visitor's Hub reads are anonymous unless they sign in; the server's login only by a local opt-in
+    set_process_default(None if store.limits.use_ambient_token else False)
     h = Handlers(store)
     on_spaces = bool(os.environ.get("SPACE_ID"))
     # delete_cache: Gradio's copies of uploads and outputs go after 2 h (runs copy what they use into the session)
@@ -124,6 +127,7 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
                         "character** (lower is better; it compares models whatever their tokenizer), with each "
                         "model's parameter count beside it.")
             board = gr.Dataframe(interactive=False, elem_id="class-board")
+            board_msg = gr.Markdown(elem_id="class-board-msg")
 
         with gr.Tab("Grow"):
             grow = grow_tab(store, h, spec_json, start_from)
@@ -212,7 +216,7 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
         cmp_btn.click(h.compare, [everyone, x_axis, y_axis], [cmp_table, cmp_curves, cmp_scatter, cmp_msg],
                       api_name="compare") \
             .then(h.redraw_legends, cmp_scatter, cmp_scatter, api_visibility="private") \
-            .then(h.class_board, None, board, api_name="class_board")
+            .then(h.class_board, None, [board, board_msg], api_name="class_board")
         for choice in (everyone, x_axis, y_axis):  # a new choice redraws at once
             choice.input(h.compare, [everyone, x_axis, y_axis], [cmp_table, cmp_curves, cmp_scatter, cmp_msg],
                          api_visibility="private") \

@@ -13,7 +13,9 @@ still shows up.
 
 from __future__ import annotations
 
+import html
 import json
+import logging
 import math
 
 import pandas as pd
@@ -21,6 +23,7 @@ import pandas as pd
 from .. import ModelSpec, estimate
 from ..training.run import read_history
 
+log = logging.getLogger("slm_blocks.app")
 Y_AXES = {"loss": "loss (nats per token)", "bits per character": "bits per character"}
 CURVE_COLUMNS = ["x", "y", "run", "split"]
 
@@ -72,26 +75,40 @@ def _points(steps: dict, evals: list, name: str, x_axis: str, y_axis: str) -> li
     return [p for p in out if p["x"] is not None and p["y"] is not None and math.isfinite(p["y"])]
 
 
+# what a damaged run record raises while it is read: the run is left out and named, the others are shown
+DAMAGED = (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError)
+
+
 def _session_rows(session, x_axis: str, y_axis: str):
-    table, curves = [], []
+    """(table rows, curve points, names of runs whose records cannot be read) of this session's runs."""
+    table, curves, bad = [], [], []
     for name, r in session.runs.items():
-        record_path = r.dir / "run.json"
-        if not record_path.is_file():
+        if not (r.dir / "run.json").is_file():
             continue
-        record = json.loads(record_path.read_text())
-        spec = ModelSpec.from_dict(record["spec"])  # with the tokenizer's vocabulary: the count that trained
-        history = read_history(r.dir)  # one record per (kind, step): a resume's repeated steps replace the old
-        steps = {h["step"]: h for h in history if h["kind"] == "step"}
-        evals = [h for h in history if h["kind"] == "eval"]
-        last = steps[max(steps)] if steps else {}
-        table.append({"run": name, "architecture": spec.summary(), "parameters": estimate(spec).params,
-                      "data": data_label(record.get("data")), "tokenizer": record["tokenizer"]["kind"],
-                      "steps": max(steps) if steps else 0, "tokens seen": int(last.get("tokens_seen") or 0),
-                      "val loss": _round(evals[-1]["val_loss"], 4) if evals else None,
-                      "bits/char": _round(evals[-1].get("bits_per_char"), 4) if evals else None,
-                      "time (s)": _round(last.get("elapsed_s"), 1), "status": r.job.status if r.job else "done"})
-        curves += _points(steps, evals, name, x_axis, y_axis)
-    return table, curves
+        try:
+            row, points = _session_run(name, r, x_axis, y_axis)
+        except DAMAGED:
+            bad.append(name)
+            continue
+        table.append(row)
+        curves += points
+    return table, curves, bad
+
+
+def _session_run(name: str, r, x_axis: str, y_axis: str):
+    record = json.loads((r.dir / "run.json").read_text())
+    spec = ModelSpec.from_dict(record["spec"])  # with the tokenizer's vocabulary: the count that trained
+    history = read_history(r.dir)  # one record per (kind, step): a resume's repeated steps replace the old
+    steps = {h["step"]: h for h in history if h["kind"] == "step"}
+    evals = [h for h in history if h["kind"] == "eval"]
+    last = steps[max(steps)] if steps else {}
+    row = {"run": name, "architecture": spec.summary(), "parameters": estimate(spec).params,
+           "data": data_label(record.get("data")), "tokenizer": record["tokenizer"]["kind"],
+           "steps": max(steps) if steps else 0, "tokens seen": int(last.get("tokens_seen") or 0),
+           "val loss": _round(evals[-1]["val_loss"], 4) if evals else None,
+           "bits/char": _round(evals[-1].get("bits_per_char"), 4) if evals else None,
+           "time (s)": _round(last.get("elapsed_s"), 1), "status": r.job.status if r.job else "done"}
+    return row, _points(steps, evals, name, x_axis, y_axis)
 
 
 def _latest_per_step(hist: pd.DataFrame) -> dict:
@@ -114,32 +131,37 @@ def _mlflow_runs(uri: str, limit: int = 10):
     hist = {key: _latest_per_step(metric_history(uri, ids, key))
             for key in ("train_loss", "tokens_seen", "elapsed_s", "val_loss", "bits_per_char")}
     names = list(df["run_name"])
-    table, runs = [], {}
+    table, runs, bad = [], {}, []
     for row in df.to_dict("records"):
         rid = row["run_id"]
         name = row["run_name"] if names.count(row["run_name"]) == 1 else f"{row['run_name']} · {rid[:4]}"
-        steps = {s: {"loss": v, "tokens_seen": hist["tokens_seen"].get((rid, s)),
-                     "elapsed_s": hist["elapsed_s"].get((rid, s))}
-                 for (r, s), v in hist["train_loss"].items() if r == rid}
-        evals = [{"step": s, "val_loss": v, "bits_per_char": hist["bits_per_char"].get((rid, s))}
-                 for (r, s), v in sorted(hist["val_loss"].items()) if r == rid]
-        last = steps[max(steps)] if steps else {}
-        table.append({"run": name, "architecture": row.get("tags.slm.architecture"),
-                      "parameters": int(float(row.get("params.model.params") or 0)),
-                      "data": row.get("params.data.name") or row.get("tags.slm.dataset"),
-                      "tokenizer": row.get("params.tokenizer.kind"), "steps": max(steps) if steps else 0,
-                      "tokens seen": int(last.get("tokens_seen") or 0),
-                      "val loss": _round(evals[-1]["val_loss"], 4) if evals else None,
-                      "bits/char": _round(evals[-1]["bits_per_char"], 4) if evals else None,
-                      "time (s)": _round(last.get("elapsed_s"), 1), "status": str(row.get("status", "")).lower()})
+        try:
+            steps = {s: {"loss": v, "tokens_seen": hist["tokens_seen"].get((rid, s)),
+                         "elapsed_s": hist["elapsed_s"].get((rid, s))}
+                     for (r, s), v in hist["train_loss"].items() if r == rid}
+            evals = [{"step": s, "val_loss": v, "bits_per_char": hist["bits_per_char"].get((rid, s))}
+                     for (r, s), v in sorted(hist["val_loss"].items()) if r == rid]
+            last = steps[max(steps)] if steps else {}
+            table.append({"run": name, "architecture": row.get("tags.slm.architecture"),
+                          "parameters": int(float(row.get("params.model.params") or 0)),
+                          "data": row.get("params.data.name") or row.get("tags.slm.dataset"),
+                          "tokenizer": row.get("params.tokenizer.kind"), "steps": max(steps) if steps else 0,
+                          "tokens seen": int(last.get("tokens_seen") or 0),
+                          "val loss": _round(evals[-1]["val_loss"], 4) if evals else None,
+                          "bits/char": _round(evals[-1]["bits_per_char"], 4) if evals else None,
+                          "time (s)": _round(last.get("elapsed_s"), 1),
+                          "status": str(row.get("status", "")).lower()})
+        except DAMAGED:  # a run with malformed params or metrics: named, the others shown
+            bad.append(str(name))
+            continue
         runs[name] = (steps, evals)
-    return table, runs
+    return table, runs, bad
 
 
 def _mlflow_rows(uri: str, x_axis: str, y_axis: str):
-    table, runs = _mlflow_runs(uri)
+    table, runs, bad = _mlflow_runs(uri)
     curves = [p for name, (steps, evals) in runs.items() for p in _points(steps, evals, name, x_axis, y_axis)]
-    return table, curves
+    return table, curves, bad
 
 
 def empty_curves(rows=()) -> pd.DataFrame:
@@ -191,17 +213,34 @@ def curves_plot(curves: pd.DataFrame, x_axis: str = "step", y_axis: str = "loss"
 
 
 def compare_frames(session, mlflow_uri: str | None, x_axis: str = "step", y_axis: str = "loss"):
-    """(table, curves frame, scatter frame, message) for this session's runs, or everyone's with mlflow_uri."""
+    """(table, curves frame, scatter frame, message) for this session's runs, or everyone's with mlflow_uri.
+    A run whose records cannot be read is left out and named in the message; when the shared MLflow store
+    cannot be read at all, this session's own runs are shown instead and the message says so."""
     x_axis = x_axis if x_axis in ("step", "tokens", "time") else "step"
     y_axis = y_axis if y_axis in Y_AXES else "loss"
-    table, curves = _session_rows(session, x_axis, y_axis) if mlflow_uri is None else \
-        _mlflow_rows(mlflow_uri, x_axis, y_axis)
+    notes = []
+    if mlflow_uri is None:
+        table, curves, bad = _session_rows(session, x_axis, y_axis)
+    else:
+        try:
+            table, curves, bad = _mlflow_rows(mlflow_uri, x_axis, y_axis)
+        except Exception:
+            log.warning("compare: the MLflow store cannot be read", exc_info=True)
+            notes.append(STORE_UNREADABLE + " this session's own runs are shown instead.")
+            table, curves, bad = _session_rows(session, x_axis, y_axis) if session is not None else ([], [], [])
+    if bad:
+        notes.append("⚠️ Not shown, because their records cannot be read (damaged run.json or metrics): "
+                     + ", ".join(f"**{html.escape(str(n))}**" for n in bad) + ".")
     table_df = pd.DataFrame(table)
     curves_df = empty_curves(curves)
     scatter = empty_scatter([{"params": t["parameters"], "bits/char": t["bits/char"], "run": t["run"]}
                              for t in table if t.get("bits/char") is not None])
-    msg = "" if table else "No runs yet: train one on the Train tab."
-    return table_df, curves_df, scatter, msg
+    if not table and not bad:
+        notes.append("No runs yet: train one on the Train tab.")
+    return table_df, curves_df, scatter, "\n\n".join(notes)
+
+
+STORE_UNREADABLE = "⚠️ The server's run store (MLflow) cannot be read just now, so everyone's runs are not available;"
 
 
 BOARD_COLUMNS = ["data", "rank", "run", "bits/char", "parameters", "tokenizer", "architecture", "tokens seen",
@@ -219,12 +258,16 @@ def class_board(mlflow_uri: str, limit: int = 200) -> pd.DataFrame:
         bpc = _round(row.get("metrics.bits_per_char"), 4)
         if bpc is None:
             continue
-        rows.append({"data": row.get("params.data.name") or row.get("tags.slm.dataset"),
-                     "run": row.get("run_name"), "bits/char": bpc,
-                     "parameters": int(float(row.get("params.model.params") or 0)),
-                     "tokenizer": row.get("params.tokenizer.kind"), "architecture": row.get("tags.slm.architecture"),
-                     "tokens seen": int(float(row.get("metrics.tokens_seen") or 0)),
-                     "status": str(row.get("status", "")).lower()})
+        try:
+            rows.append({"data": row.get("params.data.name") or row.get("tags.slm.dataset"),
+                         "run": row.get("run_name"), "bits/char": bpc,
+                         "parameters": int(float(row.get("params.model.params") or 0)),
+                         "tokenizer": row.get("params.tokenizer.kind"),
+                         "architecture": row.get("tags.slm.architecture"),
+                         "tokens seen": int(float(row.get("metrics.tokens_seen") or 0)),
+                         "status": str(row.get("status", "")).lower()})
+        except DAMAGED:  # malformed params of one run: the others are ranked
+            continue
     board = pd.DataFrame(rows, columns=[c for c in BOARD_COLUMNS if c != "rank"])
     if board.empty:
         return pd.DataFrame(columns=BOARD_COLUMNS)

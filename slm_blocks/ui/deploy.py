@@ -16,9 +16,11 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from ..training.schema import short
+from .guard import one_at_a_time
 from .state import SessionStore, safe_filename
 from .train_tab import scrub
-from .uploads import UserError
+from .uploads import UserError, archive_for_download, discard_upload, file_for_download
 
 log = logging.getLogger("slm_blocks.app")
 
@@ -104,9 +106,11 @@ class Deploy:
             run = _finished_run(session, run_name)
             if weights not in ("int8", "int4"):
                 raise UserError("Weights: choose int8 or int4")
+            session.check_quota(self.store.limits, "Export")
+            self.store.check_disk("Export")
             out = session.root / "exports" / f"{run.name}-{weights}"
             r = export_run_quantized(run.dir, out, weights, _group(group_size), overwrite=True)
-            archive = shutil.make_archive(str(out), "zip", out)
+            archive = archive_for_download(session.id, out, out.name)
             group = f"groups of {r.group_size}" if r.group_size else "per row"
             return archive, (f"✅ **{r.model_class}** with {weights} weights ({group}), "
                              f"{r.size_bytes / 2**20:.2f} MiB of weights. Verified in a fresh process: max |Δlogits| "
@@ -120,14 +124,21 @@ class Deploy:
         """(the .gguf file, the folder with Modelfile and card as zip, the result in words)."""
         from ..compress.gguf_export import export_run_gguf
 
+        from ..compress.gguf_export import QUANTS
+
         session = _session(self.store, request)
         try:
+            quant = quant or "q8_0"
+            if quant not in QUANTS:  # checked before it becomes part of a folder name
+                raise UserError(f"GGUF quantization: choose one of {', '.join(QUANTS)} (got {short(quant)})")
             run = _finished_run(session, run_name)
+            session.check_quota(self.store.limits, "Export")
+            self.store.check_disk("Export")
             out = session.root / "exports" / f"{run.name}-gguf-{quant}"
-            r = export_run_gguf(run.dir, out, quant or "q8_0", overwrite=True)
-            archive = shutil.make_archive(str(out), "zip", out)
+            r = export_run_gguf(run.dir, out, quant, overwrite=True)
+            archive = archive_for_download(session.id, out, out.name)
             notes = "".join(f"\n\nNote: {html.escape(n, quote=False)}." for n in r.notes)
-            return str(out / r.file), archive, (
+            return file_for_download(session.id, out / r.file), archive, (
                 f"✅ **{r.file}** (llama.cpp architecture `{r.arch}`, {r.quant}, {r.size_bytes / 2**20:.2f} MiB). "
                 f"Read back by transformers' GGUF loader in a fresh process: max |Δlogits| {r.max_abs_diff:.2e}, "
                 f"greedy continuation {'identical' if r.greedy_match else 'different'}, tokenizer "
@@ -136,8 +147,12 @@ class Deploy:
         except Exception as e:
             return None, None, _message(e)
 
+    @one_at_a_time("import", "GGUF import", lambda message: (f"❌ {message}", gr.update()))
     def import_gguf(self, file, request: gr.Request):
-        """Import a .gguf file as a model of this session (for the Generate tab)."""
+        """Import a .gguf file as a model of this session (for the Generate tab): its header is checked against
+        its tensors and the caps, then a worker process reads it into a transformers folder, within
+        SLM_IMPORT_TIMEOUT seconds. The folder is kept (the model is read again from it when the model cache
+        has let it go); the .gguf copy is not."""
         from ..compress.gguf_read import import_gguf
 
         session = _session(self.store, request)
@@ -147,6 +162,7 @@ class Deploy:
             src = Path(file if isinstance(file, str) else file.name)
             if src.suffix.lower() != ".gguf":
                 raise UserError(f"GGUF file: {src.name!r} is not a .gguf file")
+            session.check_room(self.store.limits, "GGUF file")
             self.store.check_disk("GGUF file")
             name = session.new_run_name("gguf")
             folder = session.root / "imports" / name
@@ -154,14 +170,17 @@ class Deploy:
             dst = folder / safe_filename(src.name)
             try:
                 shutil.copyfile(src, dst)
-                model, tok, spec = import_gguf(dst, caps=self.store.limits.caps())  # caps: from the header
+                discard_upload(src)
+                model, tok, spec = import_gguf(dst, caps=self.store.limits.caps(), out_dir=folder / "model",
+                                               timeout_s=self.store.limits.import_timeout_s)
+                dst.unlink()
             except Exception:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
-            session.models[name] = (model, tok)
-            choices = list(session.runs) + [n for n in session.models if n not in session.runs]
+            session.imports[name] = folder / "model"
+            self.store.models.put(session.id, name, (model, tok))
             return (f"✅ Imported as **{name}** ({html.escape(spec.summary())}); pick it on the Generate tab.",
-                    gr.update(choices=choices, value=name))
+                    gr.update(choices=session.model_names(), value=name))
         except Exception as e:
             return _message(e), gr.update()
 
@@ -201,4 +220,5 @@ def deploy_section(store: SessionStore, run_pick: gr.Dropdown, model_pick: gr.Dr
                       concurrency_limit=2, preprocess=False)
     gexport_btn.click(d.export_gguf, [run_pick, gquant], [gfile, gzip, gmsg], api_name="export_gguf",
                       concurrency_limit=2, preprocess=False)
-    gimport_btn.click(d.import_gguf, gguf_in, [gimport_msg, model_pick], api_name="import_gguf")
+    # imports run in a worker with a time limit (one per session at a time): two may run at once
+    gimport_btn.click(d.import_gguf, gguf_in, [gimport_msg, model_pick], api_name="import_gguf", concurrency_limit=2)

@@ -202,7 +202,7 @@ class Grow:
                                                                      value=s.followed or None))
 
     def grow(self, technique, source, run_name, steps, alpha, temperature, target_share, drop_layers, mlp_keep,
-             heads_keep, spec_json, request: gr.Request):
+             heads_keep, spec_json, oauth_token: gr.OAuthToken | None, request: gr.Request):
         """Start the chosen technique from `source` and stream (status, curves, log, before/after table)."""
         session = self._session(request)
         table = pd.DataFrame(columns=TABLE_COLUMNS)
@@ -234,7 +234,7 @@ class Grow:
             return
         last = log_text = None
         try:
-            for status, _plot, _sample, log_text, _timeline in self.h.train(payload, files, request):
+            for status, _plot, _sample, log_text, _timeline in self.h.train(payload, files, oauth_token, request):
                 last = status
                 run = session.runs.get(session.followed) if not status.startswith("❌") else None
                 yield status, curves_frame(run.job.events if run and run.job else []), log_text, table
@@ -308,13 +308,7 @@ class Grow:
         with session.lock:
             if self.h._active(session):
                 raise UserError("A training of this session is already running; stop it first")
-            if len(session.runs) >= limits.max_runs_per_session:
-                raise UserError(f"This session has {len(session.runs)} runs, the most allowed here; reload the page "
-                                "for a fresh session")
-            used_mb = session.disk_mb()
-            if used_mb > limits.session_quota_mb:
-                raise UserError(f"This session uses {used_mb:.0f} MB of disk, over the {limits.session_quota_mb} MB "
-                                "allowed; reload the page for a fresh session")
+            session.check_room(limits, "Prune")
             self.store.check_disk("Prune")
             name = session.new_run_name(name)
             out = session.root / "runs" / name

@@ -3,13 +3,15 @@ which browser tabs are still open.
 
 - `RequestGuard`, an ASGI middleware in front of Gradio's routes: a request body over the cap is answered
   413 before it is read (Content-Length) or as soon as it grows past the cap (chunked bodies), so a 30 MB
-  prompt never reaches the JSON parser; uploads have their own, larger cap. It also counts the open
+  prompt never reaches the JSON parser; uploads have their own, larger cap, and a budget per client address
+  and for Gradio's upload folder as a whole (`UploadBudget`). It also counts the open
   heartbeat connections of each session: an open browser tab (or a gradio_client) keeps one open, which
   tells the sweeper (sweeper.py) which idle sessions are still wanted.
 - `Gate`: at most one request of a kind (generate, the inspect views) running per session; a second one is
   answered at once instead of taking a second worker slot.
-- `guard_launch`: the app's `launch()` with these defaults (Gradio's per-file upload cap, the middleware) and,
-  once the queue runs, a cap on the events one session may have waiting or running in Gradio's queue.
+- `guard_launch`: the app's `launch()` with these defaults (Gradio's per-file upload cap, the middleware), a cap
+  on the events one session may have waiting or running in Gradio's queue and the sweeper, all installed
+  before the server starts (`launch()` blocks under `python app.py`).
 
 The caps come from `Limits` (state.py); the README's "Security and limits" lists them.
 """
@@ -20,6 +22,7 @@ import functools
 import json
 import re
 import threading
+import time
 from collections import Counter
 from contextlib import contextmanager
 
@@ -49,13 +52,61 @@ class Liveness:
             return self._open.get(sid, 0) > 0
 
 
+class UploadBudget:
+    """What may still be uploaded: Gradio keeps uploads in its own folder (for hours, outside every session's
+    quota), and an upload request names no session, so uploads are capped per client address over a rolling
+    window and for the folder as a whole. Thread-safe."""
+
+    def __init__(self, per_client_bytes: int, total_bytes: int, folder, window_s: float = 3600.0):
+        self.per_client, self.total, self.folder, self.window = per_client_bytes, total_bytes, folder, window_s
+        self._sent: dict[str, list[tuple[float, int]]] = {}  # client -> (when, bytes) within the window
+        self._in_flight = 0
+        self._measured = (0.0, -1e9)  # (bytes in the folder, when)
+        self._lock = threading.Lock()
+
+    def _folder_bytes(self, now: float) -> float:
+        used, when = self._measured
+        if now - when > 5.0:
+            from .sweeper import folder_mb
+
+            used = folder_mb(self.folder()) * 2**20 if self.folder().exists() else 0.0
+            self._measured = (used, now)
+        return used
+
+    def allowance(self, client: str) -> tuple[int, str]:
+        """(bytes this client may upload now, why not more): the smaller of its share and the folder's room."""
+        now = time.time()
+        with self._lock:
+            recent = [(t, n) for t, n in self._sent.get(client, []) if now - t < self.window]
+            self._sent[client] = recent
+            mine = self.per_client - sum(n for _, n in recent) if self.per_client else 1 << 62
+            room = self.total - self._folder_bytes(now) - self._in_flight if self.total else 1 << 62
+        if mine <= room:
+            return max(0, int(mine)), (f"uploads from your address reached {self.per_client // 2**20:,} MB within "
+                                       f"{self.window / 60:.0f} minutes, the most this app takes; try again later")
+        return max(0, int(room)), ("this app's upload space for all users is full just now; try again in a few "
+                                   "minutes")
+
+    def started(self, nbytes: int) -> None:
+        with self._lock:
+            self._in_flight += nbytes
+
+    def finished(self, client: str, declared: int, received: int) -> None:
+        with self._lock:
+            self._in_flight -= declared
+            if received:
+                self._sent.setdefault(client, []).append((time.time(), received))
+                self._measured = (self._measured[0] + received, self._measured[1])
+
+
 class RequestGuard:
-    """ASGI middleware: body caps (413 with a message) and heartbeat bookkeeping; see the module docstring."""
+    """ASGI middleware: body caps (413 with a message), the upload budget and heartbeat bookkeeping; see the
+    module docstring."""
 
     def __init__(self, app, max_body: int, max_upload: int, liveness: Liveness | None = None,
-                 session_key=lambda sid: sid):
+                 session_key=lambda sid: sid, uploads: UploadBudget | None = None):
         self.app, self.max_body, self.max_upload = app, max_body, max_upload
-        self.liveness, self.session_key = liveness, session_key
+        self.liveness, self.session_key, self.uploads = liveness, session_key, uploads
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -80,6 +131,17 @@ class RequestGuard:
             declared = None
         if declared is not None and declared > cap:
             return await _too_large(send, cap, upload)
+        budget_why = None  # set when the upload budget, not the size cap, bounds this request
+        if upload and self.uploads is not None:
+            import anyio
+
+            client = client_address(_ScopeRequest(scope))
+            allowed, why = await anyio.to_thread.run_sync(self.uploads.allowance, client)  # may measure a folder
+            if (declared or 1) > allowed:
+                return await _refuse(send, 413, f"Upload refused: {why}")
+            if allowed < cap:
+                cap, budget_why = allowed, why
+            self.uploads.started(declared or 0)
         seen, over = 0, False
 
         async def counted():
@@ -106,16 +168,35 @@ class RequestGuard:
         except Exception:
             if not over:
                 raise
+        finally:
+            if upload and self.uploads is not None:
+                self.uploads.finished(client, declared or 0, seen)
         if over and not started:
-            await _too_large(send, cap, upload)
+            await (_refuse(send, 413, f"Upload refused: {budget_why}") if budget_why else
+                   _too_large(send, cap, upload))
+
+
+class _ScopeRequest:
+    """The headers and peer of an ASGI scope, as client_address reads them from a gr.Request."""
+
+    def __init__(self, scope):
+        from types import SimpleNamespace
+
+        self.headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        peer = scope.get("client")
+        self.client = SimpleNamespace(host=peer[0] if peer else None)
 
 
 async def _too_large(send, cap: int, upload: bool) -> None:
     what = "an upload" if upload else "a request"
     detail = (f"{what} larger than {cap // 2**20} MB is refused by this app" if upload else
               f"{what} larger than {cap // 1024} KB is refused by this app (prompts and jobs are much smaller)")
+    await _refuse(send, 413, detail)
+
+
+async def _refuse(send, status: int, detail: str) -> None:
     body = json.dumps({"detail": detail, "error": detail}).encode()
-    await send({"type": "http.response.start", "status": 413,
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
@@ -147,18 +228,34 @@ class Gate:
 
 
 def client_address(request) -> str:
-    """The address a request came from, for per-client limits: on Spaces the first X-Forwarded-For entry
-    (the proxy's own address is the same for everybody), else the socket's peer. Best effort: behind one NAT
-    a class shares an address (raise SLM_MAX_TRAININGS_PER_CLIENT there)."""
+    """The address a request came from, for per-client limits. Behind a proxy (on Spaces, or wherever
+    SLM_TRUSTED_PROXIES says how many proxies stand in front of the app) it is the X-Forwarded-For entry that
+    the outermost trusted proxy appended: that many entries from the right. Entries further left were written
+    by the client itself and prove nothing (three made-up first entries once gave one visitor three training
+    slots). Without a proxy, the socket's peer. Best effort: behind one NAT a class shares an address (raise
+    SLM_MAX_TRAININGS_PER_CLIENT there)."""
     import os
 
     headers = getattr(request, "headers", None) or {}
-    if os.environ.get("SPACE_ID"):
+    hops = _trusted_proxies()
+    if hops:
         forwarded = headers.get("x-forwarded-for") if hasattr(headers, "get") else None
-        if forwarded:
-            return forwarded.split(",")[0].strip()[:64] or "unknown"
+        entries = [e.strip() for e in (forwarded or "").split(",") if e.strip()]
+        if entries:
+            return entries[-min(hops, len(entries))][:64]
     client = getattr(request, "client", None)
     return str(getattr(client, "host", None) or "local")[:64]
+
+
+def _trusted_proxies() -> int:
+    """How many proxies in front of the app append to X-Forwarded-For: SLM_TRUSTED_PROXIES, else 1 on a Space
+    (its proxy), else 0."""
+    import os
+
+    try:
+        return max(0, int(os.environ["SLM_TRUSTED_PROXIES"]))
+    except (KeyError, ValueError):
+        return 1 if os.environ.get("SPACE_ID") else 0
 
 
 def guard_launch(demo, store) -> None:
@@ -173,13 +270,16 @@ def guard_launch(demo, store) -> None:
     def launch(*args, **kwargs):
         kwargs.setdefault("max_file_size", limits.max_file_bytes)
         app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
+        from .uploads import upload_folder
+
+        uploads = UploadBudget(limits.uploads_per_client_mb * 2**20, limits.upload_space_mb * 2**20, upload_folder)
         app_kwargs["middleware"] = list(app_kwargs.get("middleware") or []) + [Middleware(
             RequestGuard, max_body=limits.max_request_kb * 1024, max_upload=limits.max_upload_request_bytes,
-            liveness=store.liveness, session_key=store.key)]
-        result = original(*args, app_kwargs=app_kwargs, **kwargs)
+            liveness=store.liveness, session_key=store.key, uploads=uploads)]
+        # before the original: under `python app.py` it blocks until the server stops, so nothing after it runs
         cap_session_events(demo, limits.max_pending_per_session)
-        store.start_sweeper()
-        return result
+        store.start_sweeper(limits.sweep_interval_s)
+        return original(*args, app_kwargs=app_kwargs, **kwargs)
 
     closer = demo.close
 

@@ -16,6 +16,7 @@ import pandas as pd
 
 from ..model.generation import SamplingConfig, next_token_distribution, stream_text
 from ..training.events import EvalEvent, SampleEvent, StepEvent
+from ..training.hub_access import reading_as
 from ..training.job import Job, JobError
 from ..training.jobs import QueuedTraining
 from ..training.schema import parse_number, short
@@ -26,7 +27,7 @@ from .import_upload import gather_import_files
 from .state import SessionRun, SessionStore
 from .streaming import chunked, one_thread
 from .train_tab import follow, job_problems, loss_frame, preview_markdown, sample_at, scrub
-from .uploads import UserError, copy_data_uploads, refuse_pickle
+from .uploads import UserError, archive_for_download, copy_data_uploads, discard_upload, refuse_pickle
 
 log = logging.getLogger("slm_blocks.app")
 
@@ -78,36 +79,33 @@ class Handlers:
             job.train.max_time = float(self.store.limits.max_time_s)
         return job
 
-    def train(self, job_payload, files, request: gr.Request):
+    def train(self, job_payload, files, oauth_token: gr.OAuthToken | None, request: gr.Request):
         """Start training the job (JSON; data files optional) and stream (status, loss curve, sample, log,
-        timeline) until it ends."""
+        timeline) until it ends. Hub reads (a source model, a teacher, data, a tokenizer) use the visitor's own
+        sign-in or none, never the server's token."""
         from .grow_tab import resolve_growth, worker_for
 
         session = self.store.get(_sid(request))
+        token = self.store.hub_token(oauth_token)
         try:
             job = self.parse_job(job_payload, session)
-            resolve_growth(job, session, self.store.limits.caps())  # run names -> folders; bad sources refused now
+            with reading_as(token):  # run names -> folders; bad sources refused now
+                resolve_growth(job, session, self.store.limits.caps())
             with session.lock:  # one start at a time per session: never two trainings on one run folder
                 if self._active(session):
                     raise UserError("A training of this session is already running; stop it first")
-                if len(session.runs) >= self.store.limits.max_runs_per_session:
-                    raise UserError(f"This session has {len(session.runs)} runs, the most allowed here; reload the "
-                                    "page for a fresh session")
-                used_mb = session.disk_mb()  # walks the session folder: once
-                if used_mb > self.store.limits.session_quota_mb:
-                    raise UserError(f"This session uses {used_mb:.0f} MB of disk, over the "
-                                    f"{self.store.limits.session_quota_mb} MB allowed; reload the page for a fresh "
-                                    "session")
+                session.check_room(self.store.limits, "Start training")
                 self.store.check_disk("Start training")
                 if job.data.source == "files":  # (files left in the upload widget of another source are ignored)
                     job.data.paths = copy_data_uploads(files, session.root / "uploads",
-                                                       self.store.limits.max_upload_mb)
+                                                       self.store.limits.max_upload_mb, session.uploads)
                 name = session.new_run_name(job.run_name)
                 job.run_name = name
                 run = SessionRun(name, session.root / "runs" / name)
                 run.job = QueuedTraining(job, run.dir, caps=self.store.limits.caps(),
                                          mlflow_uri=self.store.mlflow_uri, worker=worker_for(job))
                 run.job.client = client_address(request)
+                run.job.hub_token = token  # handed to the worker in its environment, never written down
                 self.store.queue.submit(run.job)  # QueueFull: nothing registered
                 session.runs[name] = run
                 session.followed = name
@@ -207,11 +205,15 @@ class Handlers:
         session = self.store.get(_sid(request))
         return self.sample_at(session.followed, step, request) if session.followed else ""
 
-    def preview(self, job_payload, files, request: gr.Request) -> str:
+    def preview(self, job_payload, files, oauth_token: gr.OAuthToken | None, request: gr.Request) -> str:
         """What Start would train: the model with the tokenizer's real vocabulary, tokens per parameter, ETA."""
+        session = self.store.get(_sid(request))
+        with reading_as(self.store.hub_token(oauth_token)):  # a Hub dataset or tokenizer: as the visitor
+            return self._preview(job_payload, files, session)
+
+    def _preview(self, job_payload, files, session) -> str:
         from ..training.preview import preview_run, session_speed
 
-        session = self.store.get(_sid(request))
         try:
             job = self.parse_job(job_payload, session, check_caps=False)  # the caps are shown below the preview
             source = None
@@ -228,7 +230,7 @@ class Handlers:
                 if not files:
                     return "Upload data files to see what this run will train."
                 job.data.paths = copy_data_uploads(files, session.root / "uploads",
-                                                   self.store.limits.max_upload_mb)
+                                                   self.store.limits.max_upload_mb, session.uploads)
             speed = session_speed([(r.dir, r.job.events) for r in reversed(list(session.runs.values())) if r.job])
             p = preview_run(job, session.preview_cache, speed, start_from=source)
             from ..training.job import model_cap_problems
@@ -246,15 +248,22 @@ class Handlers:
 
     # ----------------------------------------------------------------------------- generate
     def _model(self, session, name: str):
+        """(model, tokenizer) of a run or an import of this session, from the app's model cache (models.py):
+        read from its folder when it is not loaded, or no longer."""
+        from ..sharing.importer import import_hf
         from ..training.run import open_run
 
-        if name not in session.models:
-            if name in session.runs:
+        if name in session.runs:
+            def load():
                 run = open_run(session.runs[name].dir, load_data=False)
-                session.models[name] = (run.load_model(), run.tokenizer)
-            else:
-                raise UserError("Model: pick one of this session's runs or imported models")
-        return session.models[name]
+                return run.load_model(), run.tokenizer
+        elif name in session.imports:
+            def load():
+                model, tok, _spec = import_hf(session.imports[name], caps=self.store.limits.caps())
+                return model, tok
+        else:
+            raise UserError("Model: pick one of this session's runs or imported models")
+        return self.store.models.get(session.id, name, load)
 
     @one_at_a_time("generate", "Generate", lambda message: f"⚠️ {message}")
     def generate(self, model_name, prompt, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed,
@@ -268,6 +277,9 @@ class Handlers:
                 raise UserError("Prompt: type some text to continue (a single newline works too)")
             self._check_prompt(prompt)
             model, tok = self._load_fresh(session, model_name)
+            max_len = model.config.max_position_embeddings
+            self._check_memory(model, len(tok(prompt, add_special_tokens=False)["input_ids"][-max_len:]),
+                               cache_len=max_len)  # the prefill, and the cache generation allocates
             model = with_weights(model, weights)  # fp32 / bf16 / int8 / int4 (deploy.py)
             cfg = self._sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
             stop = threading.Event()
@@ -289,7 +301,7 @@ class Handlers:
             raise UserError(f"Model: pick one of this session's runs or imported models (got {short(name)})")
         run = session.runs.get(name)
         if run is not None and run.job is not None and not run.job.finished:
-            session.models.pop(name, None)  # still training: always take the newest checkpoint
+            self.store.models.drop(session.id, name)  # still training: always take the newest checkpoint
         return self._model(session, name)
 
     def _check_prompt(self, prompt) -> None:
@@ -301,6 +313,30 @@ class Handlers:
         if len(prompt) > cap:
             raise UserError(f"Prompt: is {len(prompt):,} characters; this app takes at most {cap:,} (a model sees "
                             "only its last few hundred tokens anyway): shorten it")
+
+    def _check_memory(self, model, tokens: int, explain: bool = False, cache_len: int = 0) -> None:
+        """A prompt whose attention would take more than SLM_MAX_INFER_MB (masks and scores grow with heads x
+        tokens²: 4,096 characters once took 4 GB in the app process) is refused before the model runs, with the
+        longest prompt that fits."""
+        from ..model.estimate import human
+        from ..model.memory import inference_extra_bytes
+
+        spec, cap = model.config.model_spec(), self.store.limits.max_infer_mb * 2**20
+
+        def need(n):
+            return inference_extra_bytes(spec, n, explain=explain, cache_len=cache_len)
+
+        if need(tokens) <= cap:
+            return
+        lo, hi = 0, tokens  # the longest prompt that fits (need grows with the length)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if need(mid) <= cap else (lo, mid - 1)
+        raise UserError(f"Prompt: {tokens:,} tokens would need about {human(need(tokens), 'B')} of memory for this "
+                        f"model's attention, over this app's {human(cap, 'B')} per request; use at most {lo:,} "
+                        "tokens (shorten the prompt)" if lo else
+                        f"Model: this model needs about {human(need(1), 'B')} of memory per request, over this "
+                        f"app's {human(cap, 'B')}; use a smaller model")
 
     @staticmethod
     def _sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed) -> SamplingConfig:
@@ -339,6 +375,7 @@ class Handlers:
             ids = tok(prompt, add_special_tokens=False)["input_ids"][-model.config.max_position_embeddings:]
             if not ids:
                 raise UserError("Prompt: the tokenizer produced no tokens for this text")
+            self._check_memory(model, len(ids))
             rows = [{"token": repr(tok.decode([i])), "probability": round(p, 4)}
                     for i, p in next_token_distribution(model, ids, top=10)]
             return pd.DataFrame(rows), ""
@@ -360,7 +397,11 @@ class Handlers:
             if prompt:
                 self._check_prompt(prompt)
             model, tok = self._load_fresh(session, model_name)
-            from .plots import attention_figure
+            from .plots import MAX_TOKENS, attention_figure
+
+            if prompt:
+                shown = min(MAX_TOKENS, model.config.max_position_embeddings)
+                self._check_memory(model, len(tok(prompt, add_special_tokens=False)["input_ids"][:shown]), True)
 
             return attention_figure(model, tok, prompt, numbers[0], numbers[1]), ""
         except Exception as e:
@@ -372,7 +413,7 @@ class Handlers:
         from .compare import compare_frames, curves_plot, empty_curves, empty_scatter
 
         session = self.store.get(_sid(request))
-        try:
+        try:  # (damaged records and an unreadable store are handled inside, with a message)
             table, curves, scatter, msg = compare_frames(session, self.store.mlflow_uri if everyone else None, x_axis,
                                                          y_axis)
         except Exception as e:
@@ -381,14 +422,14 @@ class Handlers:
         return table, curves_plot(curves, x_axis, y_axis), scatter, msg
 
     def class_board(self):
-        """Everyone's runs on this server ranked by held-out bits per character, per data set."""
-        from .compare import BOARD_COLUMNS, class_board
+        """(everyone's runs on this server ranked by held-out bits per character, per data set; a message)."""
+        from .compare import BOARD_COLUMNS, STORE_UNREADABLE, class_board
 
         try:
-            return class_board(self.store.mlflow_uri)
+            return class_board(self.store.mlflow_uri), ""
         except Exception:
-            log.exception("class board failed")
-            return pd.DataFrame(columns=BOARD_COLUMNS)
+            log.warning("class board: the MLflow store cannot be read", exc_info=True)
+            return pd.DataFrame(columns=BOARD_COLUMNS), STORE_UNREADABLE + " the board is back when it is."
 
     @staticmethod
     def redraw_legends(scatter):
@@ -412,11 +453,12 @@ class Handlers:
             run = session.run(run_name)
             if run.job and not run.job.finished:
                 raise UserError(f"Run: {run_name} is still training; stop it or wait until it finishes")
+            session.check_quota(self.store.limits, "Export")
             self.store.check_disk("Export")
             out = session.root / "exports" / run.name
             r = export_run(run.dir, out, overwrite=True)
             session.exports[run.name] = out
-            archive = shutil.make_archive(str(session.root / "exports" / f"{run.name}-hf"), "zip", out)
+            archive = archive_for_download(session.id, out, f"{run.name}-hf")
             kind = ("native transformers class — loads with no remote code" if r.native else
                     f"custom code (load with trust_remote_code=True) because "
                     f"{html.escape(scrub(r.why_not_native))}")
@@ -473,19 +515,22 @@ class Handlers:
             if size > self.store.limits.max_upload_request_bytes:
                 raise UserError(f"Import: the files hold {size / 2**20:,.0f} MB, more than a model this app allows "
                                 f"({self.store.limits.max_upload_request_bytes / 2**20:,.0f} MB)")
+            session.check_room(self.store.limits, "Import")
             self.store.check_disk("Import")
             name = session.new_run_name("imported")
             folder = session.root / "imports" / name
             folder.mkdir(parents=True, exist_ok=True)
             # the files, or the export's own .zip (unpacked to at most the same size: weights barely compress)
             gather_import_files(sources, folder, self.store.limits.max_upload_request_bytes)
+            for src in sources:  # the session has its copy now: Gradio's goes at once
+                discard_upload(src)
             model, tok, spec = import_hf(folder, caps=self.store.limits.caps())  # caps: before allocating
             if tok is None:
                 raise UserError("Import: the folder has no tokenizer files (tokenizer.json, tokenizer_config.json)")
-            session.models[name] = (model, tok)
+            session.imports[name] = folder  # on disk: read again from here if the model cache lets it go
+            self.store.models.put(session.id, name, (model, tok))
             return f"✅ Imported as **{name}** ({html.escape(spec.summary())}); pick it on the Generate tab.", \
-                gr.update(choices=list(session.runs) + [n for n in session.models if n not in session.runs],
-                          value=name)
+                gr.update(choices=session.model_names(), value=name)
         except Exception as e:
             if folder is not None:  # a failed import leaves no files behind
                 shutil.rmtree(folder, ignore_errors=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+MAX_TOKENS = 48  # the prompt's first tokens shown (a map of more is unreadable, and every layer's is kept)
+
 
 @torch.no_grad()
 def attention_figure(model, tokenizer, prompt: str, layer: int, head: int):
@@ -15,7 +17,7 @@ def attention_figure(model, tokenizer, prompt: str, layer: int, head: int):
 
     if not prompt:
         raise ValueError("Prompt: type some text to see what the model attends to")
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][: min(48, model.config.max_position_embeddings)]
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][: min(MAX_TOKENS, model.config.max_position_embeddings)]
     if not ids:
         raise ValueError("Prompt: the tokenizer produced no tokens for this text")
     # the model's own forward pass in explain mode: each attention layer keeps its probabilities

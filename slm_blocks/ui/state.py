@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import threading
 import time
 import unicodedata
@@ -42,15 +43,21 @@ class Limits:
     max_time_s: int = 3600
     max_concurrent: int = 1
     max_upload_mb: int = 50
-    max_runs_per_session: int = 10
+    uploads_per_client_mb: int = 1024  # uploaded by one client address within an hour (0: no cap)
+    upload_space_mb: int = 4096  # Gradio's folder of uploads and downloads, all users together (0: no cap)
+    max_runs_per_session: int = 10  # runs and imported models of one session
+    model_cache_mb: int = 2048  # weights of the models loaded for generation, all sessions together
+    import_timeout_s: int = 120  # reading one GGUF file (in a worker process)
     generate_timeout_s: int = 60
     session_quota_mb: int = 1024  # disk per session (runs, uploads, exports)
     max_train_mb: int = 8192  # training memory of one run, from the estimate (weights, grads, AdamW, activations)
     max_context: int = 4096  # longest context (max_seq_len) of a model trained or imported here
     max_prompt_chars: int = 10_000  # prompts of /generate, /next_tokens, /attention_map (checked before tokenizing)
+    max_infer_mb: int = 1024  # memory one /generate, /next_tokens or /attention_map call may add to the weights
     max_request_kb: int = 4096  # any request body but an upload (a job is at most 64 KB; Compare sends its curves)
     max_pending_per_session: int = 16  # events of one session waiting or running in Gradio's queue
     session_idle_s: int = 1800  # a session without requests, training or open tab for this long is closed
+    sweep_interval_s: float = 30.0  # how often the sweeper looks for idle sessions, orphans and the disk in use
     disk_budget_mb: int = 20480  # all sessions' files and MLflow artifacts; new work is refused above it
     max_trainings_per_client: int = 8  # trainings one client address may have queued or running (0: no cap)
     max_queued_trainings: int = 32  # trainings waiting for a trainer, all users together
@@ -65,15 +72,21 @@ class Limits:
                    max_time_s=_env_int("SLM_MAX_TIME", cls.max_time_s),
                    max_concurrent=_env_int("SLM_MAX_CONCURRENT_TRAININGS", cls.max_concurrent),
                    max_upload_mb=_env_int("SLM_MAX_UPLOAD_MB", cls.max_upload_mb),
+                   uploads_per_client_mb=_env_int("SLM_UPLOAD_MB_PER_CLIENT", cls.uploads_per_client_mb),
+                   upload_space_mb=_env_int("SLM_UPLOAD_SPACE_MB", cls.upload_space_mb),
                    max_runs_per_session=_env_int("SLM_MAX_RUNS_PER_SESSION", cls.max_runs_per_session),
+                   model_cache_mb=_env_int("SLM_MODEL_CACHE_MB", cls.model_cache_mb),
+                   import_timeout_s=_env_int("SLM_IMPORT_TIMEOUT", cls.import_timeout_s),
                    generate_timeout_s=_env_int("SLM_GENERATE_TIMEOUT", cls.generate_timeout_s),
                    session_quota_mb=_env_int("SLM_SESSION_QUOTA_MB", cls.session_quota_mb),
                    max_train_mb=_env_int("SLM_MAX_TRAIN_MB", cls.max_train_mb),
                    max_context=_env_int("SLM_MAX_CONTEXT", cls.max_context),
                    max_prompt_chars=_env_int("SLM_MAX_PROMPT_CHARS", cls.max_prompt_chars),
+                   max_infer_mb=_env_int("SLM_MAX_INFER_MB", cls.max_infer_mb),
                    max_request_kb=_env_int("SLM_MAX_REQUEST_KB", cls.max_request_kb),
                    max_pending_per_session=_env_int("SLM_MAX_PENDING_PER_SESSION", cls.max_pending_per_session),
                    session_idle_s=_env_int("SLM_SESSION_IDLE", cls.session_idle_s),
+                   sweep_interval_s=_env_int("SLM_SWEEP_INTERVAL", cls.sweep_interval_s),
                    disk_budget_mb=_env_int("SLM_DISK_BUDGET_MB", cls.disk_budget_mb),
                    max_trainings_per_client=_env_int("SLM_MAX_TRAININGS_PER_CLIENT", cls.max_trainings_per_client),
                    max_queued_trainings=_env_int("SLM_MAX_QUEUED_TRAININGS", cls.max_queued_trainings),
@@ -132,7 +145,8 @@ class Session:
     id: str
     root: Path
     runs: dict[str, SessionRun] = field(default_factory=dict)
-    models: dict[str, tuple] = field(default_factory=dict)  # name -> (model, tokenizer), loaded for generation
+    imports: dict[str, Path] = field(default_factory=dict)  # name -> an imported model's folder (loaded: models.py)
+    uploads: dict[str, str] = field(default_factory=dict)  # an upload's path as the page sends it -> our copy
     exports: dict[str, Path] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)  # one training start at a time per session
     preview_cache: dict = field(default_factory=dict)  # (data, tokenizer) choice -> vocabulary and token counts
@@ -142,13 +156,35 @@ class Session:
     def new_run_name(self, wanted: str) -> str:
         base = safe_name(wanted, "run")
         name, i = base, 2
-        while name in self.runs or name in self.models or (self.root / "runs" / name).exists() \
+        while name in self.runs or name in self.imports or (self.root / "runs" / name).exists() \
                 or (self.root / "imports" / name).exists():  # an import's name must not take another's folder
             name, i = f"{base}-{i}", i + 1
         return name
 
     def disk_mb(self) -> float:
-        return sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file()) / 2**20
+        from .sweeper import folder_mb
+
+        return folder_mb(self.root)
+
+    def model_names(self) -> list[str]:
+        """What Generate can pick: the runs, then the imported models."""
+        return list(self.runs) + [n for n in self.imports if n not in self.runs]
+
+    def check_room(self, limits: "Limits", what: str) -> None:
+        """ValueError (a message for the user) when one more run or import would pass the session's count or
+        its disk quota."""
+        count = len(self.runs) + len(self.imports)
+        if count >= limits.max_runs_per_session:
+            raise ValueError(f"{what}: this session has {count} runs and imported models, the most allowed here; "
+                             "reload the page for a fresh session")
+        self.check_quota(limits, what)
+
+    def check_quota(self, limits: "Limits", what: str) -> None:
+        """ValueError when the session's folder (runs, uploads, imports, exports) is over its disk quota."""
+        used_mb = self.disk_mb()
+        if used_mb > limits.session_quota_mb:
+            raise ValueError(f"{what}: this session uses {used_mb:.0f} MB of disk, over the "
+                             f"{limits.session_quota_mb} MB allowed; reload the page for a fresh session")
 
     def run(self, name: str) -> SessionRun:
         if name not in self.runs:
@@ -161,6 +197,7 @@ class Session:
 class SessionStore:
     def __init__(self, limits: Limits | None = None):
         from .guard import Gate, Liveness
+        from .models import ModelCache
 
         self.limits = limits or Limits.from_env()
         self.sessions: dict[str, Session] = {}
@@ -171,6 +208,7 @@ class SessionStore:
                                    per_client=lim.max_trainings_per_client, slice_s=lim.train_slice_s)
         self.liveness = Liveness()  # open heartbeats per session (guard.RequestGuard keeps it)
         self.gate = Gate()  # one generation / one inspect request at a time per session
+        self.models = ModelCache(lim.model_cache_mb * 2**20)  # loaded models of every session, one budget
         self.sweeper = None
         self._disk = (0.0, -1e9)  # (MiB used by the data folder, when measured)
 
@@ -203,12 +241,14 @@ class SessionStore:
         return self.sweeper
 
     def disk_used_mb(self, max_age_s: float = 10.0) -> float:
-        """MiB used by the data folder (sessions, MLflow store and artifacts), measured at most max_age_s ago."""
+        """MiB used by the data folder (sessions, MLflow store and artifacts) and Gradio's folder of uploads
+        and downloads, measured at most max_age_s ago."""
         from .sweeper import folder_mb
+        from .uploads import upload_folder
 
         used, when = self._disk
         if time.time() - when > max_age_s:
-            used = folder_mb(self.limits.data_dir) if self.limits.data_dir.exists() else 0.0
+            used = sum(folder_mb(p) for p in (self.limits.data_dir, upload_folder()) if p.exists())
             self._disk = (used, time.time())
         return used
 
@@ -233,7 +273,7 @@ class SessionStore:
         for r in session.runs.values():
             if r.job and not r.job.finished:
                 self.queue.cancel(r.job)
-        session.models.clear()
+        self.models.drop(sid)
         threading.Thread(target=self._remove_later, args=(session,), daemon=True).start()
 
     def _remove_later(self, session: Session) -> None:
@@ -244,13 +284,23 @@ class SessionStore:
                 except Exception:
                     r.job.kill()
         from .sweeper import remove_session_files
+        from .uploads import served_folder
 
         try:
+            shutil.rmtree(served_folder(session.id), ignore_errors=True)  # its downloads in Gradio's folder
             remove_session_files(session.root, self.mlflow_uri)
         finally:
             with self.lock:
                 self.closing.discard(session.id)
             self._disk = (self._disk[0], -1e9)  # measure again next time
+
+    def hub_token(self, oauth_token) -> str | bool | None:
+        """Whose credentials a visitor's Hub reads use (training/hub_access.py): their own sign-in token, else
+        none (anonymous); the server's own login only when a local owner opted in (never on Spaces)."""
+        visitor = getattr(oauth_token, "token", None)
+        if isinstance(visitor, str) and visitor:
+            return visitor
+        return None if self.limits.use_ambient_token else False
 
     @property
     def mlflow_uri(self) -> str:

@@ -9,9 +9,12 @@ The sweeper runs once at start-up and then every `interval_s` seconds:
   stopped, its models dropped, its folder and its runs' MLflow artifacts deleted (their metrics stay for
   Compare);
 - a folder under `<data dir>/sessions` that no live session owns (left by a crashed process: its `.owner`
-  pid is not running, or it has none) is deleted with its runs' MLflow artifacts;
-- the data folder's size is measured; above `SLM_DISK_BUDGET_MB` new trainings, uploads, imports and
-  exports are refused with a message (SessionStore.check_disk) until enough is freed.
+  pid is not running, or it has none) is deleted with its runs' MLflow artifacts, and so is a folder of
+  downloads in Gradio's folder (uploads.served_folder) that no live session owns;
+- the empty temporary files Gradio's file widget leaves in its folder at every event that reads it are
+  deleted after ten minutes;
+- the data folder's and Gradio's folder's size is measured; above `SLM_DISK_BUDGET_MB` new trainings, uploads,
+  imports and exports are refused with a message (SessionStore.check_disk) until enough is freed.
 """
 
 from __future__ import annotations
@@ -141,14 +144,32 @@ class Sweeper:
     def remove_orphans(self) -> list[str]:
         store = self.store
         parent = store.limits.data_dir / "sessions"
-        if not parent.is_dir():
-            return []
         removed = []
-        for folder in parent.iterdir():
+        for folder in parent.iterdir() if parent.is_dir() else []:
             with store.lock:
                 owned = folder.name in store.sessions or folder.name in store.closing
             if owned or not folder.is_dir() or owned_by_another_live_process(folder):
                 continue
             remove_session_files(folder, store.mlflow_uri)
             removed.append(folder.name)
+        self._tidy_gradio_folder()
         return removed
+
+    def _tidy_gradio_folder(self, empty_after_s: float = 600.0) -> None:
+        """Downloads of sessions that are gone, and Gradio's empty temporary files (see the module docstring)."""
+        from .uploads import SERVED, upload_folder
+
+        store, root = self.store, upload_folder()
+        for folder in (root / SERVED).iterdir() if (root / SERVED).is_dir() else []:
+            with store.lock:
+                live = folder.name in store.sessions or folder.name in store.closing
+            if not live and not (store.limits.data_dir / "sessions" / folder.name).exists():
+                shutil.rmtree(folder, ignore_errors=True)
+        now = time.time()
+        for f in root.glob("tmp*") if root.is_dir() else []:
+            try:
+                st = f.lstat()
+                if f.is_file() and st.st_size == 0 and now - st.st_mtime > empty_after_s:
+                    f.unlink()
+            except OSError:
+                continue

@@ -145,17 +145,20 @@ class FakeHub:
         hub = self
 
         class Api:
-            def list_repo_files(self, repo):
+            def __init__(self, token=None):
+                pass
+
+            def list_repo_files(self, repo, token=None):
                 return sorted(str(p.relative_to(hub.folder)) for p in hub.folder.rglob("*") if p.is_file())
 
-            def get_safetensors_metadata(self, repo):
+            def get_safetensors_metadata(self, repo, token=None):
                 raise RuntimeError("no metadata endpoint here")
 
-        def download(repo, filename):
+        def download(repo, filename, token=None):
             hub.fetched.append(filename)
             return str(hub.folder / filename)
 
-        def snapshot(repo, allow_patterns):
+        def snapshot(repo, allow_patterns, token=None):
             hub.snapshots.append(list(allow_patterns))
             out = hub.folder.parent / "snapshot"
             out.mkdir(exist_ok=True)

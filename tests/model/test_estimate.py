@@ -21,12 +21,14 @@ def test_hand_computed_small_spec():
     # 2 * 2 * heads*head_dim (8) * mean keys attended over positions 1..4 ((1+2+3+4)/4 = 2.5)
     assert e.flops_per_token_forward == 2 * 592 + 80 == 1264
     assert e.flops_per_token_train == 3 * 1264
-    # per token: 2 norm inputs (16), attention 8 + q/k/v 24 + out 8 + logsumexp 2 (42), MLP 8 + 2*16 (40),
-    # final norm 8, embedding output 8 + logits and softmax 2*10 (28) = 134 floats, times batch 2 * seq 4 * 4 bytes
-    assert e.train_activations_bytes == 134 * 2 * 4 * 4 == 4288
+    # per token: embedding output 8, two RMSNorms (input and normalised input) 32, attention 8 + q/k/v 24 +
+    # RoPE's rotated q, k 16 + out 8 + logsumexp 2 (58), MLP 8 + 2*16 (40), final RMSNorm 16, the head's input 8 +
+    # logits, log-softmax and two gradients 4*10 (48) = 202 values, times batch 2 * seq 4 * 4 bytes; no mask
+    # (plain causal RoPE) and no attention dropout, so nothing grows with seq²
+    assert e.train_activations_bytes == 202 * 2 * 4 * 4 == 6464 and e.attention_bytes == 0
     assert e.train_weights_bytes == e.train_grads_bytes == 616 * 4
     assert e.train_optimizer_bytes == 616 * 8
-    assert e.train_total_bytes == 2 * 2464 + 4928 + 4288
+    assert e.train_total_bytes == 2 * 2464 + 4928 + 6464
     assert e.kv_cache_bytes_per_token == 2 * 2 * 4 * 4  # k and v, 2 kv heads x head_dim 4, fp32
     assert e.inference_bytes == 2464 + 64 * 2 * 4
 

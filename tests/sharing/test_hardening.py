@@ -122,7 +122,7 @@ def test_session_disk_quota_refuses_new_training(tmp_path):
 
     job = {"spec": load_preset("tiny-char").to_json(), "run_name": "q",
            "train": {"max_steps": 10, "batch_size": 2, "max_time": 60, "eval_every": 5}}
-    status, *_ = next(Handlers(store).train(job, None, Request()))
+    status, *_ = next(Handlers(store).train(job, None, None, Request()))
     assert "MB allowed" in status and not session.runs
 
 

@@ -362,6 +362,8 @@ def _worker_gone(job: QueuedTraining, timeout: float) -> bool:
 def test_session_store_close_stops_running_and_queued_jobs(tmp_path):
     """SessionStore directly: one trainer slot; session A trains, session B waits in line. Closing B drops its
     queued job (it never starts); closing A stops its worker, and both folders go away."""
+    import torch
+
     from slm_blocks.ui.state import Limits, SessionRun, SessionStore
 
     store = SessionStore(Limits(data_dir=tmp_path, max_concurrent=1))
@@ -371,7 +373,7 @@ def test_session_store_close_stops_running_and_queued_jobs(tmp_path):
     run_a.job = store.queue.submit(entry(job_spec(max_steps=100_000, checkpoint_every=0), run_a.dir))
     run_b.job = store.queue.submit(entry(job_spec(max_steps=10), run_b.dir))
     a.runs["a"], b.runs["b"] = run_a, run_b
-    a.models["fake"] = (object(), object())
+    store.models.put("sess-a", "fake", (torch.nn.Linear(2, 2), object()))  # a loaded model of A's
     try:
         wait_until(run_a.job, lambda ev: kinds(ev, StepEvent), what="A's first step")
         assert run_b.job.status == "queued" and store.queue.position(run_b.job) == 1
@@ -382,7 +384,7 @@ def test_session_store_close_stops_running_and_queued_jobs(tmp_path):
         assert store.queue.position(run_b.job) == 0
 
         store.close("sess-a")
-        assert "sess-a" not in store.sessions and a.models == {}
+        assert "sess-a" not in store.sessions and store.models.names("sess-a") == []
         assert _worker_gone(run_a.job, 60), "A's worker did not exit after its session closed"
         end = time.time() + 30
         while (a.root.exists() or b.root.exists()) and time.time() < end:
@@ -428,8 +430,8 @@ def test_closing_the_client_stops_training_frees_models_and_deletes_files(app, t
     text = c.predict("first", "Once ", 8, 0.8, 50, 1.0, 1.0, "1", api_name="/generate")
     assert text.startswith("Once ") and "⚠️" not in text, text
     session = store.sessions[sid]
-    assert "first" in session.models
-    model_ref = weakref.ref(session.models["first"][0])
+    assert store.models.names(sid) == ["first"]
+    model_ref = weakref.ref(store.models.get(sid, "first", None)[0])
 
     stream = c.submit(*_train_args("second", 20_000), api_name="/train")
     end = time.time() + 60
@@ -453,7 +455,7 @@ def test_closing_the_client_stops_training_frees_models_and_deletes_files(app, t
         time.sleep(0.1)
     assert not root.exists(), f"the session folder is still there: {list(root.rglob('*'))[:10]}"
     assert job.status == "stopped", (job.status, job.message)
-    assert session.models == {}
+    assert store.models.names(sid) == []
     del session
     gc.collect()
     assert model_ref() is None, "the session's model is still referenced after the session closed"

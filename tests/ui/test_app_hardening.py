@@ -173,6 +173,41 @@ def test_oversized_prompts_and_bodies_never_reach_the_tokenizer(app, model_folde
     assert c.predict(*gen_args(name, "Once "), api_name="/generate").startswith("Once ")  # still serving
 
 
+def test_a_prompt_whose_attention_would_take_gigabytes_is_refused_first(app, tmp_path):
+    """A small ALiBi model with many heads and a long context passes every size cap, but a long prompt makes
+    (1, heads, T, T) bias masks: 2,000 bytes at 64 heads is about 2 GiB. /generate and /next_tokens refuse it
+    before the model runs, naming the longest prompt that fits; the app's peak RSS does not move."""
+    import torch
+
+    from slm_blocks import ModelSpec, build_model
+    from slm_blocks.sharing.export import export_hf
+    from slm_blocks.training.tokenization import build_tokenizer
+
+    tok = build_tokenizer("byte")
+    spec = ModelSpec.from_dict({"vocab_size": len(tok), "d_model": 32, "max_seq_len": 2048, "blocks": [
+        {"type": "embedding"}, {"type": "positional", "kind": "alibi"},
+        {"type": "transformer", "attention": {"n_heads": 64, "head_dim": 2}, "mlp": {"hidden": 64}},
+        {"type": "final_norm"}, {"type": "lm_head"}]})
+    torch.manual_seed(0)
+    export_hf(build_model(spec), tok, tmp_path / "alibi", verify=False)
+    c = client(app)
+    name = import_model(c, tmp_path / "alibi")
+    prompt = "x" * PROMPT_CAP
+    baseline = trimmed_rss()
+    with PeakRSS() as rss:
+        out = c.predict(*gen_args(name, prompt), api_name="/generate")
+        df, msg = c.predict(name, prompt, api_name="/next_tokens")
+    assert out.startswith("⚠️ Prompt: 2,000 tokens would need about") and "use at most" in out, out
+    assert not df["data"] and msg.startswith("⚠️ Prompt: 2,000 tokens") and "use at most" in msg, msg
+    assert rss.peak < baseline + 60, (baseline, rss.peak)
+    most = int(msg.split("use at most ")[1].split(" ")[0].replace(",", ""))
+    assert 100 < most < 2000
+    df, msg = c.predict(name, prompt[:most], api_name="/next_tokens")  # the length it names does fit
+    assert df["data"] and not msg, msg
+    fig, msg = c.predict(name, prompt, 0, 0, api_name="/attention_map")  # the map shows the first 48 tokens only
+    assert fig is not None and not msg, msg
+
+
 def test_one_session_cannot_take_every_inspect_worker(app, model_folder, monkeypatch):
     """/next_tokens had one worker for everybody: six slow calls from one session kept another session waiting
     for all of them. Now one session runs one at a time (the rest are answered at once) and the inspect views
@@ -403,7 +438,7 @@ def test_the_disk_budget_refuses_new_work(tmp_path):
     (other.root / "uploads").mkdir(parents=True)
     (other.root / "uploads" / "big.txt").write_bytes(b"x" * (2 * 2**20))
     request = SimpleNamespace(session_hash="newcomer")
-    status = next(Handlers(store).train(app_job("r", 10), None, request))[0]
+    status = next(Handlers(store).train(app_job("r", 10), None, None, request))[0]
     assert "disk budget" in status and not store.get("newcomer").runs, status
     msg, _ = Handlers(store).import_folder([str(other.root / "uploads" / "big.txt")], request)
     assert "disk budget" in msg and not (store.get("newcomer").root / "imports").exists(), msg
@@ -467,3 +502,45 @@ def test_a_queued_training_between_turns_is_not_number_zero_in_line():
 
     assert "number" not in queue_line(0, (None, False)) and "trainer" in queue_line(0, (None, False))
     assert "number **2** in line" in queue_line(2, (30.0, False))
+
+
+# ----------------------------------------------------------------------------- per-client caps behind a proxy
+
+
+@pytest.mark.parametrize("space, proxies, forwarded, peer, expected", [
+    ("user/space", None, "6.6.6.6, 7.7.7.7, 10.1.2.3", "10.0.0.1", "10.1.2.3"),  # Spaces: the proxy's entry
+    ("user/space", None, "10.1.2.3", "10.0.0.1", "10.1.2.3"),
+    ("user/space", None, None, "10.0.0.1", "10.0.0.1"),
+    (None, None, "6.6.6.6", "10.0.0.1", "10.0.0.1"),  # no proxy: the header is the client's own words
+    (None, "2", "6.6.6.6, 10.1.2.3, 172.16.0.9", "10.0.0.1", "10.1.2.3"),  # two proxies: the outer one's entry
+])
+def test_the_client_address_is_the_one_the_proxy_appended(monkeypatch, space, proxies, forwarded, peer, expected):
+    from slm_blocks.ui.guard import client_address
+
+    for name, value in (("SPACE_ID", space), ("SLM_TRUSTED_PROXIES", proxies)):
+        monkeypatch.delenv(name, raising=False) if value is None else monkeypatch.setenv(name, value)
+    request = SimpleNamespace(headers={"x-forwarded-for": forwarded} if forwarded else {},
+                              client=SimpleNamespace(host=peer))
+    assert client_address(request) == expected
+
+
+def test_made_up_forwarded_entries_do_not_buy_more_training_slots(monkeypatch):
+    """Three requests from one visitor with three different made-up first X-Forwarded-For entries are one
+    client for the per-client training cap."""
+    from slm_blocks.training.jobs import QueueFull, QueuedTraining, TrainingQueue
+    from slm_blocks.ui.guard import client_address
+
+    monkeypatch.setenv("SPACE_ID", "user/space")
+    queue = TrainingQueue(1, max_waiting=10, per_client=2)
+    monkeypatch.setattr(queue, "_dispatch", lambda: None)  # nothing starts: every entry stays in line
+    outcomes = []
+    for fake in ("1.1.1.1", "2.2.2.2", "3.3.3.3"):
+        entry = QueuedTraining(None, Path("/nonexistent") / fake, resume=True)
+        entry.client = client_address(SimpleNamespace(headers={"x-forwarded-for": f"{fake}, 10.9.9.9"},
+                                                      client=SimpleNamespace(host="10.0.0.1")))
+        try:
+            queue.submit(entry)
+            outcomes.append("queued")
+        except QueueFull:
+            outcomes.append("refused")
+    assert outcomes == ["queued", "queued", "refused"], outcomes

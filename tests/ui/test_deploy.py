@@ -55,6 +55,20 @@ def test_export_gguf_gives_the_file_and_a_modelfile(served, exported_gguf):
     assert msg.startswith("❌") and "f16, q8_0" in msg, msg
 
 
+def test_no_argument_makes_a_folder_anywhere_before_it_is_checked(served, tmp_path):
+    """/export_gguf's quantization became part of a folder name (preprocess is off, so any text arrives):
+    `x/../../…/somewhere/sub` made that folder on the server before the value was checked."""
+    c, _, session = served
+    target = tmp_path / "planted"
+    depth = len(session.root.resolve().parts) + 2
+    for quant in (f"x/{'../' * depth}{target.relative_to('/')}/sub", f"x/{'../' * depth}{target}", "../../x"):
+        _, _, msg = c.predict("shakespeare", quant, api_name="/export_gguf")
+        assert msg.startswith("❌") and "GGUF quantization" in msg and "Traceback" not in msg, msg
+    assert not target.exists()
+    assert not [p for p in (session.root / "exports").glob("shakespeare-gguf-x*")] if \
+        (session.root / "exports").exists() else True
+
+
 def test_generate_with_int8_weights_and_bad_weights(served):
     c, _, _ = served
     args = ["shakespeare", "ROMEO:\n", 30, 0, 50, 1.0, 1.0, "1"]
@@ -82,3 +96,54 @@ def test_import_gguf_good_and_corrupt(served, exported_gguf, tmp_path):
     msg, _ = c.predict(handle_file(str(bad)), api_name="/import_gguf")
     assert msg.startswith("❌") and "not a valid GGUF file" in msg and "Traceback" not in msg, msg
     assert not any("broken" in str(p) for p in (session.root / "imports").rglob("*.gguf"))
+
+
+def _patched(gguf: str, tmp_path, key: bytes, value: int) -> Path:
+    """A copy of the file with one uint32 header value changed (what a crafted file does)."""
+    import struct
+
+    data = bytearray(Path(gguf).read_bytes())
+    at = data.index(key) + len(key)
+    assert struct.unpack("<I", data[at:at + 4])[0] == 4  # GGUF value type 4: uint32
+    data[at + 4:at + 8] = struct.pack("<I", value)
+    out = tmp_path / f"patched-{value}.gguf"
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_a_gguf_header_that_lies_about_its_tensors_is_refused_before_anything_is_built(served, exported_gguf,
+                                                                                       tmp_path):
+    """block_count patched from 4 to 100 (transformers would build 100 blocks, in time quadratic in the count,
+    before any size check saw them), a wider embedding claimed, a context that the position table lacks."""
+    from gradio_client import handle_file
+
+    c, _, session = served
+    gguf, _, msg = exported_gguf
+    before = set((session.root / "imports").iterdir()) if (session.root / "imports").exists() else set()
+    for key, value, words in ((b"gpt2.block_count", 100, "block_count says 100, the file holds tensors of 4 blocks"),
+                              (b"gpt2.embedding_length", 4096, "token embedding"),
+                              (b"gpt2.context_length", 1 << 20, "position table")):
+        msg, _ = c.predict(handle_file(str(_patched(gguf, tmp_path, key, value))), api_name="/import_gguf")
+        assert msg.startswith("❌") and "header does not match its tensors" in msg and words in msg, msg
+    after = set((session.root / "imports").iterdir()) if (session.root / "imports").exists() else set()
+    assert after == before, "a refused import left files"
+
+
+def test_reading_a_gguf_file_has_a_time_limit(served, exported_gguf):
+    """The reading runs in a worker process that is stopped at SLM_IMPORT_TIMEOUT (a file can cost minutes of
+    CPU in transformers' loader; it once held the app's only import slot for 90 s)."""
+    import dataclasses
+
+    from gradio_client import handle_file
+
+    c, store, session = served
+    gguf, _, _ = exported_gguf
+    limits = store.limits
+    store.limits = dataclasses.replace(limits, import_timeout_s=1)  # less than the worker needs to start
+    try:
+        msg, _ = c.predict(handle_file(gguf), api_name="/import_gguf")
+    finally:
+        store.limits = limits
+    assert msg.startswith("❌") and "took longer than 1 s" in msg, msg
+    msg, _ = c.predict(handle_file(gguf), api_name="/import_gguf")  # with the app's own limit it imports
+    assert msg.startswith("✅ Imported as"), msg

@@ -368,7 +368,8 @@ def test_eight_sessions_under_load(app):
         assert session is not None, f"session {i} disappeared while its client was still open"
         # (a run submitted just as the deadline hit may not be registered yet)
         assert set(book.runs[i][:-1]) <= set(session.runs) <= set(book.runs[i]), (i, set(session.runs), book.runs[i])
-        assert not (set(session.models) - {models.get(i)}), (i, list(session.models))  # no junk import stuck
+        held = set(store.models.names(session.id)) | set(session.imports)
+        assert not (held - set(session.runs) - {models.get(i)}), (i, held)  # no junk import stuck
     roots = [store.sessions[s].root for s in sids]
     leftover = [r.job for s in sids for r in store.sessions[s].runs.values() if r.job and not r.job.finished]
 
