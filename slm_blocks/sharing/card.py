@@ -106,9 +106,10 @@ def _past_context(spec: ModelSpec, result) -> list[str]:
     n = result.context_length
     file_ctx = getattr(result, "file_context", 0) or n
     learned = any(getattr(b, "kind", None) == "learned" for b in spec.blocks)
-    lines = [f"The model was trained on windows of {n} tokens (prompt + output). SLM Blocks' own `generate` keeps going "
-             f"past that by re-reading the last {max(1, n // 2)} tokens from position 0; llama.cpp keeps every token "
-             "in its cache instead:", ""]
+    capped = "" if n == spec.max_seq_len else f" (the sliding window: the model's context is {spec.max_seq_len})"
+    lines = [f"llama.cpp computes exactly this model for {n} tokens{capped}, prompt and output together. SLM Blocks' "
+             f"own `generate` goes past its context by re-reading the last {max(1, spec.max_seq_len // 2)} tokens "
+             "from position 0; llama.cpp keeps every token in its cache instead:", ""]
     if learned and file_ctx > n:
         lines.append(f"- Learned positions exist for {n} positions; the file holds {file_ctx} (llama.cpp's smallest "
                      f"context), position p past {n - 1} reading the embedding of position p mod {n}. Up to {n} "
@@ -116,13 +117,19 @@ def _past_context(spec: ModelSpec, result) -> list[str]:
                      "trained, and text degrades.")
     elif learned:
         lines.append(f"- Learned positions exist for the {n} trained positions.")
+    elif capped:
+        lines.append(f"- Past {n} tokens llama.cpp attends to every earlier token, where the model attends to its "
+                     f"last {n} (llama.cpp's {result.arch} has no sliding window): text drifts from ours.")
     else:
         lines.append(f"- RoPE positions continue past {n}, where the model was never trained: text degrades.")
-    lines += [f"- llama.cpp's default context is the file's {file_ctx} tokens: generation ends there (finish reason "
-              f"`length`); `--context-shift` (llama-completion) slides the window instead."
-              + (" Never give a larger `-c` / `n_ctx`: llama.cpp has no position past "
-                 f"{file_ctx - 1} and aborts." if learned else ""),
-              f"- Ollama: the Modelfile's `num_ctx {n}` makes Ollama slide its window within the trained {n} "
+    llama_ctx = -(-file_ctx // 256) * 256  # llama.cpp rounds its context up to a multiple of 256
+    lines += [f"- llama.cpp's default context is {llama_ctx} tokens (the file's {file_ctx}"
+              + ("" if llama_ctx == file_ctx else ", rounded up to 256 as llama.cpp does")
+              + "): generation ends there (finish reason `length`); `--context-shift` (llama-completion) slides "
+              "the window instead."
+              + (f" Never give a larger `-c` / `n_ctx`: llama.cpp has no position past {file_ctx - 1} and aborts."
+                 if learned else ""),
+              f"- Ollama: the Modelfile's `num_ctx {n}` makes Ollama slide its window within the first {n} "
               "positions when the text grows longer."]
     return lines
 
