@@ -11,8 +11,14 @@ def main() -> None:
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     args = parser.parse_args()
 
+    import sys
+
     from slm_blocks.ui import build_app
     from slm_blocks.ui.state import Limits, SessionStore
+
+    # generation threads hold the interpreter between torch calls; handing it over every millisecond (not 5)
+    # keeps a cheap call of another visitor from waiting behind them
+    sys.setswitchinterval(0.001)
 
     limits = Limits.from_env()
     demo = build_app(SessionStore(limits))

@@ -15,7 +15,7 @@ from .training.config import TrainConfig
 
 def _train_flag_help(f) -> str:
     meta = f.metadata
-    default = meta.get("derived") if f.default is None else repr(f.default) if isinstance(f.default, str) else f.default
+    default = meta.get("empty") if f.default is None else repr(f.default) if isinstance(f.default, str) else f.default
     return f"{meta.get('help', '')} (default: {default})".replace("%", "%%")
 
 

@@ -32,8 +32,9 @@ import numpy as np
 import torch
 
 from .gguf_vocab import GGUFVocab, VocabError, gguf_vocab
-from ..model.spec import ModelSpec, PositionalBlock, TransformerBlock
-from ..sharing.native import native_family
+from ..model.blocks import hook
+from ..model.spec import ModelSpec
+from ..sharing.native import native_family, native_parts
 
 GGUF_ARCH = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen3": "qwen3", "gemma3": "gemma3"}
 QUANTS = ("f16", "q8_0")
@@ -74,7 +75,10 @@ def gguf_support(spec: ModelSpec) -> tuple[str | None, str]:
     if family is None:
         return None, (f"llama.cpp has no architecture for this block list: {why}. Use a preset's layout "
                       "(gpt2, llama, mistral, qwen3, gemma3) to export GGUF, or share the transformers export")
-    block = next(b for b in spec.blocks if isinstance(b, TransformerBlock))
+    why = next((part for part in (hook(b, "gguf", spec) for b in spec.blocks) if isinstance(part, str)), None)
+    if why:
+        return None, why
+    block = native_parts(spec)[0]["layers"][0]
     if family == "gpt2" and block.mlp.activation != "gelu_tanh":
         return None, (f"llama.cpp's GPT-2 uses the tanh GELU, this model uses {block.mlp.activation}; set the MLP "
                       "activation to gelu_tanh (and retrain) to export GGUF")
@@ -123,16 +127,16 @@ def _llama_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.reshape(n_heads, 2, hd // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
-LAYER_NAMES = {  # our name inside model.layers.{i}. -> GGUF name inside blk.{i}.
-    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
-    "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
-    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-}
-GEMMA3_NORMS = {"post_attention_layernorm": "post_attention_norm", "pre_feedforward_layernorm": "ffn_norm",
-                "post_feedforward_layernorm": "post_ffw_norm"}
-TOP_NAMES = {"model.embed_tokens": "token_embd", "model.embed_positions": "position_embd", "model.norm": "output_norm",
-             "lm_head": "output"}
+def gguf_names(spec: ModelSpec, arch: str) -> tuple[dict, dict]:
+    """(our top-level names -> GGUF's, our names inside model.layers.{i}. -> GGUF's inside blk.{i}.), as the
+    blocks' `gguf` hooks declare them (a layer block may name some of its tensors differently per architecture)."""
+    top, layer = {}, {}
+    for b in spec.blocks:
+        part = hook(b, "gguf", spec)
+        top.update(part.get("names", {}))
+        per_arch = part.get("layer_names", {})
+        layer.update(per_arch.get(arch, per_arch.get("*", {})))
+    return top, layer
 
 
 def gguf_tensors(model, arch: str) -> dict[str, torch.Tensor]:
@@ -141,21 +145,22 @@ def gguf_tensors(model, arch: str) -> dict[str, torch.Tensor]:
     state = {k: v.detach().float() for k, v in model.state_dict().items()}
     if spec.tie_embeddings:
         state.pop("lm_head.weight", None)
-    block = next(b for b in spec.blocks if isinstance(b, TransformerBlock))
+    block = native_parts(spec)[0]["layers"][0]
     n_heads, n_kv = block.attention.n_heads, block.attention.kv_heads()
+    top, layer = gguf_names(spec, arch)
     out = {}
     for key, w in state.items():
         base, part = key.rsplit(".", 1)
-        if base in TOP_NAMES:
-            out[f"{TOP_NAMES[base]}.{part}"] = w
+        if base in top:
+            out[f"{top[base]}.{part}"] = w
             continue
         _, _, i, rest = base.split(".", 3)  # model.layers.{i}.{rest}
-        name = (GEMMA3_NORMS.get(rest) if arch == "gemma3" else None) or LAYER_NAMES[rest]
+        name = layer[rest]
         if arch == "llama" and name in ("attn_q", "attn_k"):
             w = _llama_rope_rows(w, n_heads if name == "attn_q" else n_kv)
         out[f"blk.{i}.{name}.{part}"] = w
     if arch == "gpt2":  # one fused q|k|v projection per layer
-        for i in range(sum(b.repeat for b in spec.blocks if isinstance(b, TransformerBlock))):
+        for i in range(len(native_parts(spec)[0]["layers"])):
             for part in ("weight", "bias"):
                 out[f"blk.{i}.attn_qkv.{part}"] = torch.cat([out.pop(f"blk.{i}.attn_{x}.{part}") for x in "qkv"])
     return out
@@ -209,12 +214,13 @@ def _writer(path: Path, arch: str):
 
 
 def _write_hparams(w, spec: ModelSpec, arch: str, n_ctx: int) -> None:
-    block = next(b for b in spec.blocks if isinstance(b, TransformerBlock))
+    parts = native_parts(spec)[0]
+    block, traits = parts["layers"][0], parts["traits"]
     a, m = block.attention, block.mlp
     hd = a.head_size(spec.d_model)
     w.add_context_length(n_ctx)
     w.add_embedding_length(spec.d_model)
-    w.add_block_count(sum(b.repeat for b in spec.blocks if isinstance(b, TransformerBlock)))
+    w.add_block_count(len(parts["layers"]))
     w.add_feed_forward_length(m.hidden_size(spec.d_model))
     w.add_head_count(a.n_heads)
     w.add_head_count_kv(a.kv_heads())
@@ -222,9 +228,8 @@ def _write_hparams(w, spec: ModelSpec, arch: str, n_ctx: int) -> None:
     if arch == "gpt2":
         w.add_layer_norm_eps(block.norm.eps)
         return
-    pos = next(b for b in spec.blocks if isinstance(b, PositionalBlock))
     w.add_layer_norm_rms_eps(block.norm.eps)
-    w.add_rope_freq_base(pos.rope_theta)
+    w.add_rope_freq_base(traits["rope_theta"])
     w.add_rope_dimension_count(hd)
     w.add_key_length(hd)
     w.add_value_length(hd)
@@ -233,7 +238,7 @@ def _write_hparams(w, spec: ModelSpec, arch: str, n_ctx: int) -> None:
         if any(win is not None for win in plan):
             w.add_sliding_window(next(win for win in plan if win is not None))
             w.add_sliding_window_pattern([win is not None for win in plan])  # True = local (sliding) layer
-            w.add_rope_freq_base_swa(pos.local_rope_theta or pos.rope_theta)
+            w.add_rope_freq_base_swa(traits["local_rope_theta"] or traits["rope_theta"])
 
 
 def _write_vocab(w, v: GGUFVocab) -> None:

@@ -25,9 +25,9 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
 from .quantize import check_quantizable, quantize_model, resolve_group_size, torchao_config
-from ..model.spec import ModelSpec, TransformerBlock
+from ..model.spec import ModelSpec
 from ..sharing.export import ExportError, _save_custom, _verify
-from ..sharing.native import native_family, to_native
+from ..sharing.native import native_family, native_parts, to_native
 from ..training.tokenization import save_tokenizer
 
 LOGIT_TOLERANCE = 1e-4  # reloaded quantized export vs the in-app quantized model (same quantized weights)
@@ -54,11 +54,11 @@ class QuantExportResult:
 
 
 def _bigcode_config(spec: ModelSpec, **token_ids):
-    b = next(x for x in spec.blocks if isinstance(x, TransformerBlock))
+    layers = native_parts(spec)[0]["layers"]
+    b = layers[0]
     act = {"gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu", "relu": "relu", "silu": "silu"}[b.mlp.activation]
     return AutoConfig.for_model("gpt_bigcode", vocab_size=spec.vocab_size, n_positions=spec.max_seq_len,
-                                n_embd=spec.d_model, n_layer=sum(x.repeat for x in spec.blocks
-                                                                 if isinstance(x, TransformerBlock)),
+                                n_embd=spec.d_model, n_layer=len(layers),
                                 n_head=b.attention.n_heads, n_inner=b.mlp.hidden_size(spec.d_model),
                                 activation_function=act, layer_norm_epsilon=b.norm.eps, multi_query=False,
                                 resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, scale_attn_weights=True,

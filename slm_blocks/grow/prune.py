@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 from ..model.estimate import estimate, human
-from ..model.spec import AttentionLayerBlock, MLPLayerBlock, ModelSpec, NormBlock, TransformerBlock
+from ..model.blocks import hook, module_of
+from ..model.spec import ModelSpec
 from ..model.validate import SpecError
 from ..training.schema import Problem, SettingsError
 
@@ -57,15 +58,15 @@ class Plan:
     hidden: dict[int, int] = field(default_factory=dict)  # block index -> MLP hidden width per layer
 
     def describe(self, spec: ModelSpec) -> str:
-        parts = []
+        parts, attention, mlp = [], _attention_blocks(spec), _mlp_blocks(spec)
         if self.drop:
             parts.append(f"dropped layer{'s' if len(self.drop) > 1 else ''} {', '.join(map(str, self.drop))}")
         for b, h in sorted(self.heads.items()):
-            a = spec.blocks[b].attention
+            a = attention[b]
             if h != a.n_heads:
                 parts.append(f"block {b}: {h} of {a.n_heads} heads")
         for b, H in sorted(self.hidden.items()):
-            old = spec.blocks[b].mlp.hidden_size(spec.d_model)
+            old = mlp[b].hidden_size(spec.d_model)
             if H != old:
                 parts.append(f"block {b}: MLP {H} of {old} neurons")
         return "; ".join(parts) or "nothing pruned"
@@ -91,13 +92,13 @@ class PruneResult:
 
 def _layer_blocks(spec: ModelSpec) -> list[int]:
     """The block index of every layer of the layer plan (the model's `model.layers`)."""
-    owners = []
-    for i, b in enumerate(spec.blocks):
-        if isinstance(b, TransformerBlock):
-            owners += [i] * b.repeat
-        elif isinstance(b, (AttentionLayerBlock, MLPLayerBlock, NormBlock)):
-            owners.append(i)
-    return owners
+    return [i for i, b in enumerate(spec.blocks) for _ in module_of(b).plan(b)]
+
+
+def _prunable(spec: ModelSpec) -> dict[int, dict]:
+    """Block index -> what its `prune` hook allows (droppable layers, its attention and MLP settings, how it loses
+    layers); blocks that stay whole are left out."""
+    return {i: part for i, part in enumerate(hook(b, "prune", spec) for b in spec.blocks) if isinstance(part, dict)}
 
 
 @torch.no_grad()
@@ -155,19 +156,16 @@ def pruned_spec(spec: ModelSpec, plan: Plan) -> ModelSpec:
     dropped_per_block = {}
     for layer in plan.drop:
         dropped_per_block[owners[layer]] = dropped_per_block.get(owners[layer], 0) + 1
-    blocks = []
+    blocks, prunable = [], _prunable(spec)
     for i, (b, raw) in enumerate(zip(spec.blocks, d["blocks"])):
-        gone = dropped_per_block.get(i, 0)
-        if isinstance(b, TransformerBlock):
-            raw["repeat"] = b.repeat - gone
-            if raw["repeat"] == 0:
+        if i in prunable:
+            raw = prunable[i]["shrink"](raw, dropped_per_block.get(i, 0))  # None: every layer of it dropped
+            if raw is None:
                 continue
-        elif gone:
-            continue
         if i in plan.hidden:
             raw["mlp"]["hidden"] = plan.hidden[i]
         if i in plan.heads:
-            a = b.attention
+            a = prunable[i]["attention"]
             groups = a.n_heads // a.kv_heads()
             raw["attention"]["head_dim"] = a.head_size(spec.d_model)
             raw["attention"]["n_heads"] = plan.heads[i]
@@ -249,26 +247,18 @@ def build_pruned(model, spec: ModelSpec, plan: Plan, scores: dict, ids: dict):
 
 
 def _attention_blocks(spec: ModelSpec) -> dict[int, object]:
-    return {i: b.attention for i, b in enumerate(spec.blocks) if isinstance(b, (TransformerBlock, AttentionLayerBlock))}
+    return {i: p["attention"] for i, p in _prunable(spec).items() if p["attention"] is not None}
 
 
 def _mlp_blocks(spec: ModelSpec) -> dict[int, object]:
-    return {i: b.mlp for i, b in enumerate(spec.blocks) if isinstance(b, (TransformerBlock, MLPLayerBlock))}
+    return {i: p["mlp"] for i, p in _prunable(spec).items() if p["mlp"] is not None}
 
 
 def droppable(spec: ModelSpec) -> list[int]:
     """Layers that can be dropped: not norm layers, and not layers of a block that alternates sliding and full
     attention (dropping one would shift which of the later layers slide)."""
-    owners = _layer_blocks(spec)
-    out = []
-    for i, b in enumerate(owners):
-        block = spec.blocks[b]
-        if isinstance(block, NormBlock):
-            continue
-        if isinstance(block, TransformerBlock) and block.full_attention_every and block.attention.sliding_window:
-            continue
-        out.append(i)
-    return out
+    prunable = _prunable(spec)
+    return [i for i, b in enumerate(_layer_blocks(spec)) if b in prunable and prunable[b]["droppable"]]
 
 
 def check_options(spec: ModelSpec, drop_layers: int, mlp_keep: float, heads_keep: int | None) -> list[Problem]:

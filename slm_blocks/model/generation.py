@@ -21,7 +21,7 @@ from typing import Iterator
 
 import torch
 
-from .attention import Attention, AttentionContext
+from .blocks.attention import Attention, AttentionContext
 from .decode import Decoder
 
 

@@ -1,7 +1,7 @@
 """The memory of attention that grows with the square of the context: what `estimate()` adds to the
 per-token activations, and what one inference call in the app may allocate.
 
-Which attention path runs decides it (model/attention.py, torch's CPU kernels, measured in
+Which attention path runs decides it (model/blocks/attention.py, torch's CPU kernels, measured in
 tests/model/test_memory.py):
 
 - `scaled_dot_product_attention` without dropout runs a fused kernel that never materialises the (T, S)
@@ -74,9 +74,6 @@ def inference_extra_bytes(spec, tokens: int, explain: bool = False, cache_len: i
     """Peak bytes one app call allocates beyond the weights for a prompt of `tokens` tokens (batch 1): the
     key/value cache of `cache_len` positions (generation; 0 for a plain forward), the largest layer's transient
     activations, the logits and the attention memory of the path it takes."""
-    from .estimate import estimate
-
-    e = estimate(spec, batch_size=1, seq_len=tokens)
     T, C = tokens, spec.d_model
     widest = 0  # floats per token that one layer holds at once (its q/k/v and outputs, or its MLP hidden)
     for _block, a, _window in spec.layer_plan():
@@ -87,5 +84,6 @@ def inference_extra_bytes(spec, tokens: int, explain: bool = False, cache_len: i
         if mlp is not None:
             widest = max(widest, 3 * mlp.hidden_size(C))
     activations = (widest + 4 * C) * T * 4 + spec.vocab_size * T * 4  # + the residual stream and the logits
-    cache = e.kv_cache_bytes_per_token * (cache_len or 0)
+    kv_per_token = sum(2 * a.kv_heads() * a.head_size(C) * 4 for _, a, _ in spec.layer_plan() if a is not None)
+    cache = kv_per_token * (cache_len or 0)  # fp32 keys and values (estimate.py imports this module)
     return cache + attention_memory(spec, 1, T, "explain" if explain else "infer").peak(activations)

@@ -17,14 +17,10 @@ from transformers import initialization as init
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from .attention import Attention, AttentionContext
-from .layers import AttentionLayer, MLPLayer, NormLayer, TransformerLayer
-from .norms import make_norm
-from .positions import rope_tables, sinusoidal
-from .spec import (
-    AttentionLayerBlock, EmbeddingBlock, FinalNormBlock, MLPLayerBlock, ModelSpec, NormBlock, PositionalBlock,
-    TransformerBlock,
-)
+from .assembly import Build
+from .blocks import embedding, final_norm, lm_head, module_of, positional
+from .blocks.attention import AttentionContext
+from .spec import ModelSpec
 
 
 class SLMConfig(PreTrainedConfig):
@@ -61,56 +57,51 @@ class SLMConfig(PreTrainedConfig):
 
 
 class SLMModel(nn.Module):
-    """Embedding -> positions -> layers -> final norm. Names follow transformers' Llama."""
+    """Embedding -> positions -> layers -> final norm, each part built by its block's module (blocks/). Names follow
+    transformers' Llama: embed_tokens, embed_positions, layers.{i}, norm."""
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
-        C = spec.d_model
-        pos = next((b for b in spec.blocks if isinstance(b, PositionalBlock)), PositionalBlock(kind="none"))
-        self.positional = pos.kind
-        self.embed_scale = math.sqrt(C) if any(isinstance(b, EmbeddingBlock) and b.scale for b in spec.blocks) else None
-        self.embed_tokens = nn.Embedding(spec.vocab_size, C)
-        if pos.kind == "learned":
-            self.embed_positions = nn.Embedding(spec.max_seq_len, C)
+        build = Build(spec, spec.find("positional") or positional.Spec(kind="none"))
+        parts, layers = {}, []
+        for block in spec.blocks:  # in spec order, so every weight is drawn from the random stream in that order
+            module = module_of(block)
+            if module.ROLE == "layer":
+                layers += module.build(block, spec, build)
+            elif module.ROLE != "lm_head":  # the head belongs to SLMForCausalLM
+                parts.update(module.build(block, spec, build))
+        self.embed_scale = parts.pop("embed_scale", None)
+        self.positional = parts.pop("positional", "none")
+        self.embed_tokens = parts.pop("embed_tokens")
+        if "embed_positions" in parts:
+            self.embed_positions = parts.pop("embed_positions")
         self.drop = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
-        layers, n_attn = [], 0
-        for block, attn_spec, window in spec.layer_plan():
-            attn = None
-            if attn_spec is not None:
-                local = window is not None and pos.local_rope_theta is not None
-                theta = (pos.local_rope_theta if local else pos.rope_theta) if pos.kind == "rope" else None
-                norm_eps = block.norm.eps if block.norm is not None else 1e-6
-                attn = Attention(C, attn_spec, norm_eps=norm_eps, window=window, rope_theta=theta,
-                                 alibi=pos.kind == "alibi", cache_index=n_attn)
-                n_attn += 1
-            if isinstance(block, TransformerBlock):
-                layers.append(TransformerLayer(C, block, attn, spec.dropout))
-            elif isinstance(block, AttentionLayerBlock):
-                layers.append(AttentionLayer(C, block, attn, spec.dropout))
-            elif isinstance(block, MLPLayerBlock):
-                layers.append(MLPLayer(C, block, spec.dropout))
-            else:
-                layers.append(NormLayer(C, block))
         self.layers = nn.ModuleList(layers)
-        final = next((b for b in spec.blocks if isinstance(b, FinalNormBlock)), None)
-        self.norm = make_norm(final.norm, C) if final else nn.Identity()
+        self.norm = parts.pop("norm", nn.Identity())
         self.max_seq_len = spec.max_seq_len
-        self.rope_keys = {(m.rope_theta, m.head_dim) for m in self.modules()
-                          if isinstance(m, Attention) and m.rope_theta is not None}
+        self.rope_keys = build.rope_keys
 
     def forward(self, input_ids, position_ids, ctx: AttentionContext, inputs_embeds=None) -> torch.Tensor:
-        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
-        if self.embed_scale is not None:
-            x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
-        if self.positional == "learned":
-            x = x + self.embed_positions(position_ids)
-        elif self.positional == "sinusoidal":
-            x = x + sinusoidal(position_ids, x.shape[-1]).to(x.dtype)
-        ctx.rope = {(theta, hd): rope_tables(position_ids, hd, theta) for theta, hd in self.rope_keys}
+        x = embedding.forward(self, input_ids, inputs_embeds)  # (B, T, C)
+        x = positional.forward(self, x, position_ids, ctx)
         x = self.drop(x)
         for layer in self.layers:
             x = layer(x, ctx)  # (B, T, C)
-        return self.norm(x)
+        return final_norm.forward(self, x)
+
+    def step(self, decoding):
+        """The same computation for one token at batch 1: `step(token, pos)` -> the final vector (C,) of the token
+        (a 0-d id) placed at `pos`, its keys and values written into `decoding.cache`. Each part's step is its block
+        module's, prepared once per generation from the current weights."""
+        embed, position = embedding.step(self, decoding), positional.step(self, decoding)
+        layers, norm = [layer.step(decoding) for layer in self.layers], final_norm.step(self, decoding)
+
+        def step(token: torch.Tensor, pos: int) -> torch.Tensor:
+            x = position(embed(token), pos)  # (C,)
+            for layer in layers:
+                x = layer(x, pos)
+            return norm(x)
+        return step
 
 
 class SLMPreTrainedModel(PreTrainedModel):
@@ -139,8 +130,7 @@ class SLMPreTrainedModel(PreTrainedModel):
     def _init_stds(self) -> tuple[float, float]:
         if "_stds" not in self.__dict__:
             spec = self.config.model_spec()
-            n_branches = sum(2 if isinstance(b, TransformerBlock) else 1 for b, *_ in spec.layer_plan()
-                             if not isinstance(b, NormBlock))
+            n_branches = sum(module_of(b).BRANCHES for b, *_ in spec.layer_plan())
             self.__dict__["_stds"] = (spec.init_std, spec.init_std / math.sqrt(max(n_branches, 1)))
         return self.__dict__["_stds"]
 
@@ -152,7 +142,7 @@ class SLMForCausalLM(SLMPreTrainedModel, GenerationMixin):
         super().__init__(config)
         spec = config.model_spec()
         self.model = SLMModel(spec)
-        self.lm_head = nn.Linear(spec.d_model, spec.vocab_size, bias=False)
+        self.lm_head = lm_head.build(spec.find("lm_head") or lm_head.Spec(), spec, None)
         self.post_init()
 
     def get_input_embeddings(self):
@@ -204,7 +194,7 @@ class SLMForCausalLM(SLMPreTrainedModel, GenerationMixin):
         x = self.model(input_ids, position_ids, ctx, inputs_embeds)  # (B, T, C)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
-        logits = self.lm_head(x)  # (B, T, vocab)
+        logits = lm_head.forward(self.lm_head, x)  # (B, T, vocab)
 
         loss = None
         if labels is not None:

@@ -8,31 +8,15 @@ from pathlib import Path
 from huggingface_hub import ModelCard, ModelCardData
 
 from ..model.estimate import estimate, human
+from ..model.fields import applicable
 from ..model.spec import ModelSpec
-from ..training.schema import flatten
-
-
-def applicable_settings(block) -> dict:
-    """A block's settings that change what it computes, flattened ("attention.n_heads": 4): empty optional
-    fields are left out, and so are fields its other choices make irrelevant (a RoPE base with learned
-    positions, a bias on RMSNorm, which has none)."""
-    d = block.to_dict() if hasattr(block, "to_dict") else dict(block.__dict__)
-    flat = flatten(d, redact=False, skip_none=True)  # values as text
-    flat.pop("type", None)
-    if flat.get("kind") in ("learned", "sinusoidal", "alibi", "none"):
-        flat.pop("rope_theta", None)
-        flat.pop("local_rope_theta", None)
-    for prefix in ("", "norm."):
-        if flat.get(prefix + "kind") == "rmsnorm" and flat.get(prefix + "bias") == "False":
-            flat.pop(prefix + "bias", None)
-    return flat
 
 
 def _architecture_table(spec: ModelSpec) -> str:
-    rows = ["| # | block | settings |", "|---|---|---|"]
-    for i, b in enumerate(spec.blocks):
-        settings = ", ".join(f"{k}={v}" for k, v in applicable_settings(b).items())
-        rows.append(f"| {i} | {b.type} | {settings or '—'} |")
+    rows = ["| # | block | what it is | settings |", "|---|---|---|---|"]
+    for i, (b, (name, details)) in enumerate(zip(spec.blocks, spec.describe())):
+        settings = ", ".join(f"{k}={v}" for k, v in applicable(b).items())
+        rows.append(f"| {i} | {name} | {details or '—'} | {settings or '—'} |")
     return "\n".join(rows)
 
 

@@ -11,8 +11,10 @@ is reported done; the folder is assembled under a temporary name and only rename
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -52,16 +54,45 @@ class ExportResult:
 
 
 def _save_custom(model, tmp: Path) -> None:
-    """Our own model class with its modeling files copied next to the weights (auto_map in config.json)."""
-    from ..model.modeling import SLMConfig, SLMForCausalLM
+    """Our own model class with its modeling code next to the weights (auto_map in config.json)."""
+    model.config.auto_map = {"AutoConfig": "modeling.SLMConfig", "AutoModelForCausalLM": "modeling.SLMForCausalLM"}
+    model.save_pretrained(tmp, safe_serialization=True)
+    for name, text in modeling_code().items():
+        (tmp / name).write_text(text, encoding="utf-8")
 
-    saved = SLMConfig._auto_class, SLMForCausalLM._auto_class
-    try:  # registering is class-global: keep it only for this save
-        SLMConfig.register_for_auto_class()
-        SLMForCausalLM.register_for_auto_class("AutoModelForCausalLM")
-        model.save_pretrained(tmp, safe_serialization=True)
-    finally:
-        SLMConfig._auto_class, SLMForCausalLM._auto_class = saved
+
+MODEL_DIR = Path(__file__).resolve().parents[1] / "model"
+
+
+def modeling_code() -> dict[str, str]:
+    """The files `trust_remote_code` loads, flat: modeling.py and every module it imports relatively, from
+    slm_blocks/model/ and its blocks/ package.
+
+    transformers copies a remote class's module and the files it names with `from .x import` into one flat
+    folder, so a subpackage cannot travel as it is: `from .blocks.attention import` becomes `from .attention
+    import`, `from ..fields import` becomes `from .fields import`, blocks/__init__.py becomes blocks.py, and its
+    `from . import attention, ...` (which names no file to the copier) gets a `from .attention import TYPE` line per
+    module, so the loader copies each block module too."""
+    files, todo = {}, [MODEL_DIR / "modeling.py"]
+    while todo:
+        path = todo.pop()
+        flat = "blocks.py" if path.name == "__init__.py" else path.name
+        if flat in files:
+            continue
+        text = path.read_text(encoding="utf-8")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = path.parent if node.level == 1 else path.parent.parent
+                target = base.joinpath(*(node.module or "").split(".")) if node.module else base
+                names = [target / f"{a.name}.py" for a in node.names] if not node.module else []
+                todo += [p for p in names if p.is_file()] or \
+                    [target / "__init__.py" if target.is_dir() else target.with_suffix(".py")]
+        text = re.sub(r"^(\s*)from \.\.?(?:blocks\.)?(\w+) import", r"\1from .\2 import", text, flags=re.M)
+        text = re.sub(r"^from \. import (.+)$", lambda m: "".join(
+            f"from .{n.strip()} import TYPE as _{n.strip()}_type  # noqa: F401 (names the file for the copier)\n"
+            for n in m.group(1).split(",")) + m.group(0), text, flags=re.M)
+        files[flat] = text
+    return files
 
 
 def _verify(model, out: Path, remote_code: bool) -> tuple[float, bool]:

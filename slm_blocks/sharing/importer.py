@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from .native import FAMILIES, GPT2_LAYER, GPT2_TOP
+from .native import FAMILIES, native_parts
 from ..model.spec import ModelSpec
 from ..training.tokenization import load_tokenizer
 
@@ -154,9 +154,12 @@ def spec_from_native_config(cfg: dict) -> ModelSpec:
                                                {"type": "final_norm", "norm": norm}, {"type": "lm_head"}]})
 
 
-def _from_gpt2(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The inverse of native._to_gpt2: split GPT-2's fused c_attn and undo the Conv1D transposes."""
-    out = {ours: state[theirs] for ours, theirs in GPT2_TOP.items() if theirs in state}
+def _from_gpt2(spec: ModelSpec, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of native._to_gpt2: split GPT-2's fused c_attn and undo the Conv1D transposes (the blocks'
+    GPT-2 names, read backwards)."""
+    parts = native_parts(spec)[0]
+    out = {f"{ours}.{part}": state[f"{theirs}.{part}"] for ours, (theirs, _) in parts["names"]["gpt2"].items()
+           for part in ("weight", "bias") if f"{theirs}.{part}" in state}
     i = 0
     while f"transformer.h.{i}.attn.c_attn.weight" in state:
         h, p = f"transformer.h.{i}.", f"model.layers.{i}."
@@ -164,7 +167,7 @@ def _from_gpt2(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         for x, wx, bx in zip("qkv", w.chunk(3), b.chunk(3)):
             out[p + f"self_attn.{x}_proj.weight"] = wx.contiguous()
             out[p + f"self_attn.{x}_proj.bias"] = bx.contiguous()
-        for ours, theirs, transposed in GPT2_LAYER:
+        for ours, (theirs, transposed) in parts["layer_names"]["gpt2"].items():
             w = state[h + theirs + ".weight"]
             out[p + ours + ".weight"] = w.T.contiguous() if transposed else w
             out[p + ours + ".bias"] = state[h + theirs + ".bias"]
@@ -192,7 +195,7 @@ def import_hf(folder: str | Path, caps=None):
     if mt == "slm_blocks":
         ours = state
     elif family == "gpt2":
-        ours = _from_gpt2(state)
+        ours = _from_gpt2(spec, state)
     elif family == "gemma3":
         ours = {k: (v + 1 if k.endswith("norm.weight") else v) for k, v in state.items()}
     elif family in FAMILIES:

@@ -10,26 +10,43 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedConfig
 
-from ..model.spec import EmbeddingBlock, FinalNormBlock, LMHeadBlock, ModelSpec, PositionalBlock, TransformerBlock
+from ..model.blocks import hook, module_of
+from ..model.spec import ModelSpec
 
 FAMILIES = ("gpt2", "llama", "mistral", "qwen3", "gemma3")
 
 
+def native_parts(spec: ModelSpec) -> tuple[dict | None, str]:
+    """What the blocks tell a native class (their `native` hooks, merged): traits, layers and tensor names; or
+    (None, why not) when a block has no place in one."""
+    parts = {"traits": {}, "layers": [], "names": {}, "layer_names": {}}
+    for b in spec.blocks:
+        part = hook(b, "native", spec)
+        if isinstance(part, str):
+            return None, part
+        parts["traits"].update(part.get("traits", {}))
+        parts["layers"] += part.get("layers", [])
+        for key in ("names", "layer_names"):  # ours -> (a family's, transposed), in the model / inside a layer
+            for family, names in part.get(key, {}).items():
+                parts[key].setdefault(family, {}).update(names)
+    return parts, ""
+
+
 def native_family(spec: ModelSpec) -> tuple[str | None, str]:
     """(family, "") when a native transformers class computes exactly this spec, else (None, why not)."""
-    layers = [b for b in spec.blocks
-              if not isinstance(b, (EmbeddingBlock, PositionalBlock, FinalNormBlock, LMHeadBlock))]
+    parts, why = native_parts(spec)
+    if parts is None:
+        return None, why
+    layers, t = parts["layers"], parts["traits"]
     if not layers:
         return None, "a model without transformer layers has no native transformers class"
-    if any(not isinstance(b, TransformerBlock) for b in layers):
-        return None, "standalone attention / MLP / norm blocks (a free layer order) have no native transformers class"
     first = layers[0]
-    if any(_layer_fields(b) != _layer_fields(first) for b in layers):
+    same = module_of(first).settings
+    if any(module_of(b) is not module_of(first) or same(b) != same(first) for b in layers):
         return None, "transformer blocks with different settings have no native transformers class"
-    final = next((b for b in spec.blocks if isinstance(b, FinalNormBlock)), None)
-    if final is None or final.norm != first.norm:
+    if t.get("final_norm") is None or t["final_norm"] != first.norm:
         return None, "native classes need a final_norm block with the same settings as the layers' norms"
-    a, m, pos, scaled = first.attention, first.mlp, spec.positional(), _embed_scaled(spec)
+    a, m, pos, scaled = first.attention, first.mlp, t.get("positional", "none"), t.get("embed_scale", False)
     if first.residual != "sequential":
         return None, "parallel residuals have no native class among GPT-2, Llama, Mistral, Qwen3 and Gemma 3"
     if pos == "alibi":
@@ -45,7 +62,7 @@ def native_family(spec: ModelSpec) -> tuple[str | None, str]:
         return None, f"'{pos}' positions have no native transformers class (GPT-2 uses learned, the others RoPE)"
     if first.norm.kind != "rmsnorm" or not m.gated or m.bias:
         return None, "RoPE families (Llama, Mistral, Qwen3, Gemma 3) need RMSNorm and a gated MLP without bias"
-    rope_local = next(b for b in spec.blocks if isinstance(b, PositionalBlock)).local_rope_theta
+    rope_local = t.get("local_rope_theta")
     if first.norm_placement == "sandwich":
         if m.activation == "gelu_tanh" and a.qk_norm and scaled and not a.qkv_bias and not a.out_bias:
             return "gemma3", ""
@@ -66,14 +83,6 @@ def native_family(spec: ModelSpec) -> tuple[str | None, str]:
     return "llama", ""
 
 
-def _layer_fields(b: TransformerBlock) -> tuple:
-    return (b.attention, b.mlp, b.norm, b.norm_placement, b.residual, b.full_attention_every)
-
-
-def _embed_scaled(spec: ModelSpec) -> bool:
-    return any(isinstance(b, EmbeddingBlock) and b.scale for b in spec.blocks)
-
-
 # ----------------------------------------------------------------------------- configs
 
 
@@ -81,10 +90,9 @@ def native_config(spec: ModelSpec, family: str, **token_ids) -> PreTrainedConfig
     """The transformers config of `family` describing `spec` (token_ids: bos/eos/pad_token_id)."""
     from transformers import AutoConfig
 
-    layers = [b for b in spec.blocks if isinstance(b, TransformerBlock)]
-    b = layers[0]
+    parts, _ = native_parts(spec)
+    b, n_layers, traits = parts["layers"][0], len(parts["layers"]), parts["traits"]
     a, m = b.attention, b.mlp
-    n_layers = sum(x.repeat for x in layers)
     common = dict(vocab_size=spec.vocab_size, tie_word_embeddings=spec.tie_embeddings,
                   bos_token_id=token_ids.get("bos_token_id"), eos_token_id=token_ids.get("eos_token_id"),
                   pad_token_id=token_ids.get("pad_token_id"))
@@ -94,14 +102,13 @@ def native_config(spec: ModelSpec, family: str, **token_ids) -> PreTrainedConfig
                                     n_head=a.n_heads, n_inner=m.hidden_size(spec.d_model),
                                     activation_function=act, layer_norm_epsilon=b.norm.eps, resid_pdrop=0.0,
                                     embd_pdrop=0.0, attn_pdrop=0.0, **common)
-    pos = next(x for x in spec.blocks if isinstance(x, PositionalBlock))
     windows = [w for _, _, w in spec.layer_plan()]
     layer_types = ["sliding_attention" if w is not None else "full_attention" for w in windows]
     kw = dict(hidden_size=spec.d_model, intermediate_size=m.hidden_size(spec.d_model), num_hidden_layers=n_layers,
               num_attention_heads=a.n_heads, num_key_value_heads=a.kv_heads(),
               head_dim=a.head_size(spec.d_model), max_position_embeddings=spec.max_seq_len, rms_norm_eps=b.norm.eps,
               attention_dropout=0.0, **common)
-    rope = {"rope_type": "default", "rope_theta": pos.rope_theta}
+    rope = {"rope_type": "default", "rope_theta": traits["rope_theta"]}
     if family == "llama":
         return AutoConfig.for_model("llama", rope_parameters=rope, attention_bias=a.qkv_bias, mlp_bias=False, **kw)
     if family == "mistral":
@@ -110,7 +117,7 @@ def native_config(spec: ModelSpec, family: str, **token_ids) -> PreTrainedConfig
         return AutoConfig.for_model("qwen3", rope_parameters=rope, sliding_window=a.sliding_window,
                                     use_sliding_window=a.sliding_window is not None, layer_types=layer_types, **kw)
     if family == "gemma3":
-        local = {"rope_type": "default", "rope_theta": pos.local_rope_theta or pos.rope_theta}
+        local = {"rope_type": "default", "rope_theta": traits["local_rope_theta"] or traits["rope_theta"]}
         return AutoConfig.for_model("gemma3_text", rope_parameters={"full_attention": rope, "sliding_attention": local},
                                     sliding_window=a.sliding_window or spec.max_seq_len, layer_types=layer_types,
                                     query_pre_attn_scalar=a.head_size(spec.d_model), hidden_activation="gelu_pytorch_tanh",
@@ -129,32 +136,31 @@ def native_state_dict(spec: ModelSpec, family: str, state: dict[str, torch.Tenso
     if family == "gemma3":  # Gemma's RMSNorm computes x * (1 + w)
         return {k: (v - 1 if k.endswith("norm.weight") else v) for k, v in state.items()}
     if family == "gpt2":
-        return _to_gpt2(state)
+        parts = native_parts(spec)[0]
+        return _to_gpt2(state, parts["names"]["gpt2"], parts["layer_names"]["gpt2"])
     raise ValueError(f"unknown family {family!r}")
 
 
-# GPT-2's names for ours: (our suffix, GPT-2 suffix, stored transposed because GPT-2 uses Conv1D (in, out))
-GPT2_TOP = {"model.embed_tokens.weight": "transformer.wte.weight",
-            "model.embed_positions.weight": "transformer.wpe.weight",
-            "model.norm.weight": "transformer.ln_f.weight", "model.norm.bias": "transformer.ln_f.bias",
-            "lm_head.weight": "lm_head.weight"}
-GPT2_LAYER = [("self_attn.o_proj", "attn.c_proj", True), ("mlp.up_proj", "mlp.c_fc", True),
-              ("mlp.down_proj", "mlp.c_proj", True), ("input_layernorm", "ln_1", False),
-              ("post_attention_layernorm", "ln_2", False)]
-
-
-def _to_gpt2(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {theirs: state[ours] for ours, theirs in GPT2_TOP.items() if ours in state}
+def _to_gpt2(state: dict[str, torch.Tensor], names: dict, layer_names: dict) -> dict[str, torch.Tensor]:
+    """GPT-2's layout: the blocks' names (ours -> (GPT-2's, stored transposed because GPT-2's Conv1D is
+    (in, out))), a layer's inside `transformer.h.{i}.`; q, k and v fused into one c_attn per layer."""
+    out = {}
+    for key, w in state.items():
+        base, part = key.rsplit(".", 1)
+        if base in names:
+            theirs, transposed = names[base]
+            out[f"{theirs}.{part}"] = w.T.contiguous() if transposed else w
     i = 0
     while f"model.layers.{i}.self_attn.q_proj.weight" in state:
         p, h = f"model.layers.{i}.", f"transformer.h.{i}."
         qkv = [state[p + f"self_attn.{x}_proj.weight"] for x in "qkv"]
         out[h + "attn.c_attn.weight"] = torch.cat(qkv).T.contiguous()
         out[h + "attn.c_attn.bias"] = torch.cat([state[p + f"self_attn.{x}_proj.bias"] for x in "qkv"])
-        for ours, theirs, transposed in GPT2_LAYER:
-            w = state[p + ours + ".weight"]
-            out[h + theirs + ".weight"] = w.T.contiguous() if transposed else w
-            out[h + theirs + ".bias"] = state[p + ours + ".bias"]
+        for ours, (theirs, transposed) in layer_names.items():
+            if f"{p}{ours}.weight" in state:
+                w = state[p + ours + ".weight"]
+                out[h + theirs + ".weight"] = w.T.contiguous() if transposed else w
+                out[h + theirs + ".bias"] = state[p + ours + ".bias"]
         i += 1
     return out
 

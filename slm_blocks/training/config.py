@@ -44,12 +44,12 @@ class TrainConfig:
                              help="optimizer steps to train for; with a time budget, the most it may take")
     max_time: float | None = setting(None, lo=0, lo_open=True, hi=10**7, advanced=False, label="Time budget",
                                      help="time budget in seconds: warmup and decay follow the elapsed share of it",
-                                     derived="no time limit")
+                                     empty="no time limit")
     batch_size: int = setting(32, lo=1, hi=4096, advanced=False, label="Batch size",
                               help="sequences per step (per device)")
     lr: float | None = setting(None, lo=0, lo_open=True, hi=1, advanced=False, label="Learning rate",
                                help="peak learning rate (Muon and AdamW alike)",
-                               derived="1.6e-2 with Muon, 3e-3 with AdamW")
+                               empty="1.6e-2 with Muon, 3e-3 with AdamW")
     seed: int = setting(1337, lo=0, hi=2**31 - 1, advanced=False, label="Seed",
                         help="same seed, same data and settings: the same run")
     # --- advanced
@@ -66,10 +66,10 @@ class TrainConfig:
     grad_accum: int = setting(1, lo=1, hi=1024, label="Gradient accumulation",
                               help="micro-batches per step: a larger effective batch in the same memory")
     seq_len: int | None = setting(None, lo=2, hi=1 << 20, label="Sequence length",
-                                  help="tokens per training window", derived="the model's context length")
+                                  help="tokens per training window", empty="the model's context length")
     warmup_steps: int | None = setting(None, lo=0, hi=10**9, label="Warmup steps",
                                        help="linear warmup to the peak learning rate",
-                                       derived="min(20, max_steps / 10)")
+                                       empty="min(20, max_steps / 10)")
     min_lr_ratio: float = setting(0.1, lo=0, hi=1, label="Min learning rate (× peak)",
                                   help="the decay ends at learning rate × this")
     weight_decay: float = setting(0.0, lo=0, hi=10, label="Weight decay",
@@ -80,24 +80,24 @@ class TrainConfig:
     grad_clip: float = setting(1.0, lo=0, hi=1e6, label="Gradient clip", help="max gradient norm (0 = no clipping)")
     early_stop_patience: int | None = setting(None, lo=1, hi=10**6, label="Early stopping patience",
                                               help="stop after this many evals without improvement",
-                                              derived="never stop early")
+                                              empty="never stop early")
     early_stop_min_delta: float = setting(0.0, lo=0, hi=100, label="Early stopping min delta",
                                           help="an eval must beat the best loss by this much to count")
     eval_every: int | None = setting(None, lo=0, hi=10**9, label="Eval + sample every (steps)",
                                      help="validation loss and a sample every N steps (0 = never)",
-                                     derived="10 evals per run")
+                                     empty="10 evals per run")
     eval_batches: int = setting(5, lo=1, hi=10_000, label="Eval batches", help="batches per validation estimate")
     sample_tokens: int | None = setting(None, lo=0, hi=10_000, label="Sample length (tokens)",
                                         help="tokens sampled at each eval (0 = none)",
-                                        derived="min(128, 2 × context)")
+                                        empty="min(128, 2 × context)")
     sample_prompt: str = setting("\n", label="Sample prompt", help="text the samples continue")
     checkpoint_every: int | None = setting(None, lo=0, hi=10**9, label="Checkpoint every (steps)",
                                            help="resumable checkpoint every N steps (0 = only at the end)",
-                                           derived="4 per run")
+                                           empty="4 per run")
     keep_checkpoints: int = setting(3, lo=1, hi=1000, label="Checkpoints kept", help="newest checkpoints kept")
     log_every: int | None = setting(None, lo=1, hi=10**9, label="Log every (steps)",
                                     help="training loss and speed every N steps",
-                                    derived="min(10, max_steps / 50)")
+                                    empty="min(10, max_steps / 50)")
     device: Literal["auto", "cpu"] = setting("auto", label="Device", help="auto: the GPU when there is one")
     compile: bool = setting(False, label="torch.compile",
                             help="compile the model: pays off on GPUs; small CPU models gain ~2% after a long compile")

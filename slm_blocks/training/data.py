@@ -43,12 +43,12 @@ class DataConfig:
     paths: list[str] = setting(factory=list, label="Files", help="text, jsonl, json, csv, parquet files or a "
                                "local dataset folder")
     hub_id: str | None = setting(None, advanced=False, label="Hub dataset id", help="'owner/name' on the Hub",
-                                 derived="none")
+                                 empty="none")
     hub_config: str | None = setting(None, label="Hub config", help="the dataset's configuration, if it has several",
-                                     derived="the default")
+                                     empty="the default")
     split: str = setting("train", label="Split", help="which split of the dataset to read")
     text_column: str | None = setting(None, label="Text column", help="the column that holds the text",
-                                      derived="'text', else the only text column")
+                                      empty="'text', else the only text column")
     max_chars: int = setting(20_000_000, lo=1, hi=10**10, label="Max characters",
                              help="cap on loaded text; Hub sets are streamed up to it")
     val_fraction: float = setting(0.1, lo=0, hi=1, lo_open=True, hi_open=True, label="Validation share",

@@ -210,9 +210,7 @@ def _parse_spec(raw, problems: list[Problem]) -> ModelSpec | None:
             return None
         return ModelSpec.from_json(raw) if isinstance(raw, str) else ModelSpec.from_dict(raw)
     except SpecError as e:
-        for p in e.problems:
-            where = "spec" if p.block is None else f"spec.blocks[{p.block}]"
-            problems.append(Problem(f"{where}.{p.field}" if p.field and p.field != "spec" else where, p.message))
+        problems += [p.within("spec") for p in e.problems]
         return None
 
 

@@ -145,34 +145,9 @@ def preview_run(job: Job, cache: dict | None = None, flops_per_s: float | None =
 
 
 def architecture(spec) -> str:
-    """The model block by block, with the sizes that decide its cost."""
-    from ..model.spec import (
-        AttentionLayerBlock, EmbeddingBlock, FinalNormBlock, LMHeadBlock, MLPLayerBlock, NormBlock, PositionalBlock,
-        TransformerBlock,
-    )
-
-    C, parts = spec.d_model, []
-    for b in spec.blocks:
-        if isinstance(b, EmbeddingBlock):
-            parts.append(f"embedding {spec.vocab_size:,}×{C}")
-        elif isinstance(b, PositionalBlock):
-            parts.append(f"{b.kind} positions")
-        elif isinstance(b, (TransformerBlock, AttentionLayerBlock, MLPLayerBlock)):
-            bits = []
-            if not isinstance(b, MLPLayerBlock):
-                a = b.attention
-                kv = f", {a.n_kv_heads} kv" if a.n_kv_heads and a.n_kv_heads != a.n_heads else ""
-                bits.append(f"{a.n_heads} heads × {a.head_size(C)}{kv}"
-                            + (f", window {a.sliding_window}" if a.sliding_window else ""))
-            if not isinstance(b, AttentionLayerBlock):
-                bits.append(f"{'gated ' if b.mlp.gated else ''}{b.mlp.activation} MLP {b.mlp.hidden_size(C)}")
-            n = f"{b.repeat} × " if isinstance(b, TransformerBlock) and b.repeat > 1 else ""
-            parts.append(f"{n}{b.type} ({', '.join(bits)})")
-        elif isinstance(b, (NormBlock, FinalNormBlock)):
-            parts.append(f"{b.type} {b.norm.kind}")
-        elif isinstance(b, LMHeadBlock):
-            parts.append("lm_head (tied)" if spec.tie_embeddings else "lm_head")
-    return f"d_model {C}, context {spec.max_seq_len}: " + " → ".join(parts)
+    """The model block by block, with the sizes that decide its cost (each block's own description)."""
+    parts = [f"{name} ({details})" if details else name for name, details in spec.describe()]
+    return f"d_model {spec.d_model}, context {spec.max_seq_len}: " + " → ".join(parts)
 
 
 def session_speed(run_dirs_and_events) -> float | None:

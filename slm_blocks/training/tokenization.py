@@ -30,10 +30,10 @@ class TokenizerConfig:
         "char", advanced=False, label="Tokenizer", help="char: one token per character · byte: 256 bytes · bpe: "
         "merges learned on your data · pretrained: an existing tokenizer")
     vocab_size: int | None = setting(None, lo=BPE_MIN_VOCAB, hi=1 << 20, advanced=False, label="BPE vocab size",
-                                     help="tokens a bpe tokenizer learns (bpe only)", derived="bpe needs a size")
+                                     help="tokens a bpe tokenizer learns (bpe only)", empty="bpe needs a size")
     name_or_path: str | None = setting(None, advanced=False, label="Pretrained tokenizer",
                                        help="a Hub id 'owner/name' (the command line also takes a local folder)",
-                                       derived="pretrained needs a name")
+                                       empty="pretrained needs a name")
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "vocab_size": self.vocab_size, "name_or_path": self.name_or_path}

@@ -20,6 +20,9 @@ from .handlers import Handlers
 from .state import Limits, SessionStore
 from .train_form import VISIBILITY, build_form, collect, paths, visibility
 
+# generations (and inspect views) at once: one per core, at most 4. Each runs on one thread, so more than the
+# cores adds no throughput, only contention with everyone else's requests for the interpreter
+WORKERS = max(1, min(4, os.cpu_count() or 1))
 DEFAULT_PROMPT = "One morning, "  # in the style of the default built-in data (stories)
 INTRO = """# 🧱 SLM Blocks
 Build a small language model from blocks, train it and watch it learn, play with it, compare runs, and share
@@ -206,13 +209,13 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
         # preprocess=False: the handler checks every sampling value itself and names the field (Gradio's own
         # slider bound check would answer an API caller with "Value -1 is less than minimum value 0.")
         gen_btn.click(h.generate, [model_pick, prompt, max_new, temperature, top_k, top_p, rep, gen_seed, weights], output,
-                      api_name="generate", concurrency_limit=4, preprocess=False)
+                      api_name="generate", concurrency_limit=WORKERS, preprocess=False)
         # the inspect views share 4 workers (one per session at a time, see guard.one_at_a_time); preprocess off:
         # text, lists or 1e400 as layer / head get a message naming the field
         next_btn.click(h.next_tokens, [model_pick, prompt], [next_df, next_msg], api_name="next_tokens",
-                       concurrency_limit=4, concurrency_id="inspect")
+                       concurrency_limit=WORKERS, concurrency_id="inspect")
         attn_btn.click(h.attention_map, [model_pick, prompt, layer, head], [attn_plot, attn_msg],
-                       api_name="attention_map", concurrency_limit=4, concurrency_id="inspect", preprocess=False)
+                       api_name="attention_map", concurrency_limit=WORKERS, concurrency_id="inspect", preprocess=False)
         cmp_btn.click(h.compare, [everyone, x_axis, y_axis], [cmp_table, cmp_curves, cmp_scatter, cmp_msg],
                       api_name="compare") \
             .then(h.redraw_legends, cmp_scatter, cmp_scatter, api_visibility="private") \
@@ -223,8 +226,10 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
                 .then(h.redraw_legends, cmp_scatter, cmp_scatter, api_visibility="private")
         export_btn.click(h.export, share_run, [export_file, export_msg, card], api_name="export",
                          concurrency_limit=2)
-        push_btn.click(h.push, [share_run, repo_id, token, private], push_msg, api_name="push")
-        import_btn.click(h.import_folder, import_files, [import_msg, model_pick], api_name="import_model")
+        push_btn.click(h.push, [share_run, repo_id, token, private], push_msg, api_name="push", concurrency_limit=2,
+                       concurrency_id="hub")
+        import_btn.click(h.import_folder, import_files, [import_msg, model_pick], api_name="import_model",
+                         concurrency_limit=2, concurrency_id="import")
         demo.load(on_state, state_inputs, state_outputs, api_visibility="private")
 
         def close_session(request: gr.Request):

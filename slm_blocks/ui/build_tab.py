@@ -8,22 +8,23 @@ can hold comes from the engine's spec dataclasses; the UI only turns their field
 from __future__ import annotations
 
 import copy
-import functools
 import html
 import json
 import re
 import typing
 import uuid
-from dataclasses import fields, is_dataclass
+from dataclasses import fields
 
 import gradio as gr
 
 from .. import BLOCK_TYPES, ModelSpec, SpecError, block_help, estimate, list_presets, load_preset
 from ..model.estimate import block_costs, human, numel
+from ..model.blocks import layer_types, module_of
+from ..model.fields import leaf_fields, parse_record, unwrap_optional
 from ..model.spec import MAX_SPEC_BYTES
-from ..model.validate import LAYER_TYPES
 from ..training.config import TrainConfig
 from ..training.schema import parse_number
+from .widgets import field_widget
 
 GLOBALS = ("vocab_size", "d_model", "max_seq_len", "tie_embeddings", "init_std", "dropout")
 
@@ -69,23 +70,7 @@ def check(spec: dict) -> tuple[ModelSpec | None, list]:
 
 def field_widgets(block_type: str) -> list[tuple[str, typing.Any, dict]]:
     """(dotted path, type hint, metadata) for every editable field of a block type, sub-specs flattened."""
-    out = []
-
-    def walk(cls, prefix: str):
-        hints = typing.get_type_hints(cls)
-        for f in fields(cls):
-            if f.name == "type":
-                continue
-            hint = hints[f.name]
-            inner = [a for a in typing.get_args(hint) if a is not type(None)]
-            target = inner[0] if inner and is_dataclass(inner[0]) else hint
-            if is_dataclass(target):
-                walk(target, f"{prefix}{f.name}.")
-            else:
-                out.append((prefix + f.name, hint, dict(f.metadata)))
-
-    walk(BLOCK_TYPES[block_type], "")
-    return out
+    return leaf_fields(BLOCK_TYPES[block_type])
 
 
 def get_path(d: dict, path: str):
@@ -116,29 +101,10 @@ def parse_optional_number(text, kind: type):
     return value if ok else text
 
 
-# Short human labels (unique within a block); a field missing here falls back to its name.
-LABELS = {
-    "vocab_size": "Vocabulary size", "d_model": "Width (d_model)", "max_seq_len": "Context length",
-    "tie_embeddings": "Tie embedding and head", "init_std": "Init std", "dropout": "Dropout",
-    "scale": "Scale by √d_model", "kind": "Kind", "rope_theta": "RoPE base", "local_rope_theta": "RoPE base (window)",
-    "repeat": "Layers (repeat)", "norm_placement": "Norm placement", "residual": "Residual",
-    "full_attention_every": "Full attention every",
-    "attention.n_heads": "Heads", "attention.n_kv_heads": "KV heads", "attention.head_dim": "Head size",
-    "attention.qkv_bias": "q/k/v bias", "attention.out_bias": "Output bias", "attention.qk_norm": "QK-norm",
-    "attention.sliding_window": "Sliding window", "attention.dropout": "Attention dropout",
-    "mlp.activation": "Activation", "mlp.gated": "Gated (GLU)", "mlp.hidden": "Hidden width", "mlp.bias": "MLP bias",
-    "norm.kind": "Norm kind", "norm.eps": "Norm epsilon", "norm.bias": "Norm bias",
-}
-# What an empty optional field means, shown as its placeholder.
-DEFAULTS = {
-    "attention.n_kv_heads": "= heads", "attention.head_dim": "d_model / heads", "attention.sliding_window": "all tokens",
-    "mlp.hidden": "4 × d_model", "local_rope_theta": "= RoPE base", "full_attention_every": "never",
-}
-
-
 def field_label(path: str) -> str:
-    """The label a learner sees for a spec field (the browser tests find fields by it)."""
-    return LABELS.get(path, path.rsplit(".", 1)[-1].replace("_", " ").capitalize())
+    """The label a learner sees for a spec field (its metadata's label; the browser tests find fields by it)."""
+    meta = _known_fields().get(path) or {}
+    return meta.get("label") or path.rsplit(".", 1)[-1].replace("_", " ").capitalize()
 
 
 def field_groups(block_type: str) -> list[tuple[str, list]]:
@@ -150,26 +116,8 @@ def field_groups(block_type: str) -> list[tuple[str, list]]:
 
 
 def make_widget(path: str, hint, meta: dict, value, key: str):
-    """One input for one spec field. Every widget says interactive=True: Gradio 6 makes a component created
-    inside gr.render read-only unless told otherwise (a field that starts with a value looked editable but
-    ignored typing and clicks)."""
-    label, info = field_label(path), meta.get("help") or None
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    base = next((a for a in args if a is not type(None)), hint) if optional else hint
-    common = dict(label=label, info=info, key=key, preserved_by_key=None, interactive=True)
-    if typing.get_origin(base) is typing.Literal:
-        return gr.Dropdown(list(typing.get_args(base)), value=value, min_width=140, **common)
-    if base is bool:  # in a Column: Gradio 6's Checkbox ignores min_width and gets squeezed in a full Row
-        with gr.Column(min_width=140, key=f"col-{key}"):
-            return gr.Checkbox(value=bool(value), **common)
-    if optional and base in (int, float):
-        # a Textbox, not a Number: Gradio 6's Number shows (and sends back) 0 for an empty value
-        return gr.Textbox(value="" if value is None else str(value), placeholder=DEFAULTS.get(path, "default"),
-                          min_width=140, **common)
-    if base in (int, float):
-        return gr.Number(value=value, precision=0 if base is int else None, min_width=140, **common)
-    return gr.Textbox(value=value, **common)
+    """One input for one spec field (ui/widgets.py), labelled as the field's metadata says."""
+    return field_widget(hint, meta, value, label=field_label(path), key=key, boxed=True)
 
 
 # ----------------------------------------------------------------------------- views
@@ -188,19 +136,7 @@ def diagram(spec: dict, problems=(), selected: str | None = None) -> str:
         if not isinstance(b, dict):
             continue
         t = b.get("type", "?")
-        detail = ""
-        if t == "positional":
-            detail = str(b.get("kind"))
-        elif t in ("transformer", "attention"):
-            a = b.get("attention", {}) or {}
-            detail = f"{a.get('n_heads')} heads" + (f", {a.get('n_kv_heads')} kv" if a.get("n_kv_heads") else "")
-            if a.get("sliding_window"):
-                detail += f", window {a['sliding_window']}"
-            if t == "transformer":
-                detail = f"×{b.get('repeat', 1)} · {detail} · {b.get('norm_placement', 'pre')}-norm"
-        elif t == "mlp":
-            m = b.get("mlp", {}) or {}
-            detail = ("gated " if m.get("gated") else "") + str(m.get("activation"))
+        detail = _details(spec, b)
         border = "3px solid #dc2626" if i in bad else "3px solid #111" if b.get("_id") == selected else \
             "3px solid transparent"
         mark = "⚠️ " if i in bad else ""
@@ -214,14 +150,32 @@ def diagram(spec: dict, problems=(), selected: str | None = None) -> str:
         arrow + "<div style='text-align:center;color:#888'>next-token scores</div></div>"
 
 
+def _details(spec: dict, block: dict) -> str:
+    """A block's own short description (its module's describe), read leniently: a spec mid-edit still shows one
+    (a bad field reads as its default)."""
+    if block.get("type") not in BLOCK_TYPES:
+        return ""
+    try:
+        top = parse_record(ModelSpec, {k: v for k, v in spec.items() if k in GLOBALS}, "", [], text=False)
+        parsed = parse_record(BLOCK_TYPES[block["type"]], {k: v for k, v in block.items() if k != "_id"}, "", [],
+                              text=False)
+        return module_of(parsed).describe(parsed, top)[1]
+    except Exception:  # noqa: BLE001 - a spec mid-edit: no details rather than no diagram
+        return ""
+
+
 # Clicking a box in the diagram sends its block id (event delegation: the boxes are re-rendered on every edit).
 DIAGRAM_JS = ("element.addEventListener('click', (e) => { const b = e.target.closest('[data-block]'); "
               "if (b) trigger('click', {block: b.dataset.block}); });")
 
 
-@functools.lru_cache(maxsize=1)
-def _known_fields() -> frozenset[str]:
-    return frozenset({"type", "blocks", "spec", *GLOBALS} | {p for t in BLOCK_TYPES for p, _, _ in field_widgets(t)})
+def _known_fields() -> dict[str, dict]:
+    """Every field path a spec can have -> its metadata (the registry can grow, so this is not cached)."""
+    known = {p: meta for p, _, meta in leaf_fields(ModelSpec)}
+    for t in BLOCK_TYPES:
+        for p, _, meta in field_widgets(t):
+            known.setdefault(p, meta)
+    return {"type": {}, "blocks": {}, "spec": {}, **known}
 
 
 def _field_text(field: str) -> str:
@@ -367,7 +321,7 @@ def build_tab(spec_state: gr.State, spec_json: gr.Textbox):
                                 for path, hint, meta in items:
                                     w = make_widget(path, hint, meta, get_path(block, path), key=f"{bid}-{path}")
                                     event = w.blur if isinstance(w, (gr.Number, gr.Textbox)) else w.input
-                                    event(_setter(bid, path, optional_number(hint)), [w, spec_state], spec_state,
+                                    event(_setter(bid, path, hint), [w, spec_state], spec_state,
                                           api_visibility="private", show_progress="hidden")
                         text = block_problems(problems, i)
                         # always visible (an empty Markdown is 0 px high) and updated by value only: a gr.update()
@@ -499,15 +453,17 @@ def _index(spec: dict, bid: str) -> int | None:
     return next((i for i, b in enumerate(spec["blocks"]) if isinstance(b, dict) and b.get("_id") == bid), None)
 
 
-def _setter(bid: str, path: str, optional: type | None = None):
+def _setter(bid: str, path: str, hint=None):
+    optional = optional_number(hint)
+    whole = unwrap_optional(hint)[0] is int
+
     def set_value(value, spec):
         spec = copy.deepcopy(spec)
         i = _index(spec, bid)
         if i is not None:
             if optional is not None:
                 value = parse_optional_number(value, optional)
-            if isinstance(value, float) and value.is_integer() and path.split(".")[-1] not in (
-                    "eps", "dropout", "rope_theta", "local_rope_theta", "init_std"):
+            if isinstance(value, float) and value.is_integer() and whole:  # Gradio's Number sends 4.0 for 4
                 value = int(value)
             set_path(spec["blocks"][i], path, value)
         return spec
@@ -571,7 +527,7 @@ def _adder(block_type: str, spec):
     blocks = spec["blocks"]
     types = [b.get("type") if isinstance(b, dict) else None for b in blocks]
     at = types.index("lm_head") if "lm_head" in types else len(blocks)
-    if block_type in LAYER_TYPES and "final_norm" in types[:at]:
+    if block_type in layer_types() and "final_norm" in types[:at]:
         at = types.index("final_norm")
     blocks.insert(at, block)
     return spec

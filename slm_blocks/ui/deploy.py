@@ -147,7 +147,7 @@ class Deploy:
         except Exception as e:
             return None, None, _message(e)
 
-    @one_at_a_time("import", "GGUF import", lambda message: (f"❌ {message}", gr.update()))
+    @one_at_a_time("import", "Import", lambda message: (f"❌ {message}", gr.update()))
     def import_gguf(self, file, request: gr.Request):
         """Import a .gguf file as a model of this session (for the Generate tab): its header is checked against
         its tensors and the caps, then a worker process reads it into a transformers folder, within
@@ -221,4 +221,5 @@ def deploy_section(store: SessionStore, run_pick: gr.Dropdown, model_pick: gr.Dr
     gexport_btn.click(d.export_gguf, [run_pick, gquant], [gfile, gzip, gmsg], api_name="export_gguf",
                       concurrency_limit=2, preprocess=False)
     # imports run in a worker with a time limit (one per session at a time): two may run at once
-    gimport_btn.click(d.import_gguf, gguf_in, [gimport_msg, model_pick], api_name="import_gguf", concurrency_limit=2)
+    gimport_btn.click(d.import_gguf, gguf_in, [gimport_msg, model_pick], api_name="import_gguf", concurrency_limit=2,
+                      concurrency_id="import")

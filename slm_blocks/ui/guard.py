@@ -104,9 +104,10 @@ class RequestGuard:
     module docstring."""
 
     def __init__(self, app, max_body: int, max_upload: int, liveness: Liveness | None = None,
-                 session_key=lambda sid: sid, uploads: UploadBudget | None = None):
+                 session_key=lambda sid: sid, uploads: UploadBudget | None = None, join_refusal=None):
         self.app, self.max_body, self.max_upload = app, max_body, max_upload
         self.liveness, self.session_key, self.uploads = liveness, session_key, uploads
+        self.join_refusal = join_refusal  # (session hash, fn index) -> a message when the queue would refuse it
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -131,6 +132,10 @@ class RequestGuard:
             declared = None
         if declared is not None and declared > cap:
             return await _too_large(send, cap, upload)
+        if self.join_refusal is not None and path.endswith("/queue/join") and (declared or 0) <= 65536 < cap:
+            refused, receive = await self._early_refusal(receive)
+            if refused:
+                return await _refuse(send, 429, refused, retry_after=1)
         budget_why = None  # set when the upload budget, not the size cap, bounds this request
         if upload and self.uploads is not None:
             import anyio
@@ -176,6 +181,37 @@ class RequestGuard:
                    _too_large(send, cap, upload))
 
 
+    async def _early_refusal(self, receive):
+        """(message, receive) for a queue join: refused here, before Gradio's route parses and validates it,
+        when the queue would refuse it anyway (the per-session caps). A session that re-sends refused calls as
+        fast as it can then costs the server little; `receive` replays the body that was read."""
+        chunks, more, size = [], True, 0
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None, _replay(chunks + [message], receive)
+            chunks.append(message)
+            size += len(message.get("body", b""))
+            more = message.get("more_body", False)
+            if more and size > 65536:  # not a join a page sends: the size caps deal with it
+                return None, _replay(chunks, receive)
+        try:
+            body = json.loads(b"".join(m.get("body", b"") for m in chunks))
+            refused = self.join_refusal(body.get("session_hash"), body.get("fn_index"))
+        except (ValueError, AttributeError, TypeError):
+            refused = None  # Gradio's route answers malformed bodies itself
+        return refused, _replay(chunks, receive)
+
+
+def _replay(messages, then):
+    """An ASGI receive that gives `messages` (already read) again, then goes on with `then`."""
+    pending = list(messages)
+
+    async def receive():
+        return pending.pop(0) if pending else await then()
+    return receive
+
+
 class _ScopeRequest:
     """The headers and peer of an ASGI scope, as client_address reads them from a gr.Request."""
 
@@ -194,11 +230,11 @@ async def _too_large(send, cap: int, upload: bool) -> None:
     await _refuse(send, 413, detail)
 
 
-async def _refuse(send, status: int, detail: str) -> None:
+async def _refuse(send, status: int, detail: str, retry_after: int | None = None) -> None:
     body = json.dumps({"detail": detail, "error": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"connection", b"close")] + ([(b"retry-after", str(retry_after).encode())] if retry_after else [])
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -270,13 +306,15 @@ def guard_launch(demo, store) -> None:
     def launch(*args, **kwargs):
         kwargs.setdefault("max_file_size", limits.max_file_bytes)
         app_kwargs = dict(kwargs.pop("app_kwargs", None) or {})
-        from .uploads import upload_folder
+        from .gradio_folder import upload_folder
 
         uploads = UploadBudget(limits.uploads_per_client_mb * 2**20, limits.upload_space_mb * 2**20, upload_folder)
         app_kwargs["middleware"] = list(app_kwargs.get("middleware") or []) + [Middleware(
             RequestGuard, max_body=limits.max_request_kb * 1024, max_upload=limits.max_upload_request_bytes,
-            liveness=store.liveness, session_key=store.key, uploads=uploads)]
+            liveness=store.liveness, session_key=store.key, uploads=uploads,
+            join_refusal=lambda sid, fn: session_events_refusal(demo, sid, fn, limits.max_pending_per_session))]
         # before the original: under `python app.py` it blocks until the server stops, so nothing after it runs
+        cheap_by_default(demo)
         cap_session_events(demo, limits.max_pending_per_session)
         store.start_sweeper(limits.sweep_interval_s)
         return original(*args, app_kwargs=app_kwargs, **kwargs)
@@ -292,21 +330,36 @@ def guard_launch(demo, store) -> None:
     demo.launch, demo.close = launch, close
 
 
-def cap_session_events(demo, limit: int) -> None:
-    """At most `limit` events of one session waiting or running in Gradio's queue (0: no cap); one more is
-    refused with a message instead of filling the queue that every user shares."""
+def cheap_by_default(demo) -> None:
+    """An event that declares no concurrency limit is a cheap one (a validation, a preview, a table, a redraw)
+    and runs at once, beside any number of others: with Gradio's default of one at a time per event, one session
+    holding 60 /validate_spec calls made every other visitor's wait 10 s. The slow ones (generation, the inspect
+    views, exports, imports, pushes, pruning) declare their own limits and groups where they are wired; how many
+    events one session may have in flight is capped by cap_session_events."""
+    if getattr(demo, "_queue", None) is not None:
+        demo._queue.default_concurrency_limit = None
+
+
+SAME_KIND = 2  # events of one function one session may have waiting or running (a page sends one at a time)
+
+
+def cap_session_events(demo, limit: int, same_kind: int = SAME_KIND) -> None:
+    """At most `limit` events of one session waiting or running in Gradio's queue (0: no cap), and at most
+    `same_kind` of one function; one more is refused with a message instead of filling the queue that every user
+    shares. The second cap is what keeps a flood of one cheap call from taking the interpreter from everyone:
+    cheap calls run at once (cheap_by_default), so 16 of one session's would share the CPU 16:1 with another
+    visitor's one. A page never has more than one event of a kind in flight (Gradio keeps only the last pending
+    trigger), so browsers do not meet it."""
     queue = getattr(demo, "_queue", None)
     if queue is None or limit <= 0 or getattr(queue, "_slm_capped", False):
         return
     push = queue.push
 
     async def capped_push(body, *args, **kwargs):
-        sid = getattr(body, "session_hash", None)
-        if sid is not None:
-            mine = sum(1 for e in list(queue.event_ids_to_events.values()) if e.session_hash == sid)
-            if mine >= limit:
-                return False, (f"This session already has {mine} requests waiting or running (at most {limit}); "
-                               "wait for them to finish"), "error"
+        refused = session_events_refusal(demo, getattr(body, "session_hash", None), getattr(body, "fn_index", None),
+                                         limit, same_kind)
+        if refused:
+            return False, refused, "error"
         try:
             return await push(body, *args, **kwargs)
         except KeyError:  # an event of a widget that a redraw (gr.render) has just replaced: refused, not a 500
@@ -314,6 +367,23 @@ def cap_session_events(demo, limit: int) -> None:
 
     queue.push = capped_push
     queue._slm_capped = True
+
+
+def session_events_refusal(demo, sid, kind, limit: int, same_kind: int = SAME_KIND) -> str | None:
+    """The message refusing one more event of function `kind` from session `sid`, or None (cap_session_events;
+    the request guard asks too, to refuse before Gradio's route does any work)."""
+    queue = getattr(demo, "_queue", None)
+    if queue is None or limit <= 0 or not isinstance(sid, str):
+        return None
+    mine = [e for e in list(queue.event_ids_to_events.values()) if e.session_hash == sid]
+    if len(mine) >= limit:
+        return f"This session already has {len(mine)} requests waiting or running (at most {limit}); wait for them " \
+               "to finish"
+    alike = sum(1 for e in mine if getattr(getattr(e, "fn", None), "_id", None) == kind)
+    if kind is not None and alike >= same_kind:
+        return f"This session already has {alike} requests of this kind waiting or running (at most {same_kind}); " \
+               "wait for them to finish"
+    return None
 
 
 def one_at_a_time(kind: str, what: str, refuse):

@@ -497,6 +497,7 @@ class Handlers:
             msg = _friendly(e)
             return f"❌ {html.escape(msg.replace(token, '***') if token else msg)}"
 
+    @one_at_a_time("import", "Import", lambda message: (f"❌ {message}", gr.update()))
     def import_folder(self, files, request: gr.Request):
         """Import an exported / native checkpoint (uploaded files of one folder) as a model to generate with."""
         from ..sharing.importer import import_hf

@@ -243,8 +243,8 @@ class SessionStore:
     def disk_used_mb(self, max_age_s: float = 10.0) -> float:
         """MiB used by the data folder (sessions, MLflow store and artifacts) and Gradio's folder of uploads
         and downloads, measured at most max_age_s ago."""
+        from .gradio_folder import upload_folder
         from .sweeper import folder_mb
-        from .uploads import upload_folder
 
         used, when = self._disk
         if time.time() - when > max_age_s:
@@ -283,8 +283,8 @@ class SessionStore:
                     r.job.proc.wait(timeout=60)
                 except Exception:
                     r.job.kill()
+        from .gradio_folder import served_folder
         from .sweeper import remove_session_files
-        from .uploads import served_folder
 
         try:
             shutil.rmtree(served_folder(session.id), ignore_errors=True)  # its downloads in Gradio's folder

@@ -157,7 +157,7 @@ class Sweeper:
 
     def _tidy_gradio_folder(self, empty_after_s: float = 600.0) -> None:
         """Downloads of sessions that are gone, and Gradio's empty temporary files (see the module docstring)."""
-        from .uploads import SERVED, upload_folder
+        from .gradio_folder import SERVED, upload_folder
 
         store, root = self.store, upload_folder()
         for folder in (root / SERVED).iterdir() if (root / SERVED).is_dir() else []:

@@ -14,11 +14,13 @@ from dataclasses import fields
 
 import gradio as gr
 
+from ..model.fields import unwrap_optional
 from ..training.config import TrainConfig
 from ..training.data import DataConfig, builtin_datasets
 from ..training.job import field_label
 from ..training.schema import parse_number
 from ..training.tokenization import TokenizerConfig
+from .widgets import field_widget
 
 RECORDS = {"data": DataConfig, "tokenizer": TokenizerConfig, "train": TrainConfig}
 SKIP = {"data.paths"}  # files come only through the upload widget
@@ -49,31 +51,17 @@ def widget_label(path: str) -> str:
 
 
 def make_widget(path: str, hint, meta: dict, value, visible: bool = True):
-    """One input for one job field (interactive=True: the form may also be built inside gr.render)."""
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    base = next((a for a in args if a is not type(None)), hint) if optional else hint
-    info = meta.get("help") or None
-    common = dict(label=widget_label(path), info=info, interactive=True, visible=visible, elem_id=_elem_id(path))
+    """One input for one job field (ui/widgets.py); the data source and the built-in datasets get their own."""
+    common = dict(label=widget_label(path), info=meta.get("help") or None, interactive=True, visible=visible,
+                  elem_id=_elem_id(path))
     if path == "data.source":
         return gr.Radio(SOURCES, value=value, **common)
     if path == "data.name":
         return gr.Dropdown(list(builtin_datasets()), value=value,
                            **{**common, "info": " · ".join(f"{k}: {v}" for k, v in builtin_datasets().items())})
-    if typing.get_origin(base) is typing.Literal:
-        choices = list(typing.get_args(base))
-        return (gr.Radio if len(choices) <= 4 and not meta.get("advanced") else gr.Dropdown)(choices, value=value,
-                                                                                              **common)
-    if base is bool:
-        return gr.Checkbox(value=bool(value), **common)
-    if path == "train.max_time" or (optional and base in (int, float)):
-        # a Textbox, not a Number: Gradio's Number turns empty into 0, and empty means "derived" here
-        shown = "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
-        return gr.Textbox(value=shown, placeholder=f"auto: {meta.get('derived') or 'default'}", min_width=140,
-                          **common)
-    if base in (int, float):
-        return gr.Number(value=value, precision=0 if base is int else None, min_width=140, **common)
-    return gr.Textbox(value="" if value is None else value, **common)
+    choices = typing.get_args(unwrap_optional(hint)[0])
+    return field_widget(hint, meta, value, label=common["label"], elem_id=common["elem_id"], visible=visible,
+                        radio=len(choices) <= 4 and not meta.get("advanced"))
 
 
 def _elem_id(path: str) -> str:

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .gradio_folder import served_folder, upload_folder
 from .state import safe_name
 
 PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".npy", ".npz", ".joblib"})
@@ -36,13 +37,6 @@ def refuse_pickle(src: Path, where: str) -> None:
                         "use safetensors for model weights and text formats for data")
 
 
-def upload_folder() -> Path:
-    """Gradio's folder of uploads and served files (GRADIO_TEMP_DIR, else the system's temp folder)."""
-    from gradio.utils import get_upload_folder
-
-    return Path(get_upload_folder())
-
-
 def discard_upload(src: Path) -> None:
     """Delete Gradio's copy of an upload once the app has its own (never a file outside Gradio's folder)."""
     try:
@@ -54,13 +48,6 @@ def discard_upload(src: Path) -> None:
                 path.parent.rmdir()  # Gradio's per-upload folder, when nothing else is in it
     except OSError:
         pass
-
-
-SERVED = "slm-served"  # in Gradio's folder: the files a session downloads (exports), one folder per session
-
-
-def served_folder(session_id: str) -> Path:
-    return upload_folder() / SERVED / session_id
 
 
 def archive_for_download(session_id: str, folder: Path, name: str) -> str:

@@ -55,7 +55,7 @@ def test_bf16_halves_weight_bytes():
 
 
 def test_attended_keys_in_closed_form_match_the_sum():
-    from slm_blocks.model.estimate import _attended
+    from slm_blocks.model.blocks.attention import attended as _attended
 
     for T in (1, 2, 7, 64, 100):
         for w in (None, 1, 3, 64, 200):

@@ -303,7 +303,7 @@ def _only_spec_errors(parse, value):
         for p in e.problems:
             assert p.block is None or isinstance(p.block, int)
             assert isinstance(p.field, str) and isinstance(p.message, str) and p.message
-            assert str(p).startswith("spec" if p.block is None else f"block {p.block}")
+            assert SpecError.line(p).startswith("spec" if p.block is None else f"block {p.block}")
         return None
 
 

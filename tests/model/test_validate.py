@@ -433,9 +433,9 @@ def test_unknown_field_message_lists_the_real_fields():
     (None, "tie_embeddings", "true", "must be true or false"),
     (EMB, "scale", "yes", "must be true or false"),
     (LAYER, "attention.qk_norm", None, "must be true or false"),
-    (None, "init_std", "0.02", "must be a finite number"),
-    (None, "dropout", True, "must be a finite number"),
-    (POS, "rope_theta", [10000.0], "must be a finite number"),
+    (None, "init_std", "0.02", "must be a number"),
+    (None, "dropout", True, "must be a number"),
+    (POS, "rope_theta", [10000.0], "must be a number"),
     (LAYER, "attention", [], "must be a JSON object, got a list"),
     (LAYER, "mlp", "silu", "must be a JSON object, got a string"),
     (LAYER, "norm", 5, "must be a JSON object, got a number"),
@@ -587,12 +587,12 @@ def test_local_rope_theta_without_rope(kind):
                                   '{"a": 1,}', "\x00"])
 def test_non_json_text(text):
     problems = problems_of(text)
-    assert [(p.block, p.field) for p in problems] == [(None, "spec")]
+    assert [(p.block, p.field) for p in problems] == [(None, "")]
     assert "is not valid JSON" in problems[0].message and "fix the JSON syntax" in problems[0].message
 
 
 def test_non_utf8_bytes():
-    p = only_problem(b'{"name": "\xff\xfe"}', None, "spec")
+    p = only_problem(b'{"name": "\xff\xfe"}', None, "")
     assert "UTF-8" in p.message
 
 
@@ -603,7 +603,7 @@ def test_utf8_bytes_are_accepted():
 @pytest.mark.parametrize("text, kind", [("[]", "a list"), ("42", "a number"), ("null", "nothing (empty)"), ('"spec"', "a string"),
                                         ("true", "a boolean")])
 def test_top_level_must_be_an_object(text, kind):
-    p = only_problem(text, None, "spec")
+    p = only_problem(text, None, "")
     assert f"must be a JSON object, got {kind}" in p.message
 
 
@@ -611,9 +611,9 @@ def test_json_over_64_kb():
     text = json.dumps(base())
     text = text[:-1] + " " * (MAX_SPEC_BYTES + 1 - len(text)) + "}"
     assert len(text.encode()) == MAX_SPEC_BYTES + 1
-    p = only_problem(text, None, "spec")
+    p = only_problem(text, None, "")
     assert "larger than 64 KB" in p.message
-    only_problem(text.encode(), None, "spec")
+    only_problem(text.encode(), None, "")
 
 
 def test_json_exactly_64_kb_is_parsed():
@@ -628,12 +628,12 @@ def test_size_limit_counts_bytes_not_characters():
     data["junk"] = "é" * 40000  # 40k characters, 80k bytes
     text = json.dumps(data, ensure_ascii=False)
     assert len(text) < MAX_SPEC_BYTES < len(text.encode())
-    p = only_problem(text, None, "spec")
+    p = only_problem(text, None, "")
     assert "larger than 64 KB" in p.message
 
 
 def test_huge_json_is_rejected_before_parsing():
-    p = only_problem("[" * 10_000_000, None, "spec")
+    p = only_problem("[" * 10_000_000, None, "")
     assert "larger than 64 KB" in p.message
 
 
@@ -642,7 +642,7 @@ def test_deeply_nested_json(opener, closer):
     n = 100_000  # too big (size limit) and too deep (recursion limit): either way a SpecError
     text = opener * n + closer * n
     problems = problems_of(text)
-    assert [p.field for p in problems] == ["spec"]
+    assert [p.field for p in problems] == [""]
 
 
 @pytest.mark.parametrize("opener, closer", [("[", "]"), ('{"a":', "}")])
@@ -650,7 +650,7 @@ def test_nested_json_under_the_size_limit_but_past_the_recursion_limit(opener, c
     n = 10_000  # at most 60 KB
     text = opener * n + closer * n
     assert len(text) < MAX_SPEC_BYTES
-    p = only_problem(text, None, "spec")
+    p = only_problem(text, None, "")
     assert "nested too deeply" in p.message
 
 
@@ -742,11 +742,12 @@ def test_problem_str_names_the_block():
     global_p = find(problems, None, "dropout")
     assert str(block_p).startswith(f"block {LAYER} · attention.n_kv_heads: ")
     assert block_p.message in str(block_p)
-    assert str(global_p).startswith("spec · dropout: ")
+    assert str(global_p).startswith("dropout: ")
     assert "block" not in str(global_p).split(":")[0]
-    assert str(Problem(7, "", "x")) == "block 7: x"
+    assert str(Problem("blocks[7]", "x")) == "block 7: x"
     err = SpecError(problems)
-    assert f"block {LAYER}" in str(err) and isinstance(err, ValueError)
+    assert f"- block {LAYER} · attention.n_kv_heads: " in str(err) and isinstance(err, ValueError)
+    assert "- spec · dropout: " in str(err)  # a global field, as the CLI prints it
 
 
 # ----------------------------------------------------------------------------- presets round trip

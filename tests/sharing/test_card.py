@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from slm_blocks import load_preset
-from slm_blocks.sharing.card import applicable_settings
+from slm_blocks.model.fields import applicable as applicable_settings
 
 # Run with `python -I` in an empty folder: each card's first python block, exactly as written except for the
 # folder, in its own namespace; what it printed or the error comes back per export.
@@ -77,9 +77,9 @@ def test_only_settings_that_apply():
     assert {"rope_theta", "local_rope_theta"} <= set(applicable_settings(rope))
     llama_layer = applicable_settings(load_preset("llama").blocks[2])
     assert "norm.bias" not in llama_layer and "attention.head_dim" not in llama_layer  # RMSNorm; empty = default
-    assert llama_layer["attention.n_kv_heads"] == "2"
+    assert llama_layer["attention.n_kv_heads"] == 2
     gpt2_layer = applicable_settings(load_preset("gpt2").blocks[2])
-    assert gpt2_layer["norm.bias"] == "True"
+    assert gpt2_layer["norm.bias"] is True
 
 
 def test_a_stopped_run_says_how_many_steps_it_trained(tmp_path):

@@ -176,7 +176,8 @@ def test_native_or_custom_code_files(name, exports):
         for f in py:  # every relative import of the copied files is itself copied
             for node in ast.walk(ast.parse((e.out_dir / f).read_text())):
                 if isinstance(node, ast.ImportFrom) and node.level:
-                    assert (e.out_dir / f"{node.module}.py").is_file(), f"{f} imports missing .{node.module}"
+                    for module in [node.module] if node.module else [a.name for a in node.names]:
+                        assert (e.out_dir / f"{module}.py").is_file(), f"{f} imports missing .{module}"
         assert "trust_remote_code=True" in card
         assert e.result.why_not_native and e.result.why_not_native in card
         assert {"alibi": "ALiBi", "free-order": "free layer order"}[name] in e.result.why_not_native
@@ -203,10 +204,10 @@ def test_model_card(name, exports):
     assert meta["license"]
     assert "slm-blocks" in meta["tags"] and "text-generation" in meta["tags"]
     spec = ModelSpec.from_json((e.out_dir / "slm_spec.json").read_text())
-    # architecture table: one row per block
-    assert "| # | block | settings |" in text
-    for i, b in enumerate(spec.blocks):
-        assert f"| {i} | {b.type} |" in text
+    # architecture table: one row per block, with the block's own description
+    assert "| # | block | what it is | settings |" in text
+    for i, (name, details) in enumerate(spec.describe()):
+        assert f"| {i} | {name} | {details or '—'} |" in text
     # parameter count: the real number of (unique) parameters of the trained model
     from slm_blocks.training.run import open_run
 

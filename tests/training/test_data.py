@@ -37,7 +37,7 @@ def test_config_roundtrips_through_json():
 
 
 def test_config_rejects_unknown_keys():
-    with pytest.raises(DataError, match="sourse: is not a setting here"):
+    with pytest.raises(DataError, match="sourse: is not a field of these settings"):
         DataConfig.from_dict({"sourse": "files"})
 
 

@@ -50,8 +50,8 @@ def test_every_problem_at_once_with_its_path():
     assert "divisible" in got["spec.blocks[1].attention.n_heads"]
 
 
-@pytest.mark.parametrize("value, why", [("abc", "must be a number"), ([1], "a list"), (float("inf"), "finite"),
-                                        (float("nan"), "finite"), (1e400, "finite"), (True, "must be a number"),
+@pytest.mark.parametrize("value, why", [("abc", "must be a whole number"), ([1], "a list"), (float("inf"), "finite"),
+                                        (float("nan"), "finite"), (1e400, "finite"), (True, "must be a whole number"),
                                         (2.5, "whole number"), (10**40, "at most"), ({"a": 1}, "an object")])
 def test_numbers_refused_with_the_field(value, why):
     got = problems({"train": {"max_steps": value}})

@@ -210,8 +210,8 @@ def test_a_prompt_whose_attention_would_take_gigabytes_is_refused_first(app, tmp
 
 def test_one_session_cannot_take_every_inspect_worker(app, model_folder, monkeypatch):
     """/next_tokens had one worker for everybody: six slow calls from one session kept another session waiting
-    for all of them. Now one session runs one at a time (the rest are answered at once) and the inspect views
-    have four workers."""
+    for all of them. Now one session has at most two in the queue (the rest are refused at the door, 429) and runs
+    one at a time (the second is answered at once), and the inspect views have a worker per core."""
     import slm_blocks.ui.handlers as handlers
 
     real = handlers.next_token_distribution
@@ -228,8 +228,13 @@ def test_one_session_cannot_take_every_inspect_worker(app, model_folder, monkeyp
     t0 = time.time()
     df, msg = victim.predict(mine, "Once ", api_name="/next_tokens")
     waited = time.time() - t0
-    results = [j.result(timeout=60) for j in jobs]
-    busy = [m for _, m in results if "still running" in m]
+    results = []
+    for j in jobs:
+        try:
+            results.append(j.result(timeout=60))
+        except Exception as e:  # refused at the door: the session has two of this kind in flight already
+            results.append(({"data": []}, f"refused: {e}"))
+    busy = [m for _, m in results if "still running" in m or m.startswith("refused")]
     assert df["data"] and not msg, msg
     assert waited < 4.5, f"another session waited {waited:.1f} s behind one session's calls"
     assert len(busy) >= 4 and sum(1 for d, m in results if d["data"]) >= 1, [m for _, m in results]
@@ -256,6 +261,32 @@ def test_a_session_cannot_fill_the_shared_queue():
     got = [asyncio.run(push(SimpleNamespace(session_hash="greedy"), None, None)) for _ in range(5)]
     assert [ok for ok, *_ in got] == [True, True, True, False, False] and "at most 3" in got[-1][1]
     assert asyncio.run(push(SimpleNamespace(session_hash="other"), None, None))[0]
+
+
+def test_a_session_holds_at_most_two_events_of_one_kind():
+    """Cheap calls run at once, side by side: 16 of one session's /validate_spec would share the interpreter 16:1
+    with another visitor's single call, so one session may have only two of one kind waiting or running."""
+    import asyncio
+
+    from slm_blocks.ui.guard import cap_session_events
+
+    class Queue:
+        def __init__(self):
+            self.event_ids_to_events = {}
+
+        async def push(self, body, request, username):
+            key = str(len(self.event_ids_to_events))
+            self.event_ids_to_events[key] = SimpleNamespace(session_hash=body.session_hash,
+                                                            fn=SimpleNamespace(_id=body.fn_index))
+            return True, key, "success"
+
+    demo = SimpleNamespace(_queue=Queue())
+    cap_session_events(demo, 16)
+    push = demo._queue.push
+    same = [asyncio.run(push(SimpleNamespace(session_hash="s", fn_index=7), None, None))[0] for _ in range(3)]
+    assert same == [True, True, False]
+    assert asyncio.run(push(SimpleNamespace(session_hash="s", fn_index=8), None, None))[0]  # another kind
+    assert asyncio.run(push(SimpleNamespace(session_hash="t", fn_index=7), None, None))[0]  # another session
 
 
 def test_an_event_of_a_redrawn_widget_is_refused_not_a_server_error(app):

@@ -43,16 +43,18 @@ def test_added_layers_go_after_the_last_layer_and_other_blocks_above_the_head():
 def test_field_setters_parse_like_the_widgets_send():
     spec = preset_state("tiny-char")
     tid = _id(spec, "transformer")
-    spec = _setter(tid, "repeat")(6.0, spec)  # a Number sends floats
-    spec = _setter(tid, "attention.n_kv_heads", int)("2", spec)  # optional numbers are text boxes
-    spec = _setter(tid, "mlp.hidden", int)("", spec)  # empty = the default
-    spec = _setter(tid, "norm.eps", None)(1e-6, spec)
+    spec = _setter(tid, "repeat", int)(6.0, spec)  # a Number sends floats
+    spec = _setter(tid, "attention.n_kv_heads", int | None)("2", spec)  # optional numbers are text boxes
+    spec = _setter(tid, "mlp.hidden", int | None)("", spec)  # empty = the default
+    spec = _setter(tid, "norm.eps", float)(1.0, spec)  # a float field keeps a whole value a float
+    assert type(next(b for b in spec["blocks"] if b["type"] == "transformer")["norm"]["eps"]) is float
+    spec = _setter(tid, "norm.eps", float)(1e-6, spec)
     block = next(b for b in spec["blocks"] if b["type"] == "transformer")
     assert block["repeat"] == 6 and isinstance(block["repeat"], int)
     assert block["attention"]["n_kv_heads"] == 2 and block["mlp"]["hidden"] is None and block["norm"]["eps"] == 1e-6
     parsed, problems = check(spec)
     assert problems == [] and parsed.blocks[2].repeat == 6
-    bad = _setter(tid, "attention.n_kv_heads", int)("three", spec)
+    bad = _setter(tid, "attention.n_kv_heads", int | None)("three", spec)
     _, problems = check(bad)
     assert any(p.field == "attention.n_kv_heads" for p in problems)  # typed text reaches validation, named
     assert _global_setter("d_model")(96.0, spec)["d_model"] == 96
