@@ -1,6 +1,6 @@
-"""Tokens/s of our generation loop against transformers' generate(), on tiny-char with random weights.
+"""Tokens/s of our generation loop against transformers' generate() and llama.cpp, on a preset with random weights.
 
-    python bench/bench_generate.py [--rounds 9] [--new 56]
+    python bench/bench_generate.py [--preset tiny-char|llama] [--rounds 9] [--new 56] [--threads N]
 
 Every method generates the same number of new tokens greedily from the same 8-token prompt (8 + 56 fits
 the 64-token context, so nothing is cropped). Each round runs every method once, in a rotated order so
@@ -11,7 +11,14 @@ slm_blocks/model/decode.py instead (same logits, tests/model/test_decode.py); "d
 loop of that step + argmax, so ours minus it is the sampling loop's own cost (q/k/v stacking included: it
 happens once per generation). A last row times ours over 500 tokens, past the context, which exercises
 cropping + re-prefill. --profile adds a torch.profiler op table of ours.
-Results also go to bench/results/generate.json.
+
+llama.cpp columns (when llama-cpp-python is installed: `python bench/bench_llama_cpp.py --build-only`): the
+same weights written as GGUF f16 and q8_0 (compress/gguf_export.py), run by llama-cpp-python at the same thread
+count, batch 1, prefill included (its KV cache is emptied before each run), greedy from the same prompt ids;
+they take part in the same rotated rounds. Their greedy tokens are compared with ours too. The tokenizer only
+fills the GGUF's vocabulary: char on tinyshakespeare for tiny-char (65 tokens, its vocabulary), BPE trained on
+it at the preset's vocabulary size otherwise.
+Results also go to bench/results/generate-PRESET.json.
 """
 
 from __future__ import annotations
@@ -35,19 +42,68 @@ from slm_blocks.model.decode import Decoder  # noqa: E402
 from slm_blocks.model.generation import SamplingConfig, StaticCache, _logits, stream_tokens  # noqa: E402
 from slm_blocks.sharing.native import to_native  # noqa: E402
 
+DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+
+def preset_model(name: str):
+    """(model with random weights, its tokenizer): the preset at the vocabulary of a tokenizer built on
+    tinyshakespeare (char for a 65-token preset, BPE at the preset's vocabulary size otherwise)."""
+    from slm_blocks.training.tokenization import build_tokenizer
+
+    spec = load_preset(name)
+    text = DATA.read_text(encoding="utf-8")
+    tok = build_tokenizer("char", text) if spec.vocab_size <= 256 else \
+        build_tokenizer("bpe", text, vocab_size=spec.vocab_size)
+    torch.manual_seed(0)
+    return build_model(spec.copy(vocab_size=len(tok))).eval(), tok
+
+
+def llama_cpp_methods(model, tok, prompt: list[int], n: int, threads: int, tmp: Path) -> dict:
+    """{name: () -> the n greedy token ids}, one per GGUF quantization, run by llama-cpp-python."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return {}
+    from slm_blocks.compress.gguf_export import write_gguf
+
+    methods = {}
+    for quant in ("f16", "q8_0"):
+        path = tmp / f"model-{quant}.gguf"
+        write_gguf(model, tok, path, quant)
+        llm = Llama(model_path=str(path), n_ctx=0, n_threads=threads, n_threads_batch=threads, n_batch=512,
+                    verbose=False, seed=0)
+
+        def run(llm=llm):
+            llm.reset()  # forget the cache: the prompt is prefilled in every run
+            out = []
+            for t in llm.generate(prompt, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
+                out.append(int(t))
+                if len(out) == n:
+                    return out
+            return out
+
+        methods[f"llama.cpp {quant} (GGUF, llama-cpp-python)"] = run
+    return methods
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="tiny-char")
+    ap.add_argument("--threads", type=int, default=None, help="torch and llama.cpp threads (default: torch's)")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--prompt", type=int, default=8)
     ap.add_argument("--new", type=int, default=56)
     ap.add_argument("--long", type=int, default=500)
     ap.add_argument("--profile", action="store_true", help="print where our loop spends its time")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "generate.json"))
+    ap.add_argument("--out", default=None, help="default bench/results/generate-PRESET.json")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
 
-    torch.manual_seed(0)
-    model = build_model(load_preset("tiny-char")).eval()
+    import tempfile
+
+    model, tok = preset_model(args.preset)
     native = to_native(model).eval()
     prompt = torch.randint(1, model.config.vocab_size, (1, args.prompt))
     n = args.new
@@ -77,16 +133,18 @@ def main() -> None:
                 tok = step(tok, args.prompt + i).argmax()
         return out
 
+    tmp = Path(tempfile.mkdtemp(prefix="slm-bench-generate-"))
     methods = {
         "ours: stream_tokens": lambda: list(stream_tokens(model, prompt, greedy)),
+        **llama_cpp_methods(model, tok, prompt[0].tolist(), n, threads, tmp),
         "transformers generate (KV cache)": lambda: model.generate(prompt, use_cache=True, **hf)[0, -n:].tolist(),
         "transformers generate (no cache)": lambda: model.generate(prompt, use_cache=False, **hf)[0, -n:].tolist(),
-        "native GPT2LMHeadModel generate": lambda: native.generate(prompt, **hf)[0, -n:].tolist(),
+        f"native {type(native).__name__} generate": lambda: native.generate(prompt, **hf)[0, -n:].tolist(),
         "forward floor: bare module forward + argmax loop": floor,
         "decode-step floor: bare decode step + argmax loop": decode_floor,
     }
     outputs = {name: f() for name, f in methods.items()}  # warm-up, and every method must agree
-    same = all(o == outputs["ours: stream_tokens"] and len(o) == n for o in outputs.values())
+    same = {name: o == outputs["ours: stream_tokens"] and len(o) == n for name, o in outputs.items()}
 
     times = {name: [] for name in methods}
     names = list(methods)
@@ -106,30 +164,36 @@ def main() -> None:
     assert count == args.long
     long_tps = args.long / statistics.median(long_times)
 
-    base, nat = tps["transformers generate (KV cache)"], tps["native GPT2LMHeadModel generate"]
-    print(f"tiny-char, random init, prompt {args.prompt}, {n} new tokens, greedy, median of {args.rounds} rounds, "
-          f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads")
-    print(f"all methods produce the same tokens: {same}\n")
-    print("| method | tokens/s | ms/token | vs generate (cache) | vs native GPT-2 |")
-    print("|---|---:|---:|---:|---:|")
+    base = tps["transformers generate (KV cache)"]
+    nat = next(v for k, v in tps.items() if k.startswith("native "))
+    ours = tps["ours: stream_tokens"]
+    print(f"{args.preset}, random init, prompt {args.prompt}, {n} new tokens, greedy, median of {args.rounds} rounds, "
+          f"torch {torch.__version__}, transformers {transformers.__version__}, {threads} threads")
+    print("same tokens as ours: " + ", ".join(f"{k}: {v}" for k, v in same.items() if k != "ours: stream_tokens"))
+    if not any(k.startswith("llama.cpp") for k in tps):
+        print("(no llama.cpp columns: llama-cpp-python is not installed; python bench/bench_llama_cpp.py --build-only)")
+    print("\n| method | tokens/s | ms/token | vs generate (cache) | vs native | ours vs it |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, v in tps.items():
-        print(f"| {name} | {v:,.0f} | {1000 / v:.2f} | {v / base:.2f}x | {v / nat:.2f}x |")
-    print(f"| ours, {args.long} tokens (crops past 64) | {long_tps:,.0f} | {1000 / long_tps:.2f} | "
-          f"{long_tps / base:.2f}x | {long_tps / nat:.2f}x |")
+        print(f"| {name} | {v:,.0f} | {1000 / v:.2f} | {v / base:.2f}x | {v / nat:.2f}x | {ours / v:.2f}x |")
+    ctx = model.config.max_position_embeddings
+    print(f"| ours, {args.long} tokens (crops past {ctx}) | {long_tps:,.0f} | {1000 / long_tps:.2f} | "
+          f"{long_tps / base:.2f}x | {long_tps / nat:.2f}x | |")
 
     result = {
-        "preset": "tiny-char", "prompt_tokens": args.prompt, "new_tokens": n, "rounds": args.rounds,
+        "preset": args.preset, "prompt_tokens": args.prompt, "new_tokens": n, "rounds": args.rounds,
         "same_tokens": same, "tokens_per_s": tps, "seconds": times,
         "long": {"new_tokens": args.long, "tokens_per_s": long_tps, "seconds": long_times},
         "ratio_vs_generate_cache": {k: v / base for k, v in tps.items()},
         "ratio_vs_native": {k: v / nat for k, v in tps.items()},
         "env": {"torch": torch.__version__, "transformers": transformers.__version__,
-                "threads": torch.get_num_threads(), "python": platform.python_version(),
+                "threads": threads, "python": platform.python_version(),
                 "machine": platform.machine()},
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {args.out}")
+    out = Path(args.out or ROOT / "bench" / "results" / f"generate-{args.preset}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {out}")
 
     if args.profile:
         from torch.profiler import ProfilerActivity, profile

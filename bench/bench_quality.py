@@ -1,6 +1,7 @@
 """Time to quality: held-out loss reached by our defaults on a time budget vs nanoGPT's CPU recipe.
 
-    python bench/bench_quality.py [--rounds 2] [--ratio 0.43]                      # tiny-char, tinyshakespeare
+    python bench/bench_quality.py [--rounds 2] [--ratio 0.25]                      # tiny-char, tinyshakespeare
+    python bench/bench_quality.py --rounds 2 --variant lr=2e-2 --variant batch_size=24   # tuning, same reference
     python bench/bench_quality.py --preset llama --data builtin:stories --tokenizer bpe --vocab-size 2048 \\
         --ref-steps 600
 
@@ -156,13 +157,19 @@ def main() -> None:
                     help="our budget(s) as a share of the reference's wall time")
     ap.add_argument("--ref-steps", type=int, default=2000, help="the recipe's iterations (warmup scales along)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override our TrainConfig defaults")
+    ap.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE,...",
+                    help="tuning: also train ours with these overrides (on top of --set) after the defaults in every "
+                         "round, against the same reference; repeatable")
     ap.add_argument("--ours-only", type=float, default=None, metavar="SECONDS",
                     help="tuning: run only ours with this budget (each round)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality.json"))
     args = ap.parse_args()
-    overrides = dict(kv.split("=", 1) for kv in args.set)
-    overrides = {k: json.loads(v) if v[:1] in "-0123456789.[{tfn" and v not in ("nan",) else v
-                 for k, v in overrides.items()}
+    def parse(pairs):
+        d = dict(kv.split("=", 1) for kv in pairs if kv)
+        return {k: json.loads(v) if v[:1] in "-0123456789.[{tfn" and v not in ("nan",) else v for k, v in d.items()}
+
+    overrides = parse(args.set)
+    sides = {"defaults": overrides, **{v: {**overrides, **parse(v.split(","))} for v in args.variant}}
 
     tmp = Path(tempfile.mkdtemp(prefix="slm-quality-"))
     probe = prepare_run(tmp / "probe", load_preset(args.preset), data_config(args), tokenizer_config(args),
@@ -181,8 +188,9 @@ def main() -> None:
     refs, ours = [], []
     for r in range(args.rounds):
         if args.ours_only:
-            ours.append(run_ours(args, args.ours_only, overrides, tmp, ours_val))
-            print(f"round {r + 1}: ours {ours[-1]}", flush=True)
+            for name, sets in sides.items():
+                ours.append({**run_ours(args, args.ours_only, sets, tmp, ours_val), "side": name})
+                print(f"round {r + 1}: ours ({name}) {ours[-1]}", flush=True)
             continue
         torch.manual_seed(1337)
         if args.preset == "tiny-char":
@@ -200,13 +208,15 @@ def main() -> None:
               f"CPU -> {ref['loss']:.4f}" + (f" (≤{TARGET} first at step {hit['step']}, {hit['wall_s']:.1f} s)"
                                              if hit else ""), flush=True)
         for ratio in args.ratio:
-            o = run_ours(args, ratio * ref["wall_s"], overrides, tmp, ours_val)
-            o.update(ratio=ratio, wall_vs_ref=o["wall_s"] / ref["wall_s"], cpu_vs_ref=o["cpu_s"] / ref["cpu_s"],
-                     round=r + 1)
-            ours.append(o)
-            print(f"round {r + 1}: ours at {ratio}x: {o['steps']} steps {o['wall_s']:.1f} s wall "
-                  f"({o['wall_vs_ref']:.3f}x) / {o['cpu_s']:.1f} s CPU ({o['cpu_vs_ref']:.3f}x) -> {o['loss']:.4f}",
-                  flush=True)
+            names = list(sides)
+            for name in names[r % len(names):] + names[: r % len(names)]:  # rotated, like the rounds
+                o = run_ours(args, ratio * ref["wall_s"], sides[name], tmp, ours_val)
+                o.update(ratio=ratio, wall_vs_ref=o["wall_s"] / ref["wall_s"], cpu_vs_ref=o["cpu_s"] / ref["cpu_s"],
+                         round=r + 1, side=name)
+                ours.append(o)
+                print(f"round {r + 1}: ours ({name}) at {ratio}x: {o['steps']} steps {o['wall_s']:.1f} s wall "
+                      f"({o['wall_vs_ref']:.3f}x) / {o['cpu_s']:.1f} s CPU ({o['cpu_vs_ref']:.3f}x) -> "
+                      f"{o['loss']:.4f}", flush=True)
 
     if refs:
         print(f"\n| side | budget | steps | wall s | CPU s | wall vs ref | CPU vs ref | held-out loss |\n"
@@ -215,14 +225,15 @@ def main() -> None:
             print(f"| nanoGPT recipe | {args.ref_steps} steps | {args.ref_steps} | {ref['wall_s']:.1f} | "
                   f"{ref['cpu_s']:.1f} | 1 | 1 | {ref['loss']:.3f} |")
         for o in ours:
-            print(f"| ours (defaults) | {o['ratio']}x ref wall | {o['steps']} | {o['wall_s']:.1f} | {o['cpu_s']:.1f} | "
-                  f"{o['wall_vs_ref']:.3f} | {o['cpu_vs_ref']:.3f} | {o['loss']:.3f} |")
+            print(f"| ours ({o['side']}) | {o['ratio']}x ref wall | {o['steps']} | {o['wall_s']:.1f} | "
+                  f"{o['cpu_s']:.1f} | {o['wall_vs_ref']:.3f} | {o['cpu_vs_ref']:.3f} | {o['loss']:.3f} |")
         for ratio in args.ratio:
-            got = [o["loss"] for o in ours if o["ratio"] == ratio]
-            print(f"ours at {ratio}x the recipe's wall time: median held-out loss {statistics.median(got):.3f} "
-                  f"(recipe at 1x: {statistics.median(r['loss'] for r in refs):.3f})")
+            for name in sides:
+                got = [o["loss"] for o in ours if o["ratio"] == ratio and o["side"] == name]
+                print(f"ours ({name}) at {ratio}x the recipe's wall time: median held-out loss "
+                      f"{statistics.median(got):.3f} (recipe at 1x: {statistics.median(r['loss'] for r in refs):.3f})")
     result = {"preset": args.preset, "data": args.data, "tokenizer": args.tokenizer, "ref_steps": args.ref_steps,
-              "overrides": overrides, "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "overrides": overrides, "variants": sides, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "machine": platform.processor() or platform.machine(), "reference": refs, "ours": ours,
               "command": " ".join(sys.argv)}
     if not args.ours_only:

@@ -3,10 +3,10 @@
     python bench/bench_quant.py [--run RUN_DIR] [--steps 1500] [--rounds 5] [--tokens 64] [--readme]
 
 Without --run it first trains tiny-char on tinyshakespeare (--steps, into bench/results/quant-run). Sizes,
-held-out loss, bits per character and greedy text come from slm_blocks.compress.table.compare_variants;
-generation speed is then measured again in --rounds rounds, every variant once per round in a rotated order,
-and the median is reported with its ratio against fp32 of the same run. The GGUF row's speed is llama.cpp's
-(llama-cpp-python), when it is installed. --readme writes the table into README.md between the
+held-out loss, bits per character, greedy text and speed come from slm_blocks.compress.table.compare_variants:
+speed on the Generate tab's path (stream_tokens, --threads 1), in --rounds rounds, every variant once per round
+in a rotated order, the median reported with its ratio against fp32 of the same run. The GGUF row's speed is
+llama.cpp's (llama-cpp-python) at the same thread count, when it is installed. --readme writes the table into README.md between the
 bench_quant markers. Results also go to bench/results/quant.json.
 """
 
@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,11 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from slm_blocks.compress.gguf_export import rounded_model, write_gguf  # noqa: E402
-from slm_blocks.compress.quantize import quantize_model  # noqa: E402
-from slm_blocks.compress.table import (  # noqa: E402
-    VARIANTS, compare_variants, generation_speed, llama_cpp_speed, table_markdown,
-)
+from slm_blocks.compress.table import compare_variants, table_markdown  # noqa: E402
 
 START, END = "<!-- bench_quant:start -->", "<!-- bench_quant:end -->"
 
@@ -61,6 +55,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--prompt", default="ROMEO:\n")
+    ap.add_argument("--threads", type=int, default=1, help="decode threads (the Generate tab uses 1)")
     ap.add_argument("--readme", action="store_true", help="write the table into README.md")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "quant.json"))
     args = ap.parse_args()
@@ -70,28 +65,11 @@ def main() -> None:
     run_dir = Path(args.run) if args.run else train_reference(ROOT / "bench" / "results" / "quant-run", args.steps)
     run = open_run(run_dir)
     model = run.load_model()
+    # speed: every variant once per round in a rotated order, median over rounds (compare_variants)
     rows = compare_variants(model, run.tokenizer, run.val_tokens, run.tokens_per_char, prompt=args.prompt,
-                            seq_len=run.seq_len, n_tokens=args.tokens, repeats=1, windows=64)
-
-    # speed again: every variant once per round, in a rotated order, median over rounds
-    models = {v: quantize_model(model, v) for v in ("fp32", "bf16", "int8", "int4")}
-    models["gguf-q8_0"] = rounded_model(model, "q8_0")
-    speeds: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    with tempfile.TemporaryDirectory() as d:
-        gguf = write_gguf(model, run.tokenizer, Path(d) / "m.gguf", "q8_0")
-        for r in range(args.rounds):
-            order = VARIANTS[r % len(VARIANTS):] + VARIANTS[: r % len(VARIANTS)]
-            for v in order:
-                if v == "gguf-q8_0":
-                    s = llama_cpp_speed(Path(d) / gguf.file, args.prompt, args.tokens, gguf.context_length, repeats=1)
-                    if s:
-                        speeds[v].append(s)
-                else:
-                    speeds[v].append(generation_speed(models[v], run.tokenizer, args.prompt, args.tokens, 1)[0])
-    for row in rows:
-        row.tokens_per_s = statistics.median(speeds[row.variant]) if speeds[row.variant] else None
-
-    info = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
+                            seq_len=run.seq_len, n_tokens=args.tokens, repeats=args.rounds, windows=64,
+                            threads=args.threads)
+    info = (f"{platform.processor() or platform.machine()}, {args.threads} thread(s), torch "
             f"{torch.__version__}; run `{run_dir.name}` ({run.spec.summary()}), held-out loss on 64 windows of "
             f"{run.seq_len} tokens, {args.tokens} greedy tokens from {args.prompt!r}, speed = median of "
             f"{args.rounds} rotated rounds")
@@ -99,7 +77,7 @@ def main() -> None:
     print(info + "\n\n" + md)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"info": info, "rows": [r.to_dict() for r in rows], "speeds": speeds}, indent=2))
+    out.write_text(json.dumps({"info": info, "rows": [r.to_dict() for r in rows]}, indent=2))
     if args.readme:
         readme = ROOT / "README.md"
         text = readme.read_text()

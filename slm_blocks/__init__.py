@@ -4,11 +4,15 @@ The engine is importable without Gradio. transformers loads on first use of `bui
 spec, because each block type's module holds its spec and its torch modules side by side (model/blocks/).
 """
 
-from .model.estimate import Estimate, estimate
-from .model.presets import list_presets, load_preset
-from .model.fields import Problem
-from .model.spec import BLOCK_TYPES, ModelSpec, block_help
-from .model.validate import SpecError
+from .quiet import defer_torchao
+
+defer_torchao()  # torchao loads only when something is quantized (quiet.py)
+
+from .model.estimate import Estimate, estimate  # noqa: E402 (after defer_torchao)
+from .model.presets import list_presets, load_preset  # noqa: E402
+from .model.fields import Problem  # noqa: E402
+from .model.spec import BLOCK_TYPES, ModelSpec, block_help  # noqa: E402
+from .model.validate import SpecError  # noqa: E402
 
 __all__ = [
     "BLOCK_TYPES", "Estimate", "ModelSpec", "Problem", "SpecError", "block_help", "build_model", "estimate",

@@ -91,6 +91,16 @@ def test_train_writes_a_checkpoint_and_tracks(trained, mlflow_uri):
     assert r.info.status == "FINISHED" and "val_loss" in r.data.metrics
 
 
+def test_training_console_has_no_third_party_noise(trained):
+    """torchao's CUDA-kernel "Failed to load" lines and torch's _pytree notes (slm_blocks/quiet.py) never reach a
+    training's console; our own lines do."""
+    _, result = trained
+    console = result.stdout + result.stderr
+    for noise in ("Failed to load", "_pytree", "register_constant", "Traceback"):
+        assert noise not in console, (noise, console[-3000:])
+    assert "training tokens" in console and "val loss" in console
+
+
 def test_resume_continues_to_more_steps(trained, cli_env):
     out, _ = trained
     run_id = json.loads((out / "run.json").read_text())["mlflow_run_id"]

@@ -18,7 +18,7 @@ def export_compressed(args) -> int:
               f"tokenizer {'identical' if r.tokenizer_match else 'different'}")
         for note in r.notes:
             print(f"note: {note}")
-        print(f"run it: llama-cli -m {r.out_dir}/{r.file} -p \"...\" -no-cnv   |   ollama create NAME -f "
+        print(f"run it: llama-completion -m {r.out_dir}/{r.file} -p \"...\" -no-cnv   |   ollama create NAME -f "
               f"{r.out_dir}/Modelfile")
         return 0
     from .quant_export import export_run_quantized

@@ -53,13 +53,14 @@ class GGUFExportResult:
     arch: str
     quant: str
     size_bytes: int
-    context_length: int
+    context_length: int  # the trained context (the Modelfile's num_ctx)
     tensor_types: dict = field(default_factory=dict)  # ggml type -> number of tensors
     notes: list = field(default_factory=list)  # what a llama.cpp user should know (capped context, ...)
     max_abs_diff: float = float("nan")  # transformers-read GGUF vs our model with the GGUF's rounded weights
     greedy_match: bool = False
     tokenizer_match: bool = False  # the GGUF's tokenizer encodes and decodes like ours
     verified: bool = False
+    file_context: int = 0  # the file's context_length: llama.cpp's default context (learned positions padded)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -92,6 +93,29 @@ def context_length(spec: ModelSpec, arch: str) -> tuple[int, list[str]]:
         return cap, [f"context capped at {cap} tokens (the sliding window): llama.cpp's {arch} architecture has "
                      f"no sliding window, and up to {cap} tokens full attention is the same computation"]
     return spec.max_seq_len, []
+
+
+LLAMA_CPP_CONTEXT_STEP = 256  # llama.cpp rounds every context up to a multiple of this (llama_context)
+TRAINED_CONTEXT_KEY = "slm_blocks.trained_context_length"  # ignored by llama.cpp; import_gguf trims back to it
+
+
+def llama_cpp_positions(table: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+    """A learned position table (n_ctx, C) padded for llama.cpp, with the note the card shows.
+
+    llama.cpp rounds its context up to a multiple of 256 whatever is asked, and reads one row of the table per
+    position: past the trained rows it aborts (get_rows index out of range). The trained rows stay as they are, so
+    up to the trained context the file computes exactly the model; past it, position p reads row p mod n_ctx.
+    On a trained tiny-char, held-out loss at positions 64-255 was 3.00 with rows wrapping round, 3.39 repeating
+    the last row, 3.20 with zero rows (1.89 within the context; SLM Blocks' own generate, which re-reads the last
+    32 tokens instead, 1.84): past its context the model is out of its depth in llama.cpp whatever the rows."""
+    n = table.shape[0]
+    padded = -(-n // LLAMA_CPP_CONTEXT_STEP) * LLAMA_CPP_CONTEXT_STEP
+    if padded == n:
+        return table, []
+    return table[torch.arange(padded) % n], [
+        f"trained on {n}-token windows; the file's context is {padded} (llama.cpp's smallest), position p past "
+        f"{n - 1} reading the embedding of position p mod {n}: past {n} tokens llama.cpp runs the model where it "
+        f"was never trained (text degrades) and stops at {padded} tokens, or slides with --context-shift"]
 
 
 # ----------------------------------------------------------------------------- tensors
@@ -250,7 +274,12 @@ def write_gguf(model, tokenizer, path: str | Path, quant: str = "q8_0", *, name:
     except VocabError as e:
         raise GGUFError(str(e)) from None
     n_ctx, notes = context_length(spec, arch)
-    tensors = {k: _encode(t, quant) for k, t in gguf_tensors(model.float(), arch).items()}
+    tensors = gguf_tensors(model.float(), arch)
+    file_ctx = n_ctx
+    if "position_embd.weight" in tensors:  # learned positions: a row for every position llama.cpp may use
+        tensors["position_embd.weight"], padded = llama_cpp_positions(tensors["position_embd.weight"][:n_ctx])
+        file_ctx, notes = tensors["position_embd.weight"].shape[0], notes + padded
+    tensors = {k: _encode(t, quant) for k, t in tensors.items()}
     arch_id = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
     known = {gguf.TENSOR_NAMES[t] for t in gguf.MODEL_TENSORS[arch_id]}
     unknown = [k for k in tensors if re.sub(r"^blk\.\d+\.", "blk.{bid}.", k.rsplit(".", 1)[0]) not in known]
@@ -264,12 +293,12 @@ def write_gguf(model, tokenizer, path: str | Path, quant: str = "q8_0", *, name:
         w.add_name(re.sub("mistral", "swa-llama", title, flags=re.I) if arch == "llama" else title)
         w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if quant == "q8_0" else gguf.LlamaFileType.MOSTLY_F16)
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        _write_hparams(w, spec, arch, n_ctx)
+        _write_hparams(w, spec, arch, file_ctx)
+        if file_ctx != n_ctx:
+            w.add_uint32(TRAINED_CONTEXT_KEY, n_ctx)
         _write_vocab(w, vocab)
         counts: dict[str, int] = {}
         for key, (data, qtype) in tensors.items():
-            if key == "position_embd.weight" and n_ctx < data.shape[0]:
-                data = data[:n_ctx]
             w.add_tensor(key, data, raw_dtype=qtype)
             counts[qtype.name] = counts.get(qtype.name, 0) + 1
         w.write_header_to_file()
@@ -280,7 +309,8 @@ def write_gguf(model, tokenizer, path: str | Path, quant: str = "q8_0", *, name:
     if vocab.kind == "char":
         notes.append("char vocabulary written as byte-level BPE without merges: llama.cpp drops characters "
                      "the vocabulary lacks, where SLM Blocks maps them to <|unk|>")
-    return GGUFExportResult("", Path(path).name, arch, quant, Path(path).stat().st_size, n_ctx, counts, notes)
+    return GGUFExportResult("", Path(path).name, arch, quant, Path(path).stat().st_size, n_ctx, counts, notes,
+                            file_context=file_ctx)
 
 
 # ----------------------------------------------------------------------------- export + verification

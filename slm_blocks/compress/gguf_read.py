@@ -193,12 +193,17 @@ def gguf_to_folder(path: str | Path, out_dir: str | Path) -> None:
     from safetensors.torch import save_file
 
     from ..training.tokenization import save_tokenizer
+    from .gguf_export import TRAINED_CONTEXT_KEY
 
-    native, tokenizer, _ = load_gguf(path)
+    native, tokenizer, meta = load_gguf(path)
     config = native.config.to_dict()
     config.pop("quantization_config", None)  # the weights below are plain dequantized floats
     tied = config.get("tie_word_embeddings", False)
     state = {k: v.contiguous() for k, v in native.state_dict().items() if not (tied and k == "lm_head.weight")}
+    trained = meta.get(TRAINED_CONTEXT_KEY)
+    if trained and "transformer.wpe.weight" in state:  # learned positions padded for llama.cpp: the trained rows
+        state["transformer.wpe.weight"] = state["transformer.wpe.weight"][:trained].contiguous()
+        config["n_positions"] = trained
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config))

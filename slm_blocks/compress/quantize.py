@@ -29,19 +29,10 @@ GROUP_SIZES = (16, 32, 64, 128, 256)
 
 
 def import_torchao():
-    """Import torchao without its import-time noise on a CPU machine (warnings that its CUDA-only kernel
-    libraries do not load, and a torch pytree deprecation note), which would otherwise greet every CLI run."""
-    import logging
+    """Import torchao on first use, quietly (see slm_blocks/quiet.py: nothing else imports it)."""
+    from ..quiet import load_torchao
 
-    loggers = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        import torchao.quantization  # noqa: F401
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+    load_torchao()
 
 
 class QuantizeError(ValueError):

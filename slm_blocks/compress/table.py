@@ -2,15 +2,18 @@
 file size, generation speed on this machine, held-out loss / bits per character and the greedy text.
 
 Every number is measured in the same call, so the ratios against fp32 are fair even on a busy machine
-(absolute tokens/s are not comparable across machines). The GGUF row's quality is computed from the file's
-weights (rounded to q8_0 and back, exactly what a correct reader loads); its speed is llama.cpp's when
-llama-cpp-python is installed, else left empty: PyTorch running dequantized weights says nothing about
-llama.cpp's speed.
+(absolute tokens/s are not comparable across machines). Speed is measured on the Generate tab's path: greedy
+`stream_tokens` (its decode step where it covers the weights, the module forward for torchao's int8 / int4) on
+one thread, as the tab decodes, prefill included; variants take turns in rotated rounds and the median counts.
+The GGUF row's quality is computed from the file's weights (rounded to q8_0 and back, exactly what a correct
+reader loads); its speed is llama.cpp's at the same thread count when llama-cpp-python is installed, else left
+empty: PyTorch running dequantized weights says nothing about llama.cpp's speed.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -50,38 +53,89 @@ def heldout_loss(model, val_tokens: torch.Tensor, seq_len: int, windows: int = 8
     return float(out.loss)
 
 
-def generation_speed(model, tokenizer, prompt: str, n_tokens: int, repeats: int = 3) -> tuple[float, str]:
-    """(tokens per second, greedy text): best of `repeats` greedy runs of n_tokens (min_new_tokens forced by
-    ignoring EOS), so a fast EOS does not flatter a variant."""
-    from ..model.generation import SamplingConfig, stream_tokens
+GENERATE_THREADS = 1  # the Generate tab decodes on one thread (ui/streaming.one_thread): the table measures the same
 
-    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
-    cfg = SamplingConfig(max_new_tokens=n_tokens, temperature=0.0)
-    best, out = math.inf, []
-    for _ in range(repeats):
+
+def _on_threads(threads: int, fn):
+    """fn() with torch on `threads` threads (this thread's setting, restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(before)
+
+
+def _greedy_cfg(n_tokens: int):
+    from ..model.generation import SamplingConfig
+
+    return SamplingConfig(max_new_tokens=n_tokens, temperature=0.0)
+
+
+def _timed_tokens(model, ids: torch.Tensor, n_tokens: int, threads: int) -> tuple[float, list[int]]:
+    """(seconds, tokens) of one greedy run of n_tokens through `stream_tokens`, the Generate tab's loop (EOS
+    ignored, so a fast EOS does not flatter a variant)."""
+    from ..model.generation import stream_tokens
+
+    def go():
         t = time.perf_counter()
-        out = list(stream_tokens(model, ids, cfg))
-        best = min(best, time.perf_counter() - t)
+        out = list(stream_tokens(model, ids, _greedy_cfg(n_tokens)))
+        return time.perf_counter() - t, out
+
+    return _on_threads(threads, go)
+
+
+def _text(tokenizer, out: list[int]) -> str:
     eos = tokenizer.eos_token_id
-    text = tokenizer.decode(out[: out.index(eos)] if eos in out else out, skip_special_tokens=True)
-    return len(out) / best, text
+    return tokenizer.decode(out[: out.index(eos)] if eos in out else out, skip_special_tokens=True)
 
 
-def llama_cpp_speed(gguf_path: Path, prompt: str, n_tokens: int, n_ctx: int, repeats: int = 3) -> float | None:
-    """llama.cpp's greedy generation speed on the file (tokens/s), or None without llama-cpp-python."""
+def generation_speed(model, tokenizer, prompt: str, n_tokens: int, repeats: int = 3,
+                     threads: int = GENERATE_THREADS) -> tuple[float, str]:
+    """(tokens per second, greedy text) of `model` on the Generate tab's path (stream_tokens, one thread):
+    the median of `repeats` greedy runs of n_tokens, prefill included."""
+    ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+    runs = [_timed_tokens(model, ids, n_tokens, threads) for _ in range(repeats)]
+    out = runs[-1][1]
+    return len(out) / statistics.median(t for t, _ in runs), _text(tokenizer, out)
+
+
+def llama_cpp_runner(gguf_path: str | Path, threads: int = GENERATE_THREADS):
+    """A function (prompt ids, n) -> n greedy token ids computed by llama.cpp (llama-cpp-python) on the file, its
+    cache emptied first so every call prefills the prompt; None without llama-cpp-python. n_ctx 0: the file's
+    own context."""
     try:
         from llama_cpp import Llama
     except ImportError:
         return None
-    llm = Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_threads=torch.get_num_threads(), verbose=False, seed=0)
-    best = math.inf
-    for _ in range(repeats):
+    llm = Llama(model_path=str(gguf_path), n_ctx=0, n_threads=threads, n_threads_batch=threads, verbose=False,
+                seed=0)
+
+    def run(prompt: list[int], n: int) -> list[int]:
         llm.reset()
+        out = []
+        for t in llm.generate(prompt, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
+            out.append(int(t))
+            if len(out) >= n:
+                break
+        return out
+
+    return run
+
+
+def llama_cpp_speed(gguf_path: Path, prompt: str, n_tokens: int, repeats: int = 3, *, tokenizer,
+                    threads: int = GENERATE_THREADS) -> float | None:
+    """llama.cpp's greedy tokens/s on the file (median of `repeats`, prefill included), or None without it."""
+    run = llama_cpp_runner(gguf_path, threads)
+    if run is None:
+        return None
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    times = []
+    for _ in range(repeats):
         t = time.perf_counter()
-        r = llm.create_completion(prompt, max_tokens=n_tokens, temperature=0.0, top_k=1)
-        n = r["usage"]["completion_tokens"]
-        best = min(best, (time.perf_counter() - t) / max(n, 1))
-    return 1.0 / best
+        n = len(run(ids, n_tokens))
+        times.append((time.perf_counter() - t) / max(n, 1))
+    return 1.0 / statistics.median(times)
 
 
 def _file_size(model, variant: str, tokenizer, tmp: Path, group_size) -> int:
@@ -104,15 +158,20 @@ def _file_size(model, variant: str, tokenizer, tmp: Path, group_size) -> int:
 
 def compare_variants(model, tokenizer, val_tokens: torch.Tensor, tokens_per_char: float, *, prompt: str,
                      seq_len: int | None = None, n_tokens: int = 64, windows: int = 8, repeats: int = 3,
-                     group_size: int | None = None, variants=VARIANTS) -> list[Row]:
+                     group_size: int | None = None, variants=VARIANTS, threads: int = GENERATE_THREADS) -> list[Row]:
     """One Row per variant (see module doc). A variant that cannot be made (say int4 with a group size the
-    widths do not divide, or GGUF for a free layer order) gets a row with the reason instead of numbers."""
+    widths do not divide, or GGUF for a free layer order) gets a row with the reason instead of numbers.
+
+    Speed: `repeats` rounds, each running every variant once in a rotated order, on `threads` threads (the
+    Generate tab's one), the median per variant; so a busy moment slows every variant alike instead of
+    the one that happened to be measured then."""
     from .gguf_export import GGUFError, gguf_support, rounded_model, write_gguf
 
     model = model.float().eval()
     spec = model.config.model_spec()
     seq_len = seq_len or spec.max_seq_len
-    rows = []
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    rows, timers = [], {}  # timers: variant -> () -> seconds per token
     with tempfile.TemporaryDirectory(prefix="slm-table-") as d:
         tmp = Path(d)
         for variant in variants:
@@ -125,22 +184,42 @@ def compare_variants(model, tokenizer, val_tokens: torch.Tensor, tokens_per_char
                     r = write_gguf(model, tokenizer, tmp / f"model-{quant}.gguf", quant)
                     row.size_bytes = r.size_bytes
                     variant_model = rounded_model(model, quant)
-                    row.tokens_per_s = llama_cpp_speed(tmp / r.file, prompt, n_tokens, r.context_length, repeats)
-                    _, row.greedy = generation_speed(variant_model, tokenizer, prompt, n_tokens, repeats=1)
-                    row.note = ("speed: llama.cpp" if row.tokens_per_s else
+                    runner = llama_cpp_runner(tmp / r.file, threads)
+                    if runner is not None:
+                        timers[variant] = lambda run=runner: _per_token(lambda: run(ids, n_tokens))
+                    row.greedy = _text(tokenizer, _timed_tokens(variant_model, torch.tensor([ids]), n_tokens,
+                                                                threads)[1])
+                    row.note = ("speed: llama.cpp (llama-cpp-python), same threads" if runner else
                                 "speed needs llama.cpp (pip install llama-cpp-python)") + \
-                        "; loss and text from the file's q8_0 weights"
+                        f"; loss and text from the file's {quant} weights"
                 else:
                     variant_model = quantize_model(model, variant, group_size)
                     row.size_bytes = _file_size(model, variant, tokenizer, tmp, group_size)
-                    row.tokens_per_s, row.greedy = generation_speed(variant_model, tokenizer, prompt, n_tokens,
-                                                                    repeats)
+                    seconds, out = _timed_tokens(variant_model, torch.tensor([ids]), n_tokens, threads)  # warm-up
+                    row.greedy = _text(tokenizer, out)
+                    timers[variant] = lambda m=variant_model: _per_token(
+                        lambda: _timed_tokens(m, torch.tensor([ids]), n_tokens, threads)[1])
                 row.loss = heldout_loss(variant_model, val_tokens, seq_len, windows)
                 row.bits_per_char = row.loss / math.log(2) * tokens_per_char
             except (QuantizeError, GGUFError, ValueError) as e:
                 row.note = f"not available: {e}"
             rows.append(row)
+        names = list(timers)
+        per_token: dict[str, list[float]] = {v: [] for v in names}
+        for r in range(max(1, repeats) if names else 0):
+            for v in names[r % len(names):] + names[: r % len(names)]:
+                per_token[v].append(timers[v]())
+    for row in rows:
+        if per_token.get(row.variant):
+            row.tokens_per_s = 1.0 / statistics.median(per_token[row.variant])
     return rows
+
+
+def _per_token(run) -> float:
+    """Seconds per token of one call of `run` (which returns the tokens it made)."""
+    t = time.perf_counter()
+    n = len(run())
+    return (time.perf_counter() - t) / max(n, 1)
 
 
 def table_rows(rows: list[Row]) -> list[dict]:

@@ -84,12 +84,47 @@ def _serve_lines(result, remote: str) -> list[str]:
     return lines
 
 
+def _past_context(spec: ModelSpec, result) -> list[str]:
+    """What a GGUF runtime does with more tokens than the model was trained on (gguf_export.context_length and
+    llama_cpp_positions decide it; this says it)."""
+    n = result.context_length
+    file_ctx = getattr(result, "file_context", 0) or n
+    learned = any(getattr(b, "kind", None) == "learned" for b in spec.blocks)
+    capped = "" if n == spec.max_seq_len else f" (the sliding window: the model's context is {spec.max_seq_len})"
+    lines = [f"llama.cpp computes exactly this model for {n} tokens{capped}, prompt and output together. SLM Blocks' "
+             f"own `generate` goes past its context by re-reading the last {max(1, spec.max_seq_len // 2)} tokens "
+             "from position 0; llama.cpp keeps every token in its cache instead:", ""]
+    if learned and file_ctx > n:
+        lines.append(f"- Learned positions exist for {n} positions; the file holds {file_ctx} (llama.cpp's smallest "
+                     f"context), position p past {n - 1} reading the embedding of position p mod {n}. Up to {n} "
+                     "tokens llama.cpp computes exactly this model; past that it runs where the model was never "
+                     "trained, and text degrades.")
+    elif learned:
+        lines.append(f"- Learned positions exist for the {n} trained positions.")
+    elif capped:
+        lines.append(f"- Past {n} tokens llama.cpp attends to every earlier token, where the model attends to its "
+                     f"last {n} (llama.cpp's {result.arch} has no sliding window): text drifts from ours.")
+    else:
+        lines.append(f"- RoPE positions continue past {n}, where the model was never trained: text degrades.")
+    llama_ctx = -(-file_ctx // 256) * 256  # llama.cpp rounds its context up to a multiple of 256
+    lines += [f"- llama.cpp's default context is {llama_ctx} tokens (the file's {file_ctx}"
+              + ("" if llama_ctx == file_ctx else ", rounded up to 256 as llama.cpp does")
+              + "): generation ends there (finish reason `length`); `--context-shift` (llama-completion) slides "
+              "the window instead."
+              + (f" Never give a larger `-c` / `n_ctx`: llama.cpp has no position past {file_ctx - 1} and aborts."
+                 if learned else ""),
+              f"- Ollama: the Modelfile's `num_ctx {n}` makes Ollama slide its window within the first {n} "
+              "positions when the text grows longer."]
+    return lines
+
+
 def write_gguf_card(folder: Path, spec: ModelSpec, result, card: dict) -> None:
     """README.md of a GGUF export folder: what the file holds and how to run it with llama.cpp and Ollama."""
     name = card.get("run_name") or spec.name or "slm-blocks-model"
     data = ModelCardData(license=card.get("license", "apache-2.0"), pipeline_tag="text-generation",
                          tags=["slm-blocks", "gguf", "llama.cpp", "small-language-model"])
     f = result.file
+    file_ctx = getattr(result, "file_context", 0) or result.context_length
     final = card.get("final") or {}
     verified = (f"Verified at export: read back by transformers' GGUF loader in a fresh process, max |Δlogits| = "
                 f"{result.max_abs_diff:.2e} against the same model with the file's rounded weights; 32-token greedy "
@@ -108,11 +143,13 @@ def write_gguf_card(folder: Path, spec: ModelSpec, result, card: dict) -> None:
         *([f"- Validation loss of the trained model: {final['val_loss']:.4f} ({final['bits_per_char']:.3f} bits per "
            "character)."] if final else []), "",
         "## llama.cpp", "", "```bash",
-        f'llama-cli -m {f} -p "ROMEO:" -n 200 --temp 0.8 -no-cnv      # completion, no chat template',
-        f"llama-server -m {f} --port 8080                            # OpenAI-style /v1/completions", "```", "",
+        f'llama-completion -m {f} -p "ROMEO:" -n 200 --temp 0.8 -no-cnv   # completion, no chat template',
+        f"llama-server -m {f} --port 8080                                 # OpenAI-style /v1/completions", "```",
+        "", "(`llama-completion` was called `llama-cli` in llama.cpp releases before the chat-only `llama-cli`.)", "",
         "From Python (`pip install llama-cpp-python`):", "", "```python", "from llama_cpp import Llama",
-        f'llm = Llama(model_path="{f}", n_ctx={result.context_length})',
+        f'llm = Llama(model_path="{f}", n_ctx=0)  # 0: the file\'s context ({file_ctx} tokens)',
         'print(llm("ROMEO:", max_tokens=200, temperature=0.8)["choices"][0]["text"])', "```", "",
+        "### Past the trained context", "", *_past_context(spec, result), "",
         "## Ollama", "", "The `Modelfile` next to the file:", "", "```bash",
         f"ollama create {Path(f).stem.lower()} -f Modelfile", f'ollama run {Path(f).stem.lower()} "ROMEO:"', "```", "",
         "## transformers", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",

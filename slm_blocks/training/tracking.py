@@ -28,6 +28,9 @@ def tracking_uri(root: str | Path) -> str:
 def _client(uri: str):
     from mlflow.tracking import MlflowClient
 
+    from ..quiet import quiet_mlflow
+
+    quiet_mlflow()
     return MlflowClient(tracking_uri=uri)
 
 

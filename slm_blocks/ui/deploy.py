@@ -140,7 +140,7 @@ class Deploy:
                 f"✅ **{r.file}** (llama.cpp architecture `{r.arch}`, {r.quant}, {r.size_bytes / 2**20:.2f} MiB). "
                 f"Read back by transformers' GGUF loader in a fresh process: max |Δlogits| {r.max_abs_diff:.2e}, "
                 f"greedy continuation {'identical' if r.greedy_match else 'different'}, tokenizer "
-                f"{'identical' if r.tokenizer_match else 'different'}.\n\nRun it: `llama-cli -m {r.file} -p \"...\" "
+                f"{'identical' if r.tokenizer_match else 'different'}.\n\nRun it: `llama-completion -m {r.file} -p \"...\" "
                 f"-no-cnv`, or `ollama create NAME -f Modelfile` with the zip's Modelfile." + notes)
         except Exception as e:
             return None, None, _message(e)

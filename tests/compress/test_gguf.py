@@ -57,6 +57,10 @@ def test_every_native_preset_roundtrips(name, char_tok, tmp_path, one_thread):
     arch = meta["general.architecture"]
     assert meta[f"{arch}.block_count"] == (4 if name == "tiny-char" else 6)
     assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.add_bos_token"] is False
+    if name == "tiny-char":  # learned positions: a row for each position of llama.cpp's smallest context (256)
+        assert r.context_length == 64 and r.file_context == meta["gpt2.context_length"] == 256
+        assert meta["slm_blocks.trained_context_length"] == 64 and meta["__tensors__"]["position_embd.weight"][1][1] == 256
+        assert any("p mod 64" in n for n in r.notes), r.notes
     if name == "mistral":  # no sliding window in llama.cpp's llama: the context stops at the window
         assert r.context_length == 128 and meta["llama.context_length"] == 128 and r.notes
     if name == "gemma3":
@@ -85,7 +89,7 @@ def test_trained_model_export_verifies_in_a_fresh_process(trained_tiny_char, tmp
     files = sorted(p.name for p in out.iterdir())
     assert files == ["Modelfile", "README.md", "export_result.json", "tiny-shakespeare-q8_0.gguf"], files
     card = (out / "README.md").read_text()
-    for needle in ("llama-cli -m tiny-shakespeare-q8_0.gguf", "ollama create", "llama_cpp import Llama",
+    for needle in ("llama-completion -m tiny-shakespeare-q8_0.gguf", "Past the trained context", "num_ctx 64", "ollama create", "llama_cpp import Llama",
                    'gguf_file="tiny-shakespeare-q8_0.gguf"', "Verified at export"):
         assert needle in card, needle
     modelfile = (out / "Modelfile").read_text()
@@ -96,6 +100,7 @@ def test_trained_model_export_verifies_in_a_fresh_process(trained_tiny_char, tmp
     assert r.size_bytes < 0.35 * fp32_bytes
     # importing the file gives back the model with the file's weights
     model, tok, spec = import_gguf(out / r.file)
+    assert spec.max_seq_len == 64  # the trained positions, not the rows padded for llama.cpp
     ids = run.val_tokens[:64][None]
     with torch.no_grad():
         ref = rounded_model(run.load_model(), "q8_0")(ids).logits
