@@ -74,6 +74,11 @@ class ModelCache:
         if name is None:
             release_memory()
 
+    def peek(self, sid: str, name: str) -> tuple | None:
+        """The held (model, tokenizer), or None; never loads."""
+        with self._lock:
+            return self._entries.get((sid, name))
+
     def names(self, sid: str) -> list[str]:
         with self._lock:
             return [n for s, n in self._entries if s == sid]

@@ -431,7 +431,7 @@ def test_closing_the_client_stops_training_frees_models_and_deletes_files(app, t
     assert text.startswith("Once ") and "⚠️" not in text, text
     session = store.sessions[sid]
     assert store.models.names(sid) == ["first"]
-    model_ref = weakref.ref(store.models.get(sid, "first", None)[0])
+    model_ref = weakref.ref(store.models.peek(sid, "first")[0])
 
     stream = c.submit(*_train_args("second", 20_000), api_name="/train")
     end = time.time() + 60

@@ -88,7 +88,7 @@ def test_imports_count_with_runs_and_loaded_models_share_one_budget(tmp_path, ze
         text = a.predict(first, "Once", 4, 0, 50, 1.0, 1.0, "1", "fp32", api_name="/generate")
         assert text.startswith("Once") and "⚠️" not in text, text
         assert store.models.held_bytes() <= BUDGET_MB * 2**20
-        assert model_bytes(store.models.get(store.key(a.session_hash), first, None)[0]) > 25 * 2**20
+        assert model_bytes(store.models.peek(store.key(a.session_hash), first)[0]) > 25 * 2**20
         for c in (a, b):  # closing the sessions gives their memory back
             store.close(c.session_hash)
         gc.collect()
