@@ -17,6 +17,8 @@ import html
 import json
 import logging
 import math
+import time
+from pathlib import Path
 
 import pandas as pd
 
@@ -39,6 +41,42 @@ def data_label(data: dict | None, name: str | None = None) -> str:
     if src == "files":
         return name or "uploaded files"
     return name or str(src or "?")
+
+
+# one word per state, the same for a session's own runs (queue states) and everyone's (MLflow's)
+STATUS_WORDS = {"done": "done", "finished": "done", "stopped": "stopped", "killed": "stopped", "error": "failed",
+                "failed": "failed", "running": "training", "queued": "waiting", "requeue": "waiting",
+                "scheduled": "waiting"}
+
+
+def status_word(status) -> str:
+    return STATUS_WORDS.get(str(status or "").lower(), str(status or "").lower())
+
+
+def learner(run_dir) -> str:
+    """A short label for the learner (browser session) a run belongs to, so the class board tells apart two
+    learners' runs of the same name: a hash of the session's folder name (never the name itself)."""
+    import hashlib
+
+    parts = Path(str(run_dir or "")).parts
+    session = parts[-3] if len(parts) >= 3 and parts[-2] == "runs" else ""
+    return "learner " + hashlib.sha256(session.encode()).hexdigest()[:4] if session else "cli"
+
+
+# the tables' columns, and their shares of the width: every header fits on one line at 1280 px, and the long
+# cells (architecture, run) wrap between words
+COMPARE_COLUMNS = ["run", "architecture", "parameters", "data", "tokenizer", "steps", "tokens seen", "val loss",
+                   "bits/char", "time (s)", "status"]
+COMPARE_WIDTHS = ["7%", "23%", "10%", "9%", "9%", "6%", "7%", "6%", "9%", "6%", "8%"]
+
+
+def human_columns(table: list[dict], columns: list[str]) -> pd.DataFrame:
+    """The table as shown: parameters and tokens as 808K / 4.17M (the rows keep the numbers for the plots)."""
+    from ..model.estimate import human
+
+    shown = [{k: (human(v) if k in ("parameters", "tokens seen") and isinstance(v, (int, float)) else v)
+              for k, v in row.items()} for row in table]
+    return pd.DataFrame(shown, columns=columns)
 
 
 def _round(v, digits: int):
@@ -107,7 +145,7 @@ def _session_run(name: str, r, x_axis: str, y_axis: str):
            "steps": max(steps) if steps else 0, "tokens seen": int(last.get("tokens_seen") or 0),
            "val loss": _round(evals[-1]["val_loss"], 4) if evals else None,
            "bits/char": _round(evals[-1].get("bits_per_char"), 4) if evals else None,
-           "time (s)": _round(last.get("elapsed_s"), 1), "status": r.job.status if r.job else "done"}
+           "time (s)": _round(last.get("elapsed_s"), 1), "status": status_word(r.job.status if r.job else "done")}
     return row, _points(steps, evals, name, x_axis, y_axis)
 
 
@@ -150,7 +188,7 @@ def _mlflow_runs(uri: str, limit: int = 10):
                           "val loss": _round(evals[-1]["val_loss"], 4) if evals else None,
                           "bits/char": _round(evals[-1]["bits_per_char"], 4) if evals else None,
                           "time (s)": _round(last.get("elapsed_s"), 1),
-                          "status": str(row.get("status", "")).lower()})
+                          "status": status_word(row.get("status"))})
         except DAMAGED:  # a run with malformed params or metrics: named, the others shown
             bad.append(str(name))
             continue
@@ -179,8 +217,11 @@ def curves_chart(curves: pd.DataFrame, x_axis: str = "step", y_axis: str = "loss
     x_title = {"tokens": "tokens seen", "time": "training time (s)"}.get(x_axis, "step")
     rows = curves.to_dict("records")
     color = {"field": "run", "type": "nominal", "title": "run"}
-    x = {"field": "x", "type": "quantitative", "title": x_title}
-    y = {"field": "y", "type": "quantitative", "title": Y_AXES.get(y_axis, y_axis), "scale": {"zero": False}}
+    # axis labels in the quantity's own format (one point's axis once read "0.000000"; a loss read ".38")
+    x_format = {"tokens": "~s", "time": ",.0f"}.get(x_axis, ",d")
+    x = {"field": "x", "type": "quantitative", "title": x_title, "axis": {"format": x_format}}
+    y = {"field": "y", "type": "quantitative", "title": Y_AXES.get(y_axis, y_axis), "scale": {"zero": False},
+         "axis": {"format": ".2f"}}
     tooltip = [{"field": "run"}, {"field": "split"}, {"field": "x", "title": x_title, "format": ",.4~g"},
                {"field": "y", "title": y_axis, "format": ".4f"}]
     return {
@@ -208,8 +249,12 @@ def curves_plot(curves: pd.DataFrame, x_axis: str = "step", y_axis: str = "loss"
     """The chart for gr.Plot (Gradio draws a Vega-Lite spec it is given as an 'altair' plot)."""
     from gradio.components.plot import AltairPlotData
 
-    # chart="line": the page applies its theme and sizes the chart to its box (without it the width stays 0)
-    return AltairPlotData(chart="line", plot=json.dumps(curves_chart(curves, x_axis, y_axis)))
+    # chart="line": the page applies its theme and sizes the chart to its box (without it the width stays 0).
+    # A new mark each time: the page draws a chart again only when its spec changed, and a chart drawn before
+    # its tab was left keeps the width 0 it got while hidden (the tab's select event sends it again, now drawn)
+    chart = curves_chart(curves, x_axis, y_axis)
+    chart["usermeta"]["drawn"] = time.monotonic_ns()
+    return AltairPlotData(chart="line", plot=json.dumps(chart))
 
 
 def compare_frames(session, mlflow_uri: str | None, x_axis: str = "step", y_axis: str = "loss"):
@@ -231,7 +276,7 @@ def compare_frames(session, mlflow_uri: str | None, x_axis: str = "step", y_axis
     if bad:
         notes.append("⚠️ Not shown, because their records cannot be read (damaged run.json or metrics): "
                      + ", ".join(f"**{html.escape(str(n))}**" for n in bad) + ".")
-    table_df = pd.DataFrame(table)
+    table_df = human_columns(table, COMPARE_COLUMNS)
     curves_df = empty_curves(curves)
     scatter = empty_scatter([{"params": t["parameters"], "bits/char": t["bits/char"], "run": t["run"]}
                              for t in table if t.get("bits/char") is not None])
@@ -245,6 +290,7 @@ STORE_UNREADABLE = "⚠️ The server's run store (MLflow) cannot be read just n
 
 BOARD_COLUMNS = ["data", "rank", "run", "bits/char", "parameters", "tokenizer", "architecture", "tokens seen",
                  "status"]
+BOARD_WIDTHS = ["10%", "5%", "14%", "9%", "10%", "9%", "25%", "9%", "9%"]
 
 
 def class_board(mlflow_uri: str, limit: int = 200) -> pd.DataFrame:
@@ -260,12 +306,12 @@ def class_board(mlflow_uri: str, limit: int = 200) -> pd.DataFrame:
             continue
         try:
             rows.append({"data": row.get("params.data.name") or row.get("tags.slm.dataset"),
-                         "run": row.get("run_name"), "bits/char": bpc,
+                         "run": f"{row.get('run_name')} · {learner(row.get('tags.slm.run_dir'))}", "bits/char": bpc,
                          "parameters": int(float(row.get("params.model.params") or 0)),
                          "tokenizer": row.get("params.tokenizer.kind"),
                          "architecture": row.get("tags.slm.architecture"),
                          "tokens seen": int(float(row.get("metrics.tokens_seen") or 0)),
-                         "status": str(row.get("status", "")).lower()})
+                         "status": status_word(row.get("status"))})
         except DAMAGED:  # malformed params of one run: the others are ranked
             continue
     board = pd.DataFrame(rows, columns=[c for c in BOARD_COLUMNS if c != "rank"])
@@ -273,4 +319,4 @@ def class_board(mlflow_uri: str, limit: int = 200) -> pd.DataFrame:
         return pd.DataFrame(columns=BOARD_COLUMNS)
     board = board.sort_values(["data", "bits/char", "parameters"], kind="stable")
     board.insert(1, "rank", board.groupby("data").cumcount() + 1)
-    return board.reset_index(drop=True)
+    return human_columns(board.reset_index(drop=True).to_dict("records"), BOARD_COLUMNS)

@@ -24,6 +24,7 @@ log = logging.getLogger("slm_blocks.app")
 
 WEIGHTS = ["fp32", "bf16", "int8", "int4"]
 TABLE_COLUMNS = ["weights", "file", "tokens/s", "held-out loss", "bits/char", "greedy text", "note"]
+TABLE_WIDTHS = ["8%", "13%", "10%", "12%", "9%", "28%", "20%"]  # headers on one line at 1280 px; text wraps
 INTRO = """### Quantize & deploy
 Shrink a trained run and see the price: **int8 / int4** keep every Linear weight in 8 or 4 bits (torchao,
 weight-only), **GGUF q8_0** is one file for llama.cpp and Ollama on a laptop CPU. *Compare* measures them all on

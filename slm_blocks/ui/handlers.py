@@ -532,7 +532,9 @@ class Handlers:
         from .compare import BOARD_COLUMNS, STORE_UNREADABLE, class_board
 
         try:
-            return class_board(self.store.mlflow_uri), ""
+            board = class_board(self.store.mlflow_uri)
+            return board, ("No run on this server has a held-out score yet: runs join the board at their first "
+                           "evaluation." if board.empty else "")
         except Exception:
             log.warning("class board: the MLflow store cannot be read", exc_info=True)
             return pd.DataFrame(columns=BOARD_COLUMNS), STORE_UNREADABLE + " the board is back when it is."

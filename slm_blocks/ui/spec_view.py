@@ -276,7 +276,8 @@ def block_detail(spec: dict, bid: str | None) -> str:
                  "\n".join(f"| {html.escape(what)} | `{shape}` |" for what, shape in cost.shapes))
     if cost.tensors:
         shown = cost.tensors[:24]
-        rows = "\n".join(f"| `{html.escape(name)}` | `{tuple(shape)}` | {numel(shape):,} |" for name, shape in shown)
+        rows = "\n".join(f"| <code>{html.escape(name).replace('.', '.<wbr>')}</code> | "
+                         f"{' × '.join(str(d) for d in shape)} | {numel(shape):,} |" for name, shape in shown)
         more = f"\n\n… and {len(cost.tensors) - len(shown)} more tensors" if len(cost.tensors) > len(shown) else ""
         lines.append(f"\n| weight | shape | parameters |\n|---|---|---|\n{rows}{more}")
     return "\n".join(lines)

@@ -12,6 +12,11 @@ from conftest import small_spec
 from slm_blocks.ui.state import Limits, SessionRun, SessionStore
 
 
+def count(shown: str) -> float:
+    """'810K' -> 810000.0 (the table shows sizes as a learner reads them)."""
+    return float(shown[:-1]) * {"K": 1e3, "M": 1e6}[shown[-1]] if shown[-1] in "KM" else float(shown)
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, trained_tiny_char, mlflow_uri):
     import os
@@ -61,7 +66,7 @@ def test_distill_and_fine_tune_from_a_trained_run(served):
     assert status.startswith("**student**") and "Done" in status, status
     t = rows(table)
     assert [r["model"] for r in t] == ["teacher: shakespeare", "student after 2 steps"], t
-    assert t[1]["parameters"] < t[0]["parameters"] and t[0]["speed vs first"] == 1.0
+    assert count(t[1]["parameters"]) < count(t[0]["parameters"]) and t[0]["speed vs first"] == "1.00×", t
     assert {"kd (teacher)", "ce (data)", "train (total)", "validation"} <= splits(curves)
     record = json.loads((session.runs["student"].dir / "run.json").read_text())
     assert record["teacher"]["source"] == "shakespeare" and record["teacher"]["alpha"] == 0.5

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..compare import Y_AXES
+from ..compare import BOARD_COLUMNS, BOARD_WIDTHS, COMPARE_COLUMNS, COMPARE_WIDTHS, Y_AXES
 from ..context import AppContext
 
 
@@ -17,16 +17,18 @@ def create(ctx: AppContext, tab: gr.Tab) -> None:
         y_axis = gr.Radio(list(Y_AXES), value="loss", label="y axis",
                           info="bits per character compares runs with different tokenizers")
         refresh = gr.Button("Refresh")
-    table = gr.Dataframe(interactive=False, wrap=True, elem_id="compare-table", elem_classes=["fit-table"])
+    table = gr.Dataframe(headers=COMPARE_COLUMNS, column_widths=COMPARE_WIDTHS, interactive=False, wrap=True,
+                         elem_id="compare-table", elem_classes=["fit-table"])
     curves = gr.Plot(label="Loss curves", show_label=False, elem_id="compare-curves")
     scatter = gr.ScatterPlot(x="params", y="bits/char", color="run", title="Held-out bits per character vs parameters",
-                             height=300, x_axis_format="~s", y_axis_format=".3f", elem_id="compare-scatter")
+                             height=300, x_axis_format=".3~s", y_axis_format=".3f", elem_id="compare-scatter")
     message = gr.Markdown("Locally, browse every run with `mlflow ui --backend-store-uri "
                           f"{store.mlflow_uri}`.")
     gr.Markdown("### Class board\nEveryone's runs on this server, per data set, ranked by held-out **bits per "
                 "character** (lower is better; it compares models whatever their tokenizer), with each model's "
                 "parameter count beside it. A run is named by its learner's session (the first letters of it).")
-    board = gr.Dataframe(interactive=False, wrap=True, elem_id="class-board", elem_classes=["fit-table"])
+    board = gr.Dataframe(headers=BOARD_COLUMNS, column_widths=BOARD_WIDTHS, interactive=False, wrap=True,
+                         elem_id="class-board", elem_classes=["fit-table"])
     board_msg = gr.Markdown(elem_id="class-board-msg")
 
     outputs = [table, curves, scatter, message]

@@ -11,7 +11,7 @@ import os
 import gradio as gr
 
 from ..context import AppContext, finished
-from ..deploy import INTRO, TABLE_COLUMNS, Deploy
+from ..deploy import INTRO, TABLE_COLUMNS, TABLE_WIDTHS, Deploy
 
 
 def create(ctx: AppContext) -> None:
@@ -46,7 +46,8 @@ def create(ctx: AppContext) -> None:
         group = gr.Dropdown(["default", "16", "32", "64", "128", "256"], value="default",
                             label="Group size (int8 default: per row; int4 default: 32)")
         compare_btn = gr.Button("Compare fp32 / bf16 / int8 / int4 / GGUF q8_0")
-    table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, wrap=True, elem_id="quantize-table",
+    table = gr.Dataframe(headers=TABLE_COLUMNS, column_widths=TABLE_WIDTHS, interactive=False, wrap=True,
+                         elem_id="quantize-table",
                          elem_classes=["fit-table"])
     table_msg = gr.Markdown()
     with gr.Row():
