@@ -59,7 +59,7 @@ def app_process(tmp: Path, env: dict | None = None, args: tuple = (), online: bo
     data_dir = tmp / "data"
     log = tmp / "app.log"
     full = {**os.environ, "SLM_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-            "GRADIO_ANALYTICS_ENABLED": "False"}
+            "GRADIO_ANALYTICS_ENABLED": "False", "SLM_MODE": "shared"}  # a Space's app (env may say local)
     if online:
         for k in OFFLINE:
             full.pop(k, None)

@@ -162,6 +162,15 @@ class QueuedTraining:
             if message is not None:
                 self.message = message
             self.changed.notify_all()
+        self._record_state()
+
+    def _record_state(self) -> None:
+        """How the run's training ended, in its folder (the worker writes it too; this covers a worker that
+        died, or a training stopped before its worker started)."""
+        from .run import record_end
+
+        if self.status in TERMINAL:
+            record_end(self.run_dir, self.status, self.message)
 
     def stop(self) -> None:
         """Cooperative stop: the worker finishes its step and writes a resumable checkpoint."""

@@ -27,7 +27,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .distill import Teacher
 from .events import CheckpointEvent, DoneEvent, EvalEvent, Event, SampleEvent, StepEvent, WarningEvent, wire_name
 from .optim import make_optimizer
-from .run import Run
+from .run import Run, record_end
 from .schedule import Segment, lr_at
 
 MAX_BAD_STEPS = 5  # consecutive non-finite losses before a run gives up (the last good checkpoint stays)
@@ -65,10 +65,14 @@ def train(run: Run, stop: threading.Event | None = None, accelerator=None):
 
     Rank 0 also appends step and eval metrics to `<run>/metrics.jsonl`, the run's own loss history (for
     the model card and the app) that needs no MLflow."""
+    if run.is_main_writer:
+        record_end(run.dir, None)  # training: not ended (a crash from here on leaves it so: interrupted)
     for event in _train(run, stop, accelerator):
         if isinstance(event, (StepEvent, EvalEvent)) and run.is_main_writer:
             with open(run.dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps({"kind": wire_name(event), **asdict(event)}) + "\n")
+        if isinstance(event, DoneEvent) and run.is_main_writer:
+            record_end(run.dir, {"error": "error", "stopped": "stopped"}.get(event.reason, "done"), event.message)
         yield event
 
 

@@ -28,6 +28,21 @@ from .tokenization import TokenizerConfig, build_tokenizer, encode, load_tokeniz
 __all__ = ["INIT_WEIGHTS", "Run", "TokenizerConfig", "open_run", "prepare_run", "read_history", "save_init_weights"]
 
 INIT_WEIGHTS = "init/model.safetensors"  # in a run folder: the weights step 0 starts from (absent: random init)
+ENDED = "ended.json"  # in a run folder: how its last training ended (absent while one runs, or after a crash)
+END_STATES = ("done", "stopped", "error")
+
+
+def record_end(run_dir: str | Path, status: str | None, message: str = "") -> None:
+    """Write how a training of the run ended (done / stopped / error), or remove it when one starts (None), so
+    whoever lists the run later (an app that restarted) tells a finished run from an interrupted one."""
+    path = Path(run_dir) / ENDED
+    try:
+        if status in END_STATES and path.parent.is_dir():
+            path.write_text(json.dumps({"status": status, "message": message}))
+        elif status is None:
+            path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def save_init_weights(run_dir: str | Path, state: dict[str, torch.Tensor]) -> None:

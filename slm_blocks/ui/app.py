@@ -8,6 +8,7 @@ import functools
 import gradio as gr
 
 from ..training.hub_access import set_process_default
+from . import workspace_view
 from .context import AppContext
 from .guard import guard_launch
 from .handlers import Handlers
@@ -30,6 +31,7 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
         gr.Markdown(INTRO)
         ctx = AppContext(store, Handlers(store), spec=gr.State(preset_state("tiny-char")), runs=gr.State({}),
                          selected=gr.State(None))
+        bound = workspace_view.create(demo, store, ctx)  # the page's workspace, before anything reads it
         with gr.Tab("Build"):
             build.create(ctx)
         tabs = {}
@@ -39,13 +41,13 @@ def build_app(store: SessionStore | None = None) -> gr.Blocks:
                 tab_module.create(ctx, tabs[name]) if tab_module is compare else tab_module.create(ctx)
             tabs[name].select(ctx.refresh_runs, None, [ctx.runs, ctx.selected], api_visibility="private",
                               show_progress="hidden")  # a tab's run pickers are current when it is opened
-        demo.load(ctx.refresh_runs, None, [ctx.runs, ctx.selected], api_visibility="private")
+        bound.then(ctx.refresh_runs, None, [ctx.runs, ctx.selected], api_visibility="private")
         for fn, inputs, outputs, then in ctx.loads:
-            loaded = demo.load(fn, inputs, outputs, api_visibility="private")
+            loaded = bound.then(fn, inputs, outputs, api_visibility="private")
             if then is not None:
                 loaded.then(*then, api_visibility="private", show_progress="hidden")
 
-        def close_session(request: gr.Request):
+        def close_session(request: gr.Request):  # a workspace stays (trainings go on); a tab's session closes
             store.close(getattr(request, "session_hash", None))
 
         demo.unload(close_session)

@@ -145,7 +145,7 @@ def _session_run(name: str, r, x_axis: str, y_axis: str):
            "steps": max(steps) if steps else 0, "tokens seen": int(last.get("tokens_seen") or 0),
            "val loss": _round(evals[-1]["val_loss"], 4) if evals else None,
            "bits/char": _round(evals[-1].get("bits_per_char"), 4) if evals else None,
-           "time (s)": _round(last.get("elapsed_s"), 1), "status": status_word(r.job.status if r.job else "done")}
+           "time (s)": _round(last.get("elapsed_s"), 1), "status": status_word(r.status)}
     return row, _points(steps, evals, name, x_axis, y_axis)
 
 

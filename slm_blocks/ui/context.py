@@ -29,7 +29,7 @@ def run_records(session) -> list[dict]:
     """The session's runs (with their state) and imported models, oldest first."""
     out = []
     for name, run in session.runs.items():
-        status = "done" if run.job is None else run.job.status
+        status = run.status
         out.append({"name": name, "kind": "run", "status": status})
     out += [{"name": n, "kind": "import", "status": "done"} for n in session.imports if n not in session.runs]
     return out

@@ -27,7 +27,17 @@ from .guard import client_address, one_at_a_time
 from .import_upload import gather_import_files
 from .state import SessionRun, SessionStore
 from .streaming import chunked, one_thread
-from .train_view import follow, job_problems, loss_frame, preview_markdown, sample_at, scrub, start_label
+from .train_view import (
+    ended_line,
+    follow,
+    history_events,
+    job_problems,
+    loss_frame,
+    preview_markdown,
+    sample_at,
+    scrub,
+    start_label,
+)
 from .attention_view import MAX_TOKENS
 from .uploads import UserError, archive_for_download, copy_data_uploads, discard_upload, refuse_pickle
 
@@ -116,6 +126,22 @@ class Handlers:
             return
         yield from follow(self.store, run.job, run.name)
 
+    def attach(self, request: gr.Request):
+        """When a page opens: the Train tab shows the run it followed (or the newest), and keeps streaming it
+        while it trains; a run no process of this app is training is shown as it ended (or was interrupted)."""
+        session = self.store.get(_sid(request))
+        name = session.followed if session.followed in session.runs else next(reversed(session.runs), None)
+        if name is None:
+            yield (gr.skip(),) * 5
+            return
+        run = session.runs[name]
+        if run.job is not None:
+            yield from follow(self.store, run.job, name)
+            return
+        events = history_events(run.dir)
+        yield (f"**{html.escape(name)}** — " + ended_line(run.status, events), loss_frame(events), "", "",
+               gr.update(visible=False))
+
     def stop(self, request: gr.Request) -> str:
         """Stop this session's running training (a resumable checkpoint is written)."""
         session = self.store.get(_sid(request))
@@ -177,10 +203,13 @@ class Handlers:
                 if not names:
                     raise UserError("Resume: this session has no run yet; start one with Train")
                 run = session.run(run_name or names[-1])
+                if run.readonly:
+                    raise UserError(f"Run to resume: {run.name} is listed from a folder of runs (--runs), read "
+                                    "only; fine-tune it (Train → Start from) to train a copy")
                 self.store.check_disk("Resume")
                 entry = self._resume_entry(run, extra)
                 entry.client = client_address(request)
-                old = run.job.events if run.job else []
+                old = run.job.events if run.job else history_events(run.dir)  # the curve so far, after a restart
                 keep = [e for e in old if isinstance(e, (StepEvent, EvalEvent, SampleEvent))
                         and e.step <= entry.resume_step]
                 entry.events[:0], entry.carried = keep, len(keep)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from ..training.job import Caps
 from ..training.jobs import QueuedTraining, TrainingQueue
+from .workspace import LOCAL, disk_status, is_workspace, mode_from_env, scan_imports, scan_runs, touch
+from .workspace import folder as workspace_folder
 
 
 
@@ -63,6 +65,9 @@ class Limits:
     max_queued_trainings: int = 32  # trainings waiting for a trainer, all users together
     train_slice_s: int = 600  # while others wait, a training that ran this long is checkpointed and requeued
     allow_local_token: bool = False  # /push may fall back to the server's own Hub token (never on Spaces)
+    mode: str = "shared"  # shared: a workspace per visitor; local: one for the person running it (workspace.py)
+    workspace_ttl_s: int = 86_400  # an anonymous workspace unused this long is deleted (shared mode; 0: never)
+    run_dirs: tuple = ()  # folders of runs listed too, read-only (`python app.py --runs DIR`; local mode)
 
     @classmethod
     def from_env(cls) -> "Limits":
@@ -91,7 +96,9 @@ class Limits:
                    max_trainings_per_client=_env_int("SLM_MAX_TRAININGS_PER_CLIENT", cls.max_trainings_per_client),
                    max_queued_trainings=_env_int("SLM_MAX_QUEUED_TRAININGS", cls.max_queued_trainings),
                    train_slice_s=_env_int("SLM_TRAIN_SLICE", cls.train_slice_s),
-                   allow_local_token=_env_flag("SLM_ALLOW_LOCAL_TOKEN"))
+                   allow_local_token=_env_flag("SLM_ALLOW_LOCAL_TOKEN"),
+                   mode=mode_from_env(),
+                   workspace_ttl_s=_env_int("SLM_WORKSPACE_TTL", cls.workspace_ttl_s))
 
     def caps(self) -> Caps:
         """The limits a training job is checked against (before it starts, and on the real vocabulary)."""
@@ -138,6 +145,13 @@ class SessionRun:
     name: str
     dir: Path
     job: QueuedTraining | None = None
+    readonly: bool = False  # found in a folder given with --runs: read, exported, never trained or deleted here
+
+    @property
+    def status(self) -> str:
+        """queued / running / requeue / done / stopped / error, or interrupted (the app stopped while it
+        trained); a run no process of this app trained reads its state from its folder."""
+        return self.job.status if self.job is not None else disk_status(self.dir)
 
 
 @dataclass
@@ -152,6 +166,12 @@ class Session:
     preview_cache: dict = field(default_factory=dict)  # (data, tokenizer) choice -> vocabulary and token counts
     followed: str = ""  # the run the Train tab follows (the last one started or resumed)
     last_seen: float = field(default_factory=time.time)  # the last request (the sweeper closes idle sessions)
+    workspace: bool = False  # a workspace (kept when its tab closes) rather than a tab's session
+
+    def seen(self) -> None:
+        self.last_seen = time.time()
+        if self.workspace:
+            touch(self.root)
 
     def new_run_name(self, wanted: str) -> str:
         base = safe_name(wanted, "run")
@@ -200,7 +220,8 @@ class SessionStore:
         from .models import ModelCache
 
         self.limits = limits or Limits.from_env()
-        self.sessions: dict[str, Session] = {}
+        self.sessions: dict[str, Session] = {}  # by key: a tab's session, or a workspace (workspace.py)
+        self.bindings: dict[str, str] = {}  # page session hash -> the workspace key its load event bound it to
         self.closing: set[str] = set()  # closed sessions whose files are still being removed
         self.lock = threading.Lock()
         lim = self.limits
@@ -217,19 +238,52 @@ class SessionStore:
         """The store's key (and folder name) for a Gradio session hash."""
         return safe_name(session_id or "local", "local")
 
+    def resolve(self, session_id: str | None) -> str:
+        """The key a request's session hash works in: the local workspace (local mode), the workspace its page
+        bound to, or else its own session."""
+        if self.limits.mode == "local":
+            return LOCAL
+        with self.lock:
+            bound = self.bindings.get(session_id or "")
+        return bound or self.key(session_id)
+
+    def bind(self, session_id: str | None, key: str) -> Session:
+        """Point a page's session hash at a workspace (its load event, workspace.py says whose), and open it."""
+        if session_id:
+            with self.lock:
+                self.bindings[session_id] = key
+        return self.open(key)
+
     def get(self, session_id: str | None) -> Session:
+        return self.open(self.resolve(session_id))
+
+    def open(self, key: str) -> Session:
+        """The session or workspace of a key, read from its folder when this process has not opened it yet (a
+        workspace lists the runs and imports it holds; runs of --runs folders are listed read-only)."""
         from .sweeper import OWNER_FILE
 
-        sid = self.key(session_id)
         with self.lock:
-            if sid not in self.sessions:
-                root = self.limits.data_dir / "sessions" / sid
-                root.mkdir(parents=True, exist_ok=True)
-                (root / OWNER_FILE).write_text(str(os.getpid()))  # which app process owns it (sweeper.py)
-                self.sessions[sid] = Session(sid, root)
-            session = self.sessions[sid]
-            session.last_seen = time.time()
-            return session
+            if key not in self.sessions:
+                if is_workspace(key):
+                    root = workspace_folder(self.limits.data_dir, key)
+                    root.mkdir(parents=True, exist_ok=True)
+                    session = Session(key, root, workspace=True)
+                    session.runs = {n: SessionRun(n, d) for n, d in scan_runs(root / "runs").items()}
+                    session.imports = scan_imports(root)
+                    if key == LOCAL:
+                        for extra in self.limits.run_dirs:
+                            for n, d in scan_runs(Path(extra)).items():
+                                name = session.new_run_name(n)
+                                session.runs[name] = SessionRun(name, d, readonly=True)
+                else:
+                    root = self.limits.data_dir / "sessions" / key
+                    root.mkdir(parents=True, exist_ok=True)
+                    (root / OWNER_FILE).write_text(str(os.getpid()))  # which app process owns it (sweeper.py)
+                    session = Session(key, root)
+                self.sessions[key] = session
+            session = self.sessions[key]
+        session.seen()
+        return session
 
     def start_sweeper(self, interval_s: float = 30.0):
         """Start the sweeper (sweeper.py): at once (a crashed process's folders) and then every interval."""
@@ -262,8 +316,37 @@ class SessionStore:
                             "later (closed and idle sessions are cleaned up every few minutes)")
 
     def close(self, session_id: str | None) -> None:
-        """The tab was closed: stop its trainings, drop its models, delete its files."""
-        sid = self.key(session_id)
+        """The tab was closed. A page bound to a workspace lets go of it (its trainings go on, its files stay);
+        a tab's own session is closed: its trainings stopped, its models dropped, its files deleted."""
+        with self.lock:
+            bound = self.bindings.pop(session_id or "", None)
+        if bound is not None or self.limits.mode == "local":
+            return
+        self.close_key(self.key(session_id))
+
+    def unload(self, key: str) -> None:
+        """Forget an idle workspace in memory (its models too); its folder stays and opens again on next use."""
+        with self.lock:
+            session = self.sessions.get(key)
+            if session is None or any(r.job is not None and not r.job.finished for r in session.runs.values()):
+                return
+            del self.sessions[key]
+        self.models.drop(key)
+
+    def delete_workspace(self, key: str) -> None:
+        """"Delete my workspace": stop its trainings, drop its models, delete its folder and MLflow artifacts."""
+        with self.lock:
+            for sid in [s for s, k in self.bindings.items() if k == key]:
+                del self.bindings[sid]
+        if key in self.sessions:
+            self.close_key(key)
+        else:
+            from .sweeper import remove_session_files
+
+            remove_session_files(workspace_folder(self.limits.data_dir, key), self.mlflow_uri)
+
+    def close_key(self, sid: str) -> None:
+        """Stop a session's (or workspace's) trainings, drop its models and delete its files."""
         with self.lock:
             session = self.sessions.pop(sid, None)
             if session is not None:

@@ -7,7 +7,8 @@ The sweeper runs once at start-up and then every `interval_s` seconds:
 - a session with no request for `SLM_SESSION_IDLE` seconds, no training queued or running and no open
   heartbeat (an open tab or gradio_client keeps one open) is closed like an unloaded one: its trainings
   stopped, its models dropped, its folder and its runs' MLflow artifacts deleted (their metrics stay for
-  Compare);
+  Compare); an idle workspace (workspace.py) is only let go from memory, its folder stays;
+- an anonymous workspace unused for `SLM_WORKSPACE_TTL` seconds (shared mode) is deleted like a session;
 - a folder under `<data dir>/sessions` that no live session owns (left by a crashed process: its `.owner`
   pid is not running, or it has none) is deleted with its runs' MLflow artifacts, and so is a folder of
   downloads in Gradio's folder (uploads.served_folder) that no live session owns;
@@ -124,13 +125,20 @@ class Sweeper:
             self._stop.wait(self.interval_s)
 
     def sweep(self, now: float | None = None) -> dict:
-        """One pass; returns what it did: {"closed": [...], "orphans": [...], "disk_mb": ...}."""
+        """One pass; returns what it did: {"closed": [...], "orphans": [...], "expired": [...], "disk_mb": ...}."""
+        from .workspace import is_workspace
+
         now = time.time() if now is None else now
         closed = [sid for sid in self.idle_sessions(now)]
         for sid in closed:
-            self.store.close(sid)
+            if is_workspace(sid):
+                self.store.unload(sid)  # kept on disk: it opens again when its learner comes back
+            else:
+                self.store.close_key(sid)
         orphans = self.remove_orphans()
-        return {"closed": closed, "orphans": orphans, "disk_mb": self.store.disk_used_mb(max_age_s=0)}
+        expired = self.expire_workspaces(now)
+        return {"closed": closed, "orphans": orphans, "expired": expired,
+                "disk_mb": self.store.disk_used_mb(max_age_s=0)}
 
     def idle_sessions(self, now: float) -> list[str]:
         store, idle = self.store, self.store.limits.session_idle_s
@@ -138,8 +146,33 @@ class Sweeper:
             return []
         with store.lock:
             sessions = list(store.sessions.values())
+            bound = set(store.bindings.values())
         return [s.id for s in sessions if now - s.last_seen > idle and not store.liveness.is_open(s.id)
+                and s.id not in bound
                 and not any(r.job is not None and not r.job.finished for r in s.runs.values())]
+
+    def expire_workspaces(self, now: float) -> list[str]:
+        """Anonymous workspaces unused for SLM_WORKSPACE_TTL (shared mode) are deleted with their files;
+        signed-in and local ones are kept until their owner deletes them."""
+        from .workspace import PREFIX, last_seen
+
+        store, ttl = self.store, self.store.limits.workspace_ttl_s
+        parent = store.limits.data_dir / "workspaces"
+        if store.limits.mode != "shared" or ttl <= 0 or not parent.is_dir():
+            return []
+        expired = []
+        for folder in parent.glob("anon-*"):
+            key = PREFIX + folder.name
+            with store.lock:
+                session = store.sessions.get(key)
+                bound = key in store.bindings.values()
+            seen = max(last_seen(folder), session.last_seen if session else 0.0)
+            if bound or now - seen <= ttl or (session and any(r.job is not None and not r.job.finished
+                                                              for r in session.runs.values())):
+                continue
+            store.delete_workspace(key)
+            expired.append(folder.name)
+        return expired
 
     def remove_orphans(self) -> list[str]:
         store = self.store

@@ -210,6 +210,28 @@ def timeline_update(events: list):
     return gr.update(visible=True, minimum=lo, maximum=max(hi, lo + 1), **start)
 
 
+def history_events(run_dir) -> list:
+    """A run's step and eval events from its own log (metrics.jsonl): its curve when no live training holds it."""
+    from ..training.events import decode
+    from ..training.run import read_history
+
+    try:
+        return [decode({**r, "event": r["kind"]}) for r in read_history(run_dir)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def ended_line(status: str, events: list) -> str:
+    """The status of a run no process of this app is training (after a reload or a restart)."""
+    steps = [e.step for e in events if isinstance(e, StepEvent)]
+    at = f" at step {max(steps):,}" if steps else ""
+    return {"done": f"✅ Done{at}.",
+            "stopped": f"⏹️ Stopped{at}; Resume continues it from its last checkpoint.",
+            "error": f"❌ Ended with an error{at}; Resume continues it from its last checkpoint.",
+            }.get(status, f"⚠️ Interrupted{at}: the app stopped while it trained. Resume continues it from its "
+                          "last checkpoint.")
+
+
 def follow(store, entry: QueuedTraining, run_name: str):
     """Yield (status, loss frame, latest sample, log, timeline) as events arrive, ~2 updates/s at most."""
     seen, last_yield = -1, 0.0

@@ -88,6 +88,7 @@ def create(ctx: AppContext) -> None:
     start_from.change(describe_start_from(store), start_from, start_note, api_visibility="private")
 
     outputs = [status, plot, sample, log, timeline]
+    ctx.on_load(h.attach, None, outputs)  # a reopened page shows its run, still streaming if it trains
     started = start.click(collect_job, job_inputs, job_payload, api_visibility="private") \
         .then(h.train, [job_payload, form["files"]], outputs, api_name="train", concurrency_limit=None)
     ctx.after(started)
