@@ -49,10 +49,45 @@ class WorkspaceActions:
         return (f"🗂️ **Your workspace** is kept in this browser: {count}; trainings go on when the page is closed "
                 f"or reloaded. {kept}; sign in with Hugging Face (Share tab) to keep your work on any device.")
 
+    def _adoptable(self, secret, profile) -> int:
+        """Runs of this browser's anonymous workspace a signed-in visitor could move into theirs."""
+        if not (getattr(profile, "username", None) and valid_secret(secret)):
+            return 0
+        from .workspace import folder, scan_runs
+
+        return len(scan_runs(folder(self.store.limits.data_dir, anonymous_key(secret)) / "runs"))
+
     def bind(self, secret, request: gr.Request, profile: gr.OAuthProfile | None = None):
         key, secret = self._key(secret, profile)
         session = self.store.bind(getattr(request, "session_hash", None), key)
-        return secret, self.line(session, profile)
+        n = self._adoptable(secret, profile) if self.store.limits.mode == "shared" else 0
+        return secret, self.line(session, profile), gr.update(
+            visible=n > 0, value=f"Move the {n} run{'s' if n != 1 else ''} this browser trained before you signed in "
+                                 "into your workspace")
+
+    def adopt(self, secret, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        """Move the runs of this browser's anonymous workspace into the signed-in visitor's, then delete it."""
+        if not self._adoptable(secret, profile):
+            return gr.skip(), gr.update(visible=False)
+        anon = self.store.open(anonymous_key(secret))
+        if any(r.job is not None and not r.job.finished for r in anon.runs.values()):
+            return "⚠️ A run of this browser's workspace is still training: stop it (or let it finish) first.",                 gr.skip()
+        sid = getattr(request, "session_hash", None)
+        mine = self.store.bind(sid, user_key(profile.username))
+        from .state import SessionRun
+        from .workspace import scan_runs
+
+        moved = []
+        with mine.lock:
+            for name, run_dir in scan_runs(anon.root / "runs").items():  # what its folder holds
+                new = mine.new_run_name(name)
+                target = mine.root / "runs" / new
+                target.parent.mkdir(parents=True, exist_ok=True)
+                run_dir.rename(target)
+                mine.runs[new] = SessionRun(new, target)
+                moved.append(new)
+        self.store.delete_workspace(anon.id)
+        return self.line(mine, profile) + f" Moved in: {', '.join(html.escape(n) for n in moved)}.",             gr.update(visible=False)
 
     def delete(self, sure, secret, request: gr.Request, profile: gr.OAuthProfile | None = None):
         """Delete every run, upload, import and export of the page's workspace, then start an empty one."""
@@ -77,13 +112,18 @@ def create(demo: gr.Blocks, store, ctx):
     actions = WorkspaceActions(store)
     secret = gr.BrowserState(None, storage_key="slm-blocks-workspace", secret=browser_key(store.limits.data_dir))
     with gr.Row(elem_id="workspace-bar", equal_height=True):
-        line = gr.Markdown(elem_id="workspace-line")
+        with gr.Column(scale=3):
+            line = gr.Markdown(elem_id="workspace-line")
+            adopt = gr.Button(visible=False, size="sm", elem_id="workspace-adopt")
         with gr.Column(scale=0, min_width=320):
             with gr.Accordion("Delete my workspace", open=False, elem_id="workspace-delete"):
                 sure = gr.Checkbox(False, label="Delete every run, upload, import and export here")
                 delete = gr.Button("Delete my workspace", variant="stop", size="sm")
                 deleted = gr.Markdown()
-    loaded = demo.load(actions.bind, [secret], [secret, line], api_visibility="private", show_progress="hidden")
+    loaded = demo.load(actions.bind, [secret], [secret, line, adopt], api_visibility="private",
+                       show_progress="hidden")
+    adopt.click(actions.adopt, [secret], [line, adopt], api_visibility="private") \
+        .then(ctx.refresh_runs, None, [ctx.runs, ctx.selected], api_visibility="private", show_progress="hidden")
     delete.click(actions.delete, [sure, secret], [secret, line, deleted, sure], api_visibility="private") \
         .then(ctx.refresh_runs, None, [ctx.runs, ctx.selected], api_visibility="private", show_progress="hidden")
     return loaded

@@ -153,7 +153,7 @@ def test_the_secret_is_written_nowhere(tmp_path, monkeypatch, caplog):
         session_hash = "page-1"
 
     caplog.set_level(logging.DEBUG)
-    stored, line = actions.bind(None, Request())
+    stored, line, _ = actions.bind(None, Request())
     assert stored == secret and secret not in line
     with running_app(store) as (_, url):
         from gradio_client import Client
@@ -194,3 +194,36 @@ def test_anonymous_workspaces_expire_signed_in_and_local_ones_stay(tmp_path):
     local.unload(local.resolve(None))
     assert local.start_sweeper(interval_s=3600).sweep()["expired"] == [] and root.is_dir()
     local.sweeper.stop()
+
+
+def test_signing_in_offers_to_adopt_the_anonymous_workspaces_runs(tmp_path):
+    from types import SimpleNamespace
+
+    from slm_blocks.ui import workspace_view
+    from slm_blocks.ui.state import Limits, SessionStore
+    from slm_blocks.ui.workspace import anonymous_key, user_key
+
+    store = SessionStore(Limits(data_dir=tmp_path, mode="shared"))
+    actions = workspace_view.WorkspaceActions(store)
+    page = SimpleNamespace(session_hash="page")
+    secret, _, offer = actions.bind(None, page)  # anonymous: two runs trained
+    assert not offer["visible"]
+    anon = store.open(anonymous_key(secret))
+    for name in ("first", "shared-name"):
+        (anon.root / "runs" / name).mkdir(parents=True)
+        (anon.root / "runs" / name / "run.json").write_text("{}")
+    ada = SimpleNamespace(username="Ada")
+    mine = store.open(user_key("Ada"))
+    (mine.root / "runs" / "shared-name").mkdir(parents=True)
+    (mine.root / "runs" / "shared-name" / "run.json").write_text("{}")
+    store.unload(mine.id)
+
+    _, line, offer = actions.bind(secret, page, ada)  # signed in: the offer
+    assert offer["visible"] and "2 runs" in offer["value"] and "Ada's workspace" in line
+    line, hidden = actions.adopt(secret, page, ada)
+    assert not hidden["visible"] and "first" in line and "shared-name-2" in line
+    mine = store.get("page")
+    assert sorted(mine.runs) == ["first", "shared-name", "shared-name-2"]
+    assert all((r.dir / "run.json").is_file() for r in mine.runs.values())
+    gone = tmp_path / "workspaces" / anonymous_key(secret).removeprefix("ws.")
+    wait_until(lambda: not gone.exists(), 60, "the anonymous workspace to be deleted")
