@@ -146,6 +146,11 @@ class Sweeper:
             return []
         with store.lock:
             sessions = list(store.sessions.values())
+            # a page whose tab went away without its unload (a crashed browser) lets go of its workspace too
+            for page, key in list(store.bindings.items()):
+                session = store.sessions.get(key)
+                if not store.liveness.is_open(store.key(page)) and (session is None or now - session.last_seen > idle):
+                    del store.bindings[page]
             bound = set(store.bindings.values())
         return [s.id for s in sessions if now - s.last_seen > idle and not store.liveness.is_open(s.id)
                 and s.id not in bound

@@ -188,6 +188,13 @@ def test_anonymous_workspaces_expire_signed_in_and_local_ones_stay(tmp_path):
     assert not folder(tmp_path, old).exists()
     assert (folder(tmp_path, fresh) / "runs" / "r").is_dir() and (folder(tmp_path, user) / "runs" / "r").is_dir()
 
+    # a page that went away without its unload (a crashed browser) lets go of its workspace once it is idle
+    ghost = anonymous_key(new_secret())
+    store.bind("crashed-page", ghost).last_seen = time.time() - 2 * store.limits.session_idle_s
+    store.sweeper.sweep()
+    assert "crashed-page" not in store.bindings and ghost not in store.sessions
+    assert folder(tmp_path, ghost).is_dir()  # kept until its time to live passes
+
     local = SessionStore(Limits(data_dir=tmp_path / "local", mode="local", workspace_ttl_s=1))
     root = local.get(None).root
     os.utime(root / LAST_SEEN, (long_ago, long_ago))
