@@ -195,16 +195,25 @@ class Session:
         its disk quota."""
         count = len(self.runs) + len(self.imports)
         if count >= limits.max_runs_per_session:
-            raise ValueError(f"{what}: this session has {count} runs and imported models, the most allowed here; "
-                             "reload the page for a fresh session")
+            raise ValueError(f"{what}: {self.holder} has {count} runs and imported models, the most allowed here; "
+                             f"{self.make_room}")
         self.check_quota(limits, what)
+
+    @property
+    def holder(self) -> str:
+        return "your workspace" if self.workspace else "this session"
+
+    @property
+    def make_room(self) -> str:
+        return ("export what you want to keep, then Delete my workspace (above the tabs) to start an empty one"
+                if self.workspace else "start a new session (a new client) for more")
 
     def check_quota(self, limits: "Limits", what: str) -> None:
         """ValueError when the session's folder (runs, uploads, imports, exports) is over its disk quota."""
         used_mb = self.disk_mb()
         if used_mb > limits.session_quota_mb:
-            raise ValueError(f"{what}: this session uses {used_mb:.0f} MB of disk, over the "
-                             f"{limits.session_quota_mb} MB allowed; reload the page for a fresh session")
+            raise ValueError(f"{what}: {self.holder} uses {used_mb:.0f} MB of disk, over the "
+                             f"{limits.session_quota_mb} MB allowed; {self.make_room}")
 
     def run(self, name: str) -> SessionRun:
         if name not in self.runs:

@@ -194,7 +194,7 @@ def test_the_whole_walk_in_a_browser(app):
 
     # ------------------------------------------------------------------ Generate
     page.get_by_role("tab", name="Generate").click()
-    pick(page, "Model (this session's runs and imports)", RUN)
+    pick(page, "Model (your runs and imports)", RUN)
     prompt = field(page, "Prompt").input_value()
     assert prompt.strip(), "the default prompt is visible text"
     page.get_by_label("Max new tokens", exact=True).fill("200")
@@ -261,7 +261,7 @@ def test_the_whole_walk_in_a_browser(app):
 
     # ------------------------------------------------------------------ Generate from the import
     page.get_by_role("tab", name="Generate").click()
-    expect(field(page, "Model (this session's runs and imports)")).to_have_value(imported)
+    expect(field(page, "Model (your runs and imports)")).to_have_value(imported)
     text, _, _ = generate_and_time(page, prompt)
     assert not text.startswith("⚠️"), text
     assert text == prompt + engine_text  # the imported export generates what the trained run did

@@ -46,7 +46,7 @@ def test_import_generate_and_inspect_through_the_guard(tmp_path, model_files):
         shot(page, "hardening-1-imported")
 
         page.get_by_role("tab", name="Generate").click()
-        pick(page, "Model (this session's runs and imports)", "imported")
+        pick(page, "Model (your runs and imports)", "imported")
         field(page, "Prompt").fill("Once upon")
         page.get_by_role("button", name="Generate", exact=True).click()
         output = field(page, "Output")

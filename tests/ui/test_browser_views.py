@@ -150,7 +150,7 @@ def test_every_tab_is_readable_at_1400_and_on_a_laptop(app):
     page.locator("#build-diagram [data-block]").nth(2).click()
     expect(page.locator("#build-block-detail")).to_contain_text("parameters")
     page.get_by_role("tab", name="Generate").click()
-    pick(page, "Model (this session's runs and imports)", "plays")
+    pick(page, "Model (your runs and imports)", "plays")
     expect(page.locator("#next-bars")).to_contain_text("After the prompt", timeout=60_000)
     page.get_by_text("Attention: every head of a layer", exact=True).click()
     page.get_by_role("button", name="Show attention").click()

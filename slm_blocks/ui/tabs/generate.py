@@ -26,7 +26,7 @@ def create(ctx: AppContext) -> None:
     h, limits = ctx.actions, ctx.store.limits
     with gr.Row():
         with gr.Column(scale=1):
-            model_pick = gr.Dropdown([], label="Model (this session's runs and imports)", allow_custom_value=True,
+            model_pick = gr.Dropdown([], label="Model (your runs and imports)", allow_custom_value=True,
                                      interactive=True, elem_id="gen-model")
             prompt = gr.Textbox(DEFAULT_PROMPT, label="Prompt", lines=3, max_length=limits.max_prompt_chars,
                                 info="the text the model continues (the built-in stories start like this)",
