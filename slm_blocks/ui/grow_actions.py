@@ -35,6 +35,14 @@ TECHNIQUES = ["Fine-tune", "Distill", "Prune + heal"]
 TABLE_COLUMNS = ["model", "parameters", "held-out loss", "bits/char", "tokens/s", "speed vs first"]
 
 
+def pruned_line(result) -> str:
+    """What pruning removed, in words, and what it cost before healing."""
+    from ..model.estimate import human
+
+    return (f"✂️ **Pruned**: {html.escape(result.plan)}: {human(result.params_before)} → {human(result.params_after)} "
+            f"parameters; held-out loss {result.val_loss_before:.3f} → {result.val_loss_after:.3f} before healing.")
+
+
 def shown_row(row: dict) -> dict:
     """A before/after row as the learner reads it: 810K parameters, 22,728 tokens/s, 0.62×."""
     from ..model.estimate import human
@@ -208,9 +216,9 @@ class Grow:
             name = run_name.strip() if isinstance(run_name, str) and run_name.strip() else \
                 f"{source.split('/')[-1]}-{technique.split()[0].lower()}"
             if technique == "Prune + heal":
-                entry, name = self._prune(session, source, name, steps, alpha, temperature, target_share,
-                                          drop_layers, mlp_keep, heads_keep, request)
-                yield from self._follow(entry, name, session)
+                entry, name, pruned = self._prune(session, source, name, steps, alpha, temperature, target_share,
+                                                  drop_layers, mlp_keep, heads_keep, request)
+                yield from self._follow(entry, name, session, before=pruned + "\n\n")
                 return
             payload, files, tmp = self._job(session, technique, source, name, steps, alpha, temperature, spec_json,
                                             data)
@@ -310,7 +318,7 @@ class Grow:
             self.store.check_disk("Prune")
             name = session.new_run_name(name)
             out = session.root / "runs" / name
-            prune_run(src.dir, out, heal_steps=steps, heal_max_time=float(limits.max_time_s),
+            result = prune_run(src.dir, out, heal_steps=steps, heal_max_time=float(limits.max_time_s),
                       alpha=_number(alpha, "α (teacher's share)", float, 0, 1, 0.5),
                       temperature=_number(temperature, "Temperature", float, 0.1, 100, 2.0), **options)
             run = SessionRun(name, out)
@@ -323,12 +331,13 @@ class Grow:
                 raise UserError(f"{e}. {name} is pruned and kept: heal it later with Resume on the Train tab") from None
             run.job = entry
             session.followed = name
-        return entry, name
+        return entry, name, pruned_line(result)
 
-    def _follow(self, entry, name, session):
+    def _follow(self, entry, name, session, before: str = ""):
         text = ""
         for status, _plot, _sample, log_text, _timeline in follow(self.store, entry, name):
             text = log_text
+            status = before + status
             yield status, curves_frame(entry.events), log_text, pd.DataFrame(columns=TABLE_COLUMNS)
         run = session.runs.get(name)
         if run is not None and entry.status != "error":

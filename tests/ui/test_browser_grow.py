@@ -67,6 +67,8 @@ def test_grow_tab_prune_and_heal_in_a_browser(tmp_path, trained_tiny_char, mlflo
             expect(box).to_have_value(value)
         page.get_by_role("button", name="Grow", exact=True).click()
         expect(status).to_contain_text("Done", timeout=180_000)
+        expect(status).to_contain_text("Pruned")  # what pruning removed, and its price before healing
+        expect(status).to_contain_text("before healing")
         table = page.locator("#grow-table")
         expect(table).to_contain_text("pruned, before healing", timeout=60_000)
         expect(table).to_contain_text("small after 2 steps")
