@@ -1,6 +1,6 @@
 """Training time per step of every preset, as the presets' descriptions state it.
 
-    python bench/bench_presets.py [--rounds 3] [--steps 5] [--threads 1]
+    python bench/bench_presets.py [--rounds 3] [--steps 5] [--threads 1] [--presets llama mamba2 ...]
 
 Each preset is built with a 65-token character vocabulary (tinyshakespeare's), trained with AdamW + clipping at
 batch 12 on its own context length in fp32; presets alternate within each round (rotated order) and the table
@@ -50,9 +50,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--presets", nargs="*", help="only these (tiny-char, the reference, is always measured)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    names = list(list_presets())
+    names = [n for n in list_presets() if not args.presets or n == "tiny-char" or n in args.presets]
     steps = {n: make_step(n) for n in names}
     for _, step in steps.values():
         step()  # warm up (allocations, first-call costs)

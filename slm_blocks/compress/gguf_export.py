@@ -31,12 +31,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .gguf_mixers import F32_ONLY, GGUF_MIXER_ARCH, mixer_hparams, mixer_support, mixer_tensors
 from .gguf_vocab import GGUFVocab, VocabError, gguf_vocab
 from ..model.blocks import hook
 from ..model.spec import ModelSpec
 from ..sharing.native import native_family, native_parts
 
-GGUF_ARCH = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen3": "qwen3", "gemma3": "gemma3"}
+GGUF_ARCH = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen3": "qwen3", "gemma3": "gemma3",
+             **GGUF_MIXER_ARCH}  # experts and mixers: gguf_mixers.py
 QUANTS = ("f16", "q8_0")
 LOGIT_TOLERANCE = 1e-4  # GGUF read back by transformers vs our model holding the same (rounded) weights
 GREEDY_TOKENS = 32
@@ -79,6 +81,8 @@ def gguf_support(spec: ModelSpec) -> tuple[str | None, str]:
     if why:
         return None, why
     block = native_parts(spec)[0]["layers"][0]
+    if family not in ("gpt2", "llama", "mistral", "qwen3", "gemma3"):
+        return mixer_support(spec, family, native_parts(spec)[0]["layers"])
     if family == "gpt2" and block.mlp.activation != "gelu_tanh":
         return None, (f"llama.cpp's GPT-2 uses the tanh GELU, this model uses {block.mlp.activation}; set the MLP "
                       "activation to gelu_tanh (and retrain) to export GGUF")
@@ -134,6 +138,7 @@ def gguf_names(spec: ModelSpec, arch: str) -> tuple[dict, dict]:
     for b in spec.blocks:
         part = hook(b, "gguf", spec)
         top.update(part.get("names", {}))
+        top.update(part.get("arch_names", {}).get(arch, {}))  # a name only one architecture uses
         per_arch = part.get("layer_names", {})
         layer.update(per_arch.get(arch, per_arch.get("*", {})))
     return top, layer
@@ -145,8 +150,9 @@ def gguf_tensors(model, arch: str) -> dict[str, torch.Tensor]:
     state = {k: v.detach().float() for k, v in model.state_dict().items()}
     if spec.tie_embeddings:
         state.pop("lm_head.weight", None)
-    block = native_parts(spec)[0]["layers"][0]
-    n_heads, n_kv = block.attention.n_heads, block.attention.kv_heads()
+    layers = native_parts(spec)[0]["layers"]
+    attention = next((b.attention for b in layers if b.type == "transformer"), None)  # a hybrid may start otherwise
+    n_heads, n_kv = (attention.n_heads, attention.kv_heads()) if attention is not None else (0, 0)
     top, layer = gguf_names(spec, arch)
     out = {}
     for key, w in state.items():
@@ -155,6 +161,9 @@ def gguf_tensors(model, arch: str) -> dict[str, torch.Tensor]:
             out[f"{top[base]}.{part}"] = w
             continue
         _, _, i, rest = base.split(".", 3)  # model.layers.{i}.{rest}
+        if rest.startswith("mlp.experts."):  # one MLP per expert: stacked by gguf_mixers.mixer_tensors
+            out[f"blk.{i}.{rest}.{part}"] = w
+            continue
         name = layer[rest]
         if arch == "llama" and name in ("attn_q", "attn_k"):
             w = _llama_rope_rows(w, n_heads if name == "attn_q" else n_kv)
@@ -163,17 +172,18 @@ def gguf_tensors(model, arch: str) -> dict[str, torch.Tensor]:
         for i in range(len(native_parts(spec)[0]["layers"])):
             for part in ("weight", "bias"):
                 out[f"blk.{i}.attn_qkv.{part}"] = torch.cat([out.pop(f"blk.{i}.attn_{x}.{part}") for x in "qkv"])
-    return out
+    return mixer_tensors(out, arch) if arch in GGUF_MIXER_ARCH.values() else out
 
 
-def _encode(w: torch.Tensor, quant: str):
+def _encode(w: torch.Tensor, quant: str, name: str = ""):
     """(numpy data, ggml type) of one tensor: q8_0 / f16 for 2-D weights (f16 when rows do not split into
-    blocks of 32), f32 for 1-D tensors (norms, biases), as llama.cpp expects."""
+    blocks of 32), f32 for 1-D tensors (norms, biases) and the convolutions llama.cpp reads only in f32, as
+    llama.cpp expects."""
     from gguf import GGMLQuantizationType as T
     from gguf import quants
 
     a = w.numpy().astype(np.float32)
-    if a.ndim == 1:
+    if a.ndim == 1 or name.endswith(F32_ONLY):
         return a, T.F32
     if quant == "q8_0" and a.shape[-1] % 32 == 0:
         return quants.quantize(a, T.Q8_0), T.Q8_0
@@ -215,6 +225,11 @@ def _writer(path: Path, arch: str):
 
 def _write_hparams(w, spec: ModelSpec, arch: str, n_ctx: int) -> None:
     parts = native_parts(spec)[0]
+    if arch in GGUF_MIXER_ARCH.values():
+        mixer_hparams(w, spec, arch, parts["layers"], n_ctx)
+        if any(b.type == "transformer" for b in parts["layers"]):
+            w.add_rope_freq_base(parts["traits"]["rope_theta"])
+        return
     block, traits = parts["layers"][0], parts["traits"]
     a, m = block.attention, block.mlp
     hd = a.head_size(spec.d_model)
@@ -279,7 +294,7 @@ def write_gguf(model, tokenizer, path: str | Path, quant: str = "q8_0", *, name:
     if "position_embd.weight" in tensors:  # learned positions: a row for every position llama.cpp may use
         tensors["position_embd.weight"], padded = llama_cpp_positions(tensors["position_embd.weight"][:n_ctx])
         file_ctx, notes = tensors["position_embd.weight"].shape[0], notes + padded
-    tensors = {k: _encode(t, quant) for k, t in tensors.items()}
+    tensors = {k: _encode(t, quant, k) for k, t in tensors.items()}
     arch_id = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
     known = {gguf.TENSOR_NAMES[t] for t in gguf.MODEL_TENSORS[arch_id]}
     unknown = [k for k in tensors if re.sub(r"^blk\.\d+\.", "blk.{bid}.", k.rsplit(".", 1)[0]) not in known]

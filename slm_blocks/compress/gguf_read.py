@@ -19,10 +19,12 @@ class GGUFReadError(ValueError):
 
 
 SUPPORTED = ("gpt2", "llama", "qwen3", "gemma3")
+CHECKED_ONLY = ("qwen3moe", "lfm2")  # our own exports of these are verified with this reader, not imported
 
 
-def read_metadata(path: str | Path) -> dict:
-    """The file's key/value metadata (token lists left out), or GGUFReadError for a corrupt / truncated file."""
+def read_metadata(path: str | Path, archs: tuple = SUPPORTED) -> dict:
+    """The file's key/value metadata (token lists left out), or GGUFReadError for a corrupt / truncated file or
+    an architecture outside `archs`."""
     from gguf import GGUFReader, GGUFValueType
 
     path = Path(path)
@@ -42,7 +44,7 @@ def read_metadata(path: str | Path) -> dict:
         raise GGUFReadError(f"{path.name} is not a valid GGUF file ({type(e).__name__}: {msg}); re-export it or "
                             "download it again") from None
     arch = meta.get("general.architecture")
-    if arch not in SUPPORTED:
+    if arch not in archs:
         raise GGUFReadError(f"{path.name} holds a {arch!r} model; SLM Blocks reads GGUF files of the architectures "
                             f"it writes: {', '.join(SUPPORTED)}")
     return meta
@@ -76,12 +78,12 @@ def _patch_config(config, meta: dict) -> None:
             "rope_type": "default", "rope_theta": float(get("rope.freq_base_swa", full["rope_theta"]))}}
 
 
-def load_gguf(path: str | Path, dtype=torch.float32):
+def load_gguf(path: str | Path, dtype=torch.float32, archs: tuple = SUPPORTED):
     """(transformers model, tokenizer, metadata) of a GGUF file, read by transformers' own GGUF loader."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     path = Path(path)
-    meta = read_metadata(path)
+    meta = read_metadata(path, archs)
     folder, name = str(path.parent), path.name
     try:
         config = AutoConfig.from_pretrained(folder, gguf_file=name)

@@ -10,12 +10,12 @@ import sys
 import torch
 from safetensors.torch import load_file, save_file
 
-from .gguf_read import load_gguf
+from .gguf_read import CHECKED_ONLY, SUPPORTED, load_gguf
 
 
 def main(argv: list[str]) -> None:
     path, inputs, outputs, n_new = argv[:4]
-    model, tokenizer, _ = load_gguf(path)
+    model, tokenizer, _ = load_gguf(path, archs=SUPPORTED + CHECKED_ONLY)  # our own file, written just now
     x = load_file(inputs)
     n = int(n_new)
     text = bytes(x["text"].tolist()).decode("utf-8")

@@ -130,7 +130,7 @@ def importance(model, batches: list[torch.Tensor]) -> dict:
 
     for i, layer in enumerate(layers):
         hooks.append(layer.register_forward_hook(on_layer(i)))
-        if hasattr(layer, "mlp"):
+        if hasattr(getattr(layer, "mlp", None), "down_proj"):  # a dense MLP (a mixture of experts stays whole)
             hooks.append(layer.mlp.down_proj.register_forward_pre_hook(on_down(i)))
         if hasattr(layer, "self_attn"):
             hooks.append(layer.self_attn.o_proj.register_forward_pre_hook(on_o(i, layer.self_attn)))
@@ -261,6 +261,13 @@ def droppable(spec: ModelSpec) -> list[int]:
     return [i for i, b in enumerate(_layer_blocks(spec)) if b in prunable and prunable[b]["droppable"]]
 
 
+def _kept_whole(spec: ModelSpec) -> str:
+    """The layer blocks whose `prune` hook keeps them whole, with their reasons ("" when none)."""
+    reasons = [f"block {i}: {why}" for i, b in enumerate(spec.blocks) if module_of(b).plan(b)
+               for why in [hook(b, "prune", spec)] if isinstance(why, str)]
+    return "; " + "; ".join(reasons) if reasons else ""
+
+
 def check_options(spec: ModelSpec, drop_layers: int, mlp_keep: float, heads_keep: int | None) -> list[Problem]:
     """Every problem of explicit pruning options, each naming its option."""
     problems = []
@@ -275,8 +282,8 @@ def check_options(spec: ModelSpec, drop_layers: int, mlp_keep: float, heads_keep
     elif drop_layers > len(can_drop):
         problems.append(Problem("drop_layers", f"is {drop_layers}, but only {len(can_drop)} of the {n_layers} layers "
                                 "can be dropped (norm layers, and layers of a block that alternates sliding and full "
-                                "attention, stay: dropping one would shift that pattern); prune width instead "
-                                "(mlp_keep, heads_keep)"))
+                                "attention, stay: dropping one would shift that pattern" + _kept_whole(spec) +
+                                "); prune width instead (mlp_keep, heads_keep)"))
     if not (0 < mlp_keep <= 1):
         problems.append(Problem("mlp_keep", f"is {mlp_keep:g}; use a share of the MLP neurons in (0, 1], e.g. 0.5"))
     else:

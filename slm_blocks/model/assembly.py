@@ -22,10 +22,15 @@ class Build:
     positional: object  # the spec's positional block (kind "none" when it has none)
     attention_layers: int = 0  # KV-cache slots handed out so far
     rope_keys: set = field(default_factory=set)  # (theta, head_dim) pairs the layers rotate with
+    state_layers: int = 0  # recurrent / convolution state slots handed out so far (layer_states)
 
     def next_cache_slot(self) -> int:
         self.attention_layers += 1
         return self.attention_layers - 1
+
+    def next_state_slot(self) -> int:
+        self.state_layers += 1
+        return self.state_layers - 1
 
 
 @dataclass
@@ -61,6 +66,8 @@ class Costs:
     attn_flops: float = 0.0
     act: int = 0
     kv_bytes: int = 0
+    state_bytes: int = 0  # per sequence: the fixed-size state of recurrent and convolution layers (no KV cache)
+    inactive_params: int = 0  # parameters a token does not use (experts a router did not choose)
 
 
 def affine(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
@@ -71,3 +78,14 @@ def affine(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> 
 def unchanged(x):
     """An empty slot: the value passes through (cheaper than calling an nn.Identity)."""
     return x
+
+
+def layer_states(cache) -> dict:
+    """The recurrent and convolution states of one generation's layers, kept on its cache object beside the
+    keys and values (our StaticCache, or the transformers Cache that `generate` passes): layer slot -> state.
+    Attention layers need the past tokens' keys; a Mamba2 or short-convolution layer needs only this fixed-size
+    summary of them."""
+    states = getattr(cache, "slm_states", None)
+    if states is None:
+        states = cache.slm_states = {}
+    return states

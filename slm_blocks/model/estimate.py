@@ -31,6 +31,8 @@ class Estimate:
     kv_cache_bytes_per_token: int  # per sequence, all attention layers
     inference_bytes: int  # weights + a full KV cache for batch_size x seq_len
     attention_bytes: int = 0  # of train_activations_bytes: what grows with seq_len² (masks, kept scores; memory.py)
+    active_params: int = 0  # parameters one token uses (a mixture of experts runs only its top-k experts)
+    state_bytes_per_sequence: int = 0  # fixed-size state of Mamba2 / short-convolution layers, whatever the length
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,8 +68,10 @@ def estimate(spec: ModelSpec, batch_size: int = 8, seq_len: int | None = None, d
         train_activations_bytes=activations,
         train_total_bytes=2 * weights + params * 8 + activations,
         kv_cache_bytes_per_token=acc.kv_bytes,
-        inference_bytes=weights + acc.kv_bytes * batch_size * T,
+        inference_bytes=weights + (acc.kv_bytes * T + acc.state_bytes) * batch_size,
         attention_bytes=activations - per_token,
+        active_params=params - acc.inactive_params,
+        state_bytes_per_sequence=acc.state_bytes,
     )
 
 

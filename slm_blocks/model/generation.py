@@ -95,6 +95,7 @@ class StaticCache:
     def reset(self) -> None:
         """Forget all positions; the buffers are kept (stale values are never read: views stop at the length)."""
         self.lengths = [0] * len(self.lengths)
+        self.__dict__.pop("slm_states", None)  # the recurrent / convolution states (assembly.layer_states) too
 
 
 # ----------------------------------------------------------------------------- logits processing

@@ -15,11 +15,12 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import DynamicCache
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import MoeCausalLMOutputWithPast
 
 from .assembly import Build
 from .blocks import embedding, final_norm, lm_head, module_of, positional
 from .blocks.attention import AttentionContext
+from .blocks.moe import balance
 from .spec import ModelSpec
 
 
@@ -126,6 +127,8 @@ class SLMPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
             if getattr(module, "bias", None) is not None:
                 init.zeros_(module.bias)
+        elif hasattr(module, "init_mixer"):  # a state-space or convolution mixer's own parameters (blocks/)
+            module.init_mixer()
 
     def _init_stds(self) -> tuple[float, float]:
         if "_stds" not in self.__dict__:
@@ -164,7 +167,7 @@ class SLMForCausalLM(SLMPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         output_attentions: bool | None = None,  # explain mode: every attention layer's probabilities
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> MoeCausalLMOutputWithPast:
         cache = cache if cache is not None else past_key_values
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and cache is None and not self.training:
@@ -190,18 +193,23 @@ class SLMForCausalLM(SLMPreTrainedModel, GenerationMixin):
                 position_ids = torch.arange(past, past + T, device=device)[None]  # (1, T): broadcasts over B
 
         ctx = AttentionContext(key_padding=key_padding, cache=cache if use_cache else None,
-                               attentions=[] if output_attentions else None)
+                               attentions=[] if output_attentions else None,
+                               router=[] if self.training or labels is not None else None)
         x = self.model(input_ids, position_ids, ctx, inputs_embeds)  # (B, T, C)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         logits = lm_head.forward(self.lm_head, x)  # (B, T, vocab)
 
         loss = None
+        weighted, aux = balance(ctx.router or [])  # mixture-of-experts layers' load-balancing loss (blocks/moe.py)
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().to(logits.device),
                                    ignore_index=-100)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache if use_cache else None,
-                                      attentions=tuple(ctx.attentions) if output_attentions else None)
+            if weighted is not None:
+                loss = loss + weighted
+        return MoeCausalLMOutputWithPast(loss=loss, aux_loss=aux, logits=logits, cache=cache if use_cache else None,
+                                         attentions=tuple(ctx.attentions) if output_attentions else None,
+                                         router_logits=tuple(ctx.router) if ctx.router else None)
 
 
 AutoConfig.register(SLMConfig.model_type, SLMConfig, exist_ok=True)

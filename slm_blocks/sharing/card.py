@@ -160,6 +160,21 @@ def write_gguf_card(folder: Path, spec: ModelSpec, result, card: dict) -> None:
     ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)).save(folder / "README.md")
 
 
+def _mixer_lines(spec: ModelSpec) -> list[str]:
+    """What experts and state-space / convolution layers change for a user: the parameters one token runs through,
+    and the memory a generation keeps (a fixed state beside, or instead of, the KV cache)."""
+    e, out = estimate(spec), []
+    if e.active_params != e.params:
+        out.append(f"- Mixture of experts: each token runs through {human(e.active_params)} of the {human(e.params)} "
+                   "parameters (the experts its router picks).")
+    if e.state_bytes_per_sequence:
+        kv = f"a KV cache of {human(e.kv_cache_bytes_per_token, 'B')} per token for the attention layers and " \
+            if e.kv_cache_bytes_per_token else "no KV cache and "
+        out.append(f"- Generation keeps {kv}a fixed state of {human(e.state_bytes_per_sequence, 'B')} per sequence "
+                   "for the Mamba2 / short-convolution layers, whatever the length.")
+    return [*out, ""] if out else []
+
+
 def write_model_card(folder: Path, spec: ModelSpec, result, card: dict) -> None:
     """README.md with metadata (library, pipeline, license, datasets, tags) and the export's verification."""
     dataset = card.get("dataset")
@@ -191,7 +206,8 @@ def write_model_card(folder: Path, spec: ModelSpec, result, card: dict) -> None:
         "- `slm_spec.json` holds the block list, so SLM Blocks can reopen and keep training this model.", "",
         *_serve_lines(result, remote),
         "## Architecture", "", f"d_model {spec.d_model}, vocabulary {spec.vocab_size}, context {spec.max_seq_len}, "
-        f"{'tied' if spec.tie_embeddings else 'untied'} embeddings.", "", _architecture_table(spec), "",
+        f"{'tied' if spec.tie_embeddings else 'untied'} embeddings.", "", *_mixer_lines(spec),
+        _architecture_table(spec), "",
     ]
     if card.get("data") or card.get("train"):
         lines += ["## Training", ""]

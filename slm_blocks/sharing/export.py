@@ -31,7 +31,8 @@ from ..training.tokenization import save_tokenizer, token_ids
 
 LOGIT_TOLERANCE = 1e-4  # fp32
 GREEDY_TOKENS = 32
-FAMILY_NAMES = {"gpt2": "GPT-2", "llama": "Llama", "mistral": "Mistral", "qwen3": "Qwen3", "gemma3": "Gemma 3"}
+FAMILY_NAMES = {"gpt2": "GPT-2", "llama": "Llama", "mistral": "Mistral", "qwen3": "Qwen3", "gemma3": "Gemma 3",
+                "mixtral": "Mixtral", "qwen3_moe": "Qwen3-MoE", "mamba2": "Mamba2", "lfm2": "LFM2", "bamba": "Bamba"}
 log = logging.getLogger("slm_blocks.export")
 
 
@@ -95,8 +96,10 @@ def modeling_code() -> dict[str, str]:
     return files
 
 
-def _verify(model, out: Path, remote_code: bool) -> tuple[float, bool]:
-    """Reload `out` in a fresh process via the Auto classes; compare logits and greedy continuations."""
+def _verify(model, out: Path, remote_code: bool, eos_token_id=None) -> tuple[float, bool]:
+    """Reload `out` in a fresh process via the Auto classes; compare logits and greedy continuations. The export's
+    generation config names the end-of-text token, which min_new_tokens keeps from being chosen: the reference
+    generation is told the same token (else a model whose greedy pick is that token continues differently)."""
     spec = model.config.model_spec()
     ids = torch.randint(0, spec.vocab_size, (2, min(32, spec.max_seq_len)), generator=torch.Generator().manual_seed(0))
     prompt = ids[:1, : max(1, min(8, spec.max_seq_len - GREEDY_TOKENS))]
@@ -114,7 +117,7 @@ def _verify(model, out: Path, remote_code: bool) -> tuple[float, bool]:
     with torch.no_grad():
         ref = model(ids, use_cache=False).logits.float()
         ref_greedy = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n_new,
-                                    min_new_tokens=n_new, do_sample=False, pad_token_id=0)
+                                    min_new_tokens=n_new, do_sample=False, pad_token_id=0, eos_token_id=eos_token_id)
     diff = float((got["logits"] - ref).abs().max())
     return diff, torch.equal(got["greedy"], ref_greedy)
 
@@ -153,7 +156,8 @@ def export_hf(model, tokenizer, out_dir: str | Path, *, card: dict | None = None
                          max_new_tokens=min(200, spec.max_seq_len)).save_pretrained(tmp)
         save_tokenizer(tokenizer, tmp)
         (tmp / "slm_spec.json").write_text(spec.to_json())
-        d, g = _verify(model, tmp, remote_code=fam is None) if verify else (float("nan"), False)
+        d, g = _verify(model, tmp, remote_code=fam is None, eos_token_id=ids.get("eos_token_id")) if verify \
+            else (float("nan"), False)
         return cls, d, g
 
     try:

@@ -15,11 +15,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from .native import FAMILIES, native_parts
+from .native import FAMILIES, native_family, native_parts
+from .native_mixers import state_from_mixer
 from ..model.spec import ModelSpec
 from ..training.tokenization import load_tokenizer
 
 MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "mistral": "mistral", "qwen3": "qwen3", "gemma3_text": "gemma3"}
+# native classes our own exports use for experts, state-space and convolution mixers (reopened with their
+# slm_spec.json; a checkpoint of these from elsewhere has no spec to read)
+MIXER_MODEL_TYPES = {"mixtral": "mixtral", "qwen3_moe": "qwen3_moe", "mamba2": "mamba2", "lfm2": "lfm2",
+                     "bamba": "bamba"}
 
 
 class ImportFailed(ValueError):
@@ -175,6 +180,13 @@ def _from_gpt2(spec: ModelSpec, state: dict[str, torch.Tensor]) -> dict[str, tor
     return out
 
 
+def _state_names(spec: ModelSpec):
+    """The parameter names the spec's model has (from the blocks' tensors: nothing is built)."""
+    from ..model.estimate import block_costs
+
+    return (name for cost in block_costs(spec) for name, _ in cost.tensors)
+
+
 def import_hf(folder: str | Path, caps=None):
     """(model, tokenizer, spec) from an exported or native checkpoint folder; ImportFailed says what fails.
     `caps` (training.job.Caps): refuse a model over them before reading weights or allocating anything."""
@@ -200,6 +212,10 @@ def import_hf(folder: str | Path, caps=None):
         ours = {k: (v + 1 if k.endswith("norm.weight") else v) for k, v in state.items()}
     elif family in FAMILIES:
         ours = state
+    elif mt in MIXER_MODEL_TYPES and spec_file.is_file():  # our own native export of experts / mixers / hybrids
+        if native_family(spec)[0] != MIXER_MODEL_TYPES[mt]:
+            raise ImportFailed(f"slm_spec.json in {folder} does not describe a {mt} model; re-export the folder")
+        ours = state_from_mixer(MIXER_MODEL_TYPES[mt], native_parts(spec)[0], list(_state_names(spec)), state)
     else:
         raise ImportFailed(f"model_type {mt!r} is not importable; supported: slm_blocks, {', '.join(MODEL_TYPES)}")
     ids = {k: cfg.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id") if isinstance(cfg.get(k), int)}

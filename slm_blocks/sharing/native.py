@@ -1,4 +1,5 @@
-"""Native transformers families: which one a spec matches, and the weights mapped into it.
+"""Native transformers families: which one a spec matches, and the weights mapped into it (mixtures of experts,
+state-space and convolution mixers and hybrids: native_mixers.py).
 
 Our parameter names already follow Llama's, so Llama, Mistral, Qwen3 and Gemma 3 are a near-identity
 copy (Gemma stores RMSNorm weights as w - 1); GPT-2 renames and fuses q/k/v into its Conv1D layout.
@@ -13,7 +14,9 @@ from transformers import AutoModelForCausalLM, PreTrainedConfig
 from ..model.blocks import hook, module_of
 from ..model.spec import ModelSpec
 
-FAMILIES = ("gpt2", "llama", "mistral", "qwen3", "gemma3")
+from .native_mixers import MIXER_FAMILIES, mixer_config, mixer_family, mixer_state_dict
+
+FAMILIES = ("gpt2", "llama", "mistral", "qwen3", "gemma3") + MIXER_FAMILIES
 
 
 def native_parts(spec: ModelSpec) -> tuple[dict | None, str]:
@@ -40,6 +43,8 @@ def native_family(spec: ModelSpec) -> tuple[str | None, str]:
     layers, t = parts["layers"], parts["traits"]
     if not layers:
         return None, "a model without transformer layers has no native transformers class"
+    if any(b.type != "transformer" or b.experts is not None for b in layers):  # experts, mixers, hybrids
+        return mixer_family(spec, parts)
     first = layers[0]
     same = module_of(first).settings
     if any(module_of(b) is not module_of(first) or same(b) != same(first) for b in layers):
@@ -91,6 +96,8 @@ def native_config(spec: ModelSpec, family: str, **token_ids) -> PreTrainedConfig
     from transformers import AutoConfig
 
     parts, _ = native_parts(spec)
+    if family in MIXER_FAMILIES:
+        return mixer_config(spec, family, parts, **token_ids)
     b, n_layers, traits = parts["layers"][0], len(parts["layers"]), parts["traits"]
     a, m = b.attention, b.mlp
     common = dict(vocab_size=spec.vocab_size, tie_word_embeddings=spec.tie_embeddings,
@@ -135,6 +142,8 @@ def native_state_dict(spec: ModelSpec, family: str, state: dict[str, torch.Tenso
         return dict(state)
     if family == "gemma3":  # Gemma's RMSNorm computes x * (1 + w)
         return {k: (v - 1 if k.endswith("norm.weight") else v) for k, v in state.items()}
+    if family in MIXER_FAMILIES:
+        return mixer_state_dict(family, native_parts(spec)[0], state)
     if family == "gpt2":
         parts = native_parts(spec)[0]
         return _to_gpt2(state, parts["names"]["gpt2"], parts["layer_names"]["gpt2"])
@@ -174,7 +183,8 @@ def to_native(model, **token_ids):
     if family is None:
         raise ValueError(why)
     config = native_config(spec, family, **token_ids)
-    native = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=model.dtype)
+    attn = "eager" if family == "mamba2" else "sdpa"  # Mamba2 has no attention to dispatch
+    native = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=model.dtype)
     state = native_state_dict(spec, family, model.state_dict())
     missing, unexpected = native.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (spec.tie_embeddings and k == "lm_head.weight")]

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from ..model.blocks.moe import balance
 from ..model.spec import ModelSpec
 
 TEACHER_DIR = "teacher"
@@ -66,9 +67,11 @@ class Teacher:
         load_weights(d / "model.safetensors", model)
         return cls(model.to(device), record["alpha"], record["temperature"])
 
-    def loss(self, student, x: torch.Tensor, y: torch.Tensor):
-        """(α·kd + (1−α)·ce, kd, ce) for one batch; kd and ce are detached copies for logging."""
-        logits = student(input_ids=x, use_cache=False).logits  # (B, T, V)
+    def loss(self, student, x: torch.Tensor, y: torch.Tensor, parts: dict | None = None):
+        """(α·kd + (1−α)·ce, kd, ce) for one batch; kd and ce are detached copies for logging. A student with
+        mixture-of-experts layers also minimises its routers' balance loss (its unweighted value in parts["aux"])."""
+        out = student(input_ids=x, use_cache=False)
+        logits = out.logits  # (B, T, V)
         ce = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())  # exactly lm_loss's computation
         with torch.no_grad():
             teacher_logits = self.model(input_ids=x, use_cache=False).logits  # (B, T, V)
@@ -77,4 +80,9 @@ class Teacher:
                              f"{logits.shape[-1]:,}; they must share one tokenizer")
         kd = kd_loss(logits, teacher_logits, self.temperature)
         loss = (1.0 - self.alpha) * ce + self.alpha * kd
+        if getattr(out, "router_logits", None):
+            weighted, aux = balance(out.router_logits)
+            loss = loss + weighted
+            if parts is not None:
+                parts["aux"] = float(aux.detach())
         return loss, kd.detach(), ce.detach()

@@ -28,6 +28,7 @@ class StepEvent:
     eta_s: float
     kd_loss: float | None = None  # distillation only: T²·KL(teacher ‖ student), the part that follows the teacher
     ce_loss: float | None = None  # distillation only: cross-entropy on the data (loss = α·kd + (1−α)·ce)
+    aux_loss: float | None = None  # mixture of experts only: the routers' load-balancing loss (top-k when balanced)
 
 
 @dataclass

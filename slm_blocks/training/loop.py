@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from ..model.blocks.moe import balance
 from .distill import Teacher
 from .events import CheckpointEvent, DoneEvent, EvalEvent, Event, SampleEvent, StepEvent, WarningEvent, wire_name
 from .optim import make_optimizer
@@ -46,9 +47,17 @@ def get_batch(data: torch.Tensor, batch_size: int, seq_len: int, gen: torch.Gene
     return chunk[:, :-1], chunk[:, 1:]
 
 
-def lm_loss(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    logits = model(input_ids=x, use_cache=False).logits  # (B, T, V)
-    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+def lm_loss(model, x: torch.Tensor, y: torch.Tensor, parts: dict | None = None) -> torch.Tensor:
+    """Cross-entropy of the next tokens; in training, plus the routers' weighted load-balancing loss of a model with
+    mixture-of-experts layers (model/blocks/moe.py), whose unweighted value goes to `parts["aux"]` for the logs."""
+    out = model(input_ids=x, use_cache=False)
+    loss = F.cross_entropy(out.logits.flatten(0, 1).float(), y.flatten())  # logits (B, T, V)
+    if getattr(out, "router_logits", None):
+        weighted, aux = balance(out.router_logits)
+        loss = loss + weighted
+        if parts is not None:
+            parts["aux"] = float(aux.detach())
+    return loss
 
 
 def _autocast(device: torch.device, precision: str):
@@ -173,17 +182,20 @@ def _train(run: Run, stop: threading.Event | None, accelerator):
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train()
-        total, parts = 0.0, None
+        total, parts, aux = 0.0, None, None
         for _ in range(cfg.grad_accum):
             x, y = get_batch(train_data, cfg.batch_size, seq_len, data_gen)
+            balance_part: dict = {}
             with _autocast(device, precision):
                 if teacher is None:
-                    loss = lm_loss(model, x.to(device), y.to(device)) / cfg.grad_accum
+                    loss = lm_loss(model, x.to(device), y.to(device), balance_part) / cfg.grad_accum
                 else:  # α·kd + (1−α)·ce; kd and ce are logged apart
-                    loss, kd, ce = teacher.loss(model, x.to(device), y.to(device))
+                    loss, kd, ce = teacher.loss(model, x.to(device), y.to(device), balance_part)
                     loss = loss / cfg.grad_accum
                     parts = (0.0, 0.0) if parts is None else parts
                     parts = (parts[0] + float(kd) / cfg.grad_accum, parts[1] + float(ce) / cfg.grad_accum)
+            if "aux" in balance_part:  # the routers' load balance, logged as its own metric
+                aux = (aux or 0.0) + balance_part["aux"] / cfg.grad_accum
             scaler.scale(loss).backward() if precision == "fp16" else acc.backward(loss)
             total += loss.detach().float()
         if precision == "fp16":
@@ -226,7 +238,7 @@ def _train(run: Run, stop: threading.Event | None, accelerator):
             if cfg.max_time:
                 eta = min(eta, max(0.0, cfg.max_time - run_elapsed))
             yield StepEvent(step, step_loss, lr, float(grad_norm), tps, tokens_seen, run_elapsed, eta,
-                            *(parts or (None, None)))
+                            *(parts or (None, None)), aux)
 
         eval_now = bool(every.eval_every) and (step % every.eval_every == 0 or step == cfg.max_steps
                                                or step == every.first_eval)

@@ -110,7 +110,7 @@ class Tracker:
         if isinstance(event, StepEvent):
             for key in ("loss", "lr", "grad_norm", "tokens_per_s", "tokens_seen", "elapsed_s"):
                 self._metric("train_loss" if key == "loss" else key, getattr(event, key), event.step)
-            for key, name in (("kd_loss", "train_kd"), ("ce_loss", "train_ce")):  # distillation's two parts
+            for key, name in (("kd_loss", "train_kd"), ("ce_loss", "train_ce"), ("aux_loss", "aux_loss")):
                 self._metric(name, getattr(event, key), event.step)
             if len(self.buffer) >= self.flush_every:
                 self.flush()

@@ -101,3 +101,49 @@ def attention_heads(model, tokenizer, ids: list[int], layer: int) -> str:
               f"{top:.2f}). Point at a row to follow that token through every head.</small>")
     return (f"<div class='attn-heads'>{legend}<div style='display:flex;gap:14px;flex-wrap:wrap;align-items:flex-end'>"
             f"<div style='text-align:right'>{tokens}</div>{''.join(heads)}</div></div>")
+
+
+EXPERT_COLOURS = ("#fdba74", "#a5f3fc", "#bbf7d0", "#f5d0fe", "#fde68a", "#c7d2fe", "#fecaca", "#e5e7eb")
+
+
+def memory_line(model, context: int) -> str:
+    """What generation keeps per sequence: the attention layers' KV cache grows with every token, the Mamba2 and
+    short-convolution layers' state does not (the estimate's figures; `context` tokens for the full figure)."""
+    from ..model.estimate import estimate, human
+
+    e = estimate(model.config.model_spec())
+    kv, state = e.kv_cache_bytes_per_token, e.state_bytes_per_sequence
+    parts = [f"KV cache of the attention layers: {human(kv, 'B')} per token ({human(kv * context, 'B')} for a full "
+             f"context of {context:,})" if kv else "no KV cache (no attention layers)"]
+    if state:
+        parts.append(f"state of the Mamba2 / convolution layers: {human(state, 'B')}, the same for 1 token or a full "
+                     "context")
+    return "<small>Memory per sequence while generating: " + "; ".join(parts) + ".</small>"
+
+
+def expert_view(model, tokenizer, ids: list[int]) -> str:
+    """Which experts each prompt token goes to in every mixture-of-experts layer (the first MAX_TOKENS tokens), one
+    colour per expert, the first choice (the highest router weight) first; and the memory line."""
+    from ..model.blocks.moe import expert_choices
+
+    ids = ids[:MAX_TOKENS]
+    memory = memory_line(model, model.config.max_position_embeddings)
+    choices = expert_choices(model, torch.tensor([ids]))  # {layer: (1, T, k)}
+    if not choices:
+        return f"<div class='expert-view'><small>This model has no mixture-of-experts layers.</small><br>{memory}</div>"
+    labels = [shown(tokenizer.decode([i])) for i in ids]
+    head = "".join(f"<th style='padding:2px 4px;font-weight:normal'>{html.escape(t)}</th>" for t in labels)
+    rows = []
+    for name, chosen in choices.items():
+        cells = []
+        for t, experts in enumerate(chosen[0].tolist()):
+            colour = EXPERT_COLOURS[experts[0] % len(EXPERT_COLOURS)]
+            cells.append(f"<td title='{html.escape(labels[t])}: experts {experts}' style='background:{colour};"
+                         f"text-align:center;padding:2px 4px'>{','.join(map(str, experts))}</td>")
+        layer = name.removeprefix("model.").removesuffix(".mlp")
+        rows.append(f"<tr><th style='padding:2px 6px;white-space:nowrap'>{html.escape(layer)}</th>"
+                    f"{''.join(cells)}</tr>")
+    legend = (f"<small>Each column is a prompt token, each row a mixture-of-experts layer; a cell lists the experts "
+              f"the router sent the token to, best first (the colour is the first). {len(labels)} tokens.</small>")
+    return (f"<div class='expert-view'>{legend}<div style='overflow-x:auto'><table style='border-collapse:collapse;"
+            f"font-size:12px'><tr><th></th>{head}</tr>{''.join(rows)}</table></div>{memory}</div>")

@@ -497,6 +497,19 @@ class Handlers:
         except Exception as e:
             return f"⚠️ {html.escape(_friendly(e))}"
 
+    @one_at_a_time("inspect", "Experts", lambda message: f"⚠️ {html.escape(message)}")
+    def experts(self, model_name, prompt, request: gr.Request) -> str:
+        """Which experts each prompt token goes to in every mixture-of-experts layer, and the memory generation
+        keeps per sequence (attention's KV cache beside the fixed state of Mamba2 / convolution layers)."""
+        from .attention_view import expert_view
+
+        session = self.store.get(_sid(request))
+        try:
+            model, tok, ids = self._inspected(session, model_name, prompt)
+            return expert_view(model, tok, ids)
+        except Exception as e:
+            return f"⚠️ {html.escape(_friendly(e))}"
+
     @one_at_a_time("inspect", "Next tokens", lambda message: f"⚠️ {html.escape(message)}")
     def next_bars(self, model_name, prompt, temperature, top_k, top_p, request: gr.Request) -> str:
         """The next-token probabilities of the prompt as bars, filtered as these sampling settings would."""

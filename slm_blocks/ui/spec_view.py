@@ -148,7 +148,8 @@ def make_widget(path: str, hint, meta: dict, value, key: str):
 
 
 COLORS = {"embedding": "#c7d2fe", "positional": "#ddd6fe", "transformer": "#bbf7d0", "attention": "#fde68a",
-          "mlp": "#fecaca", "norm": "#e5e7eb", "final_norm": "#e5e7eb", "lm_head": "#bae6fd"}
+          "mlp": "#fecaca", "norm": "#e5e7eb", "final_norm": "#e5e7eb", "lm_head": "#bae6fd", "moe": "#fdba74",
+          "mamba2": "#a5f3fc", "short_conv": "#f5d0fe"}
 
 
 def diagram(spec: dict, problems=(), selected: str | None = None) -> str:
@@ -230,12 +231,15 @@ def problem_lines(spec: dict, problems) -> str:
 def estimate_line(parsed: ModelSpec) -> str:
     batch = TrainConfig.batch_size  # the Train tab's default batch, so the memory figure is the run's
     e = estimate(parsed, batch_size=batch)
-    return (f"**{human(e.params)} parameters** ({human(e.embedding_params)} in embeddings) · "
+    active = f", {human(e.active_params)} active per token" if e.active_params != e.params else ""  # experts
+    state = f" + {human(e.state_bytes_per_sequence, 'B')} fixed state/sequence (Mamba2 / convolution layers)" \
+        if e.state_bytes_per_sequence else ""
+    return (f"**{human(e.params)} parameters** ({human(e.embedding_params)} in embeddings{active}) · "
             f"{human(e.flops_per_token_forward, 'FLOP')}/token forward, {human(e.flops_per_token_train, 'FLOP')}/token "
             f"training · training memory ≈ {human(e.train_total_bytes, 'B')} (batch {batch}: weights "
             f"{human(e.train_weights_bytes, 'B')}, grads {human(e.train_grads_bytes, 'B')}, optimizer "
             f"{human(e.train_optimizer_bytes, 'B')}, activations {human(e.train_activations_bytes, 'B')}) · KV cache "
-            f"{human(e.kv_cache_bytes_per_token, 'B')}/token\n\n<small>Counted with this spec's own vocabulary "
+            f"{human(e.kv_cache_bytes_per_token, 'B')}/token{state}\n\n<small>Counted with this spec's own vocabulary "
             f"{parsed.vocab_size:,} tokens. Training uses the vocabulary the tokenizer gives (a char tokenizer: one "
             f"token per distinct character), so the count that trains can differ: the Train tab shows the exact "
             f"figure, and checks it against this app's limits, before Start.</small>")

@@ -28,10 +28,10 @@ def _model(name, tok, seed=0):
     return build_model(spec, **ids).eval()
 
 
-def _roundtrip(model, tok, path, quant):
+def _roundtrip(model, tok, path, quant, **read):
     """Write, read back with transformers, compare with our model holding the file's rounded weights."""
     r = write_gguf(model, tok, path, quant)
-    native, gtok, meta = load_gguf(path)
+    native, gtok, meta = load_gguf(path, **read)
     ref = rounded_model(model, quant)
     T = r.context_length
     ids = torch.randint(0, model.config.vocab_size, (2, T), generator=torch.Generator().manual_seed(1))

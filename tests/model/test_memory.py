@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from slm_blocks import ModelSpec, estimate
+from slm_blocks import ModelSpec, estimate, load_preset
 from slm_blocks.model.memory import attention_memory, inference_extra_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +50,8 @@ GRID = [
     ("ALiBi prompt, 16 heads", spec("alibi", H=16, T=2048, L=2), "infer", 1, 2048),
     ("ALiBi generation prefill", spec("alibi", H=16, T=2048, L=2), "generate", 1, 2048),
     ("attention maps", spec(H=8, T=512, L=4), "explain", 1, 512),
+    *[(f"{name} preset", {**load_preset(name).to_dict(), "vocab_size": 256}, "train", 4, 256)  # new mixers
+      for name in ("mamba2", "lfm2", "mixtral")],
 ]
 
 CHILD = r'''

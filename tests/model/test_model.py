@@ -136,9 +136,12 @@ def test_save_and_from_pretrained(case, tmp_path):
     model.save_pretrained(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert loaded.config.model_spec() == spec
+    state = model.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in loaded.state_dict().items())  # every weight, bit for bit
     ids = torch.randint(0, spec.vocab_size, (2, min(spec.max_seq_len, 16)))
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=0)
+    with torch.no_grad():  # a weight read from a memory-mapped file can sit at an address that makes the BLAS pick
+        # another kernel for a small matrix (an expert's few routed tokens): rounding-level differences
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=1e-6)
 
 
 def test_sampling_controls_and_streamer():

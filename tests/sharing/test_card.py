@@ -94,3 +94,26 @@ def test_a_stopped_run_says_how_many_steps_it_trained(tmp_path):
     write_model_card(tmp_path, load_preset("tiny-char"), result, {"train": train, "history": history})
     text = (tmp_path / "README.md").read_text()
     assert "Steps 40 of 2000 planned, batch 4×64" in text
+
+
+def test_mixers_say_what_a_token_uses_and_what_generation_keeps(tmp_path):
+    from types import SimpleNamespace
+
+    from slm_blocks import estimate
+    from slm_blocks.model.estimate import human
+    from slm_blocks.sharing.card import write_model_card
+
+    result = SimpleNamespace(native=True, model_class="BambaForCausalLM", why_not_native=None, max_abs_diff=0.0,
+                             greedy_match=True)
+    for name, words in (("mixtral", "Mixture of experts"), ("bamba", "fixed state"), ("mamba2", "no KV cache"),
+                        ("llama", None)):
+        spec = load_preset(name)
+        write_model_card(tmp_path, spec, result, {})
+        text = (tmp_path / "README.md").read_text()
+        if words is None:
+            assert "Mixture of experts" not in text and "fixed state" not in text
+            continue
+        assert words in text, name
+        e = estimate(spec)
+        assert human(e.active_params if name == "mixtral" else e.state_bytes_per_sequence,
+                     *(() if name == "mixtral" else ("B",))) in text

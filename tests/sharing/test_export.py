@@ -252,7 +252,7 @@ def _snapshot(folder: Path) -> dict:
 def _no_verify(monkeypatch, result=(0.0, True)):
     calls = []
 
-    def fake(model, out, remote_code):
+    def fake(model, out, remote_code, **kw):
         calls.append(sorted(p.name for p in Path(out).iterdir()))
         if isinstance(result, Exception):
             raise result

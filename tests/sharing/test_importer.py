@@ -50,7 +50,7 @@ def test_export_import_export_round_trip(name, trained_exports, tmp_path, monkey
     assert torch.equal(logits, refs["logits"]), "the imported model must be the trained model exactly"
     assert torch.equal(greedy, refs["greedy"])
     # export again: identical weights, config, spec and tokenizer (the model card may differ: no history)
-    monkeypatch.setattr("slm_blocks.sharing.export._verify", lambda m, out, remote_code: (0.0, True))  # checked above
+    monkeypatch.setattr("slm_blocks.sharing.export._verify", lambda m, out, remote_code, **kw: (0.0, True))  # checked above
     r = export_hf(model, tok, tmp_path / "again")
     assert (r.model_class, r.native) == (e.result.model_class, e.result.native)
     a, b = load_file(e.out_dir / "model.safetensors"), load_file(tmp_path / "again" / "model.safetensors")

@@ -47,11 +47,11 @@ def mlflow_run(uri, run_dir):
 def test_training_that_raises_is_marked_failed(tmp_path, monkeypatch, mlflow_uri, capsys):
     real, calls = training.lm_loss, {"n": 0}
 
-    def broken(model, x, y):
+    def broken(model, x, y, *parts):
         calls["n"] += 1
         if calls["n"] > 4:
             raise RuntimeError("a bug deep in training")
-        return real(model, x, y)
+        return real(model, x, y, *parts)
 
     monkeypatch.setattr(training, "lm_loss", broken)
     code, events = run_drive(job(), tmp_path / "raises", mlflow_uri=mlflow_uri)

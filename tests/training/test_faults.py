@@ -259,13 +259,13 @@ def test_out_of_memory_is_reported_without_a_traceback(tmp_path, monkeypatch, in
     calls = {"n": 0}
     real_loss = training.lm_loss
 
-    def exploding_loss(model, x, y):
+    def exploding_loss(model, x, y, *parts):
         calls["n"] += 1
         if calls["n"] > 3:  # a few good steps, then the allocator gives up
             if error == "MemoryError":
                 raise MemoryError()
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.11 GiB total)")
-        return real_loss(model, x, y)
+        return real_loss(model, x, y, *parts)
 
     monkeypatch.setattr(training, "lm_loss", exploding_loss)
     rc, events, err = in_process_worker(job_spec(max_steps=50, spec=small_spec(), checkpoint_every=2),
@@ -315,9 +315,9 @@ def test_non_finite_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path, mon
     calls = {"n": 0}
     real_loss = training.lm_loss
 
-    def nan_loss(model, x, y):
+    def nan_loss(model, x, y, *parts):
         calls["n"] += 1
-        loss = real_loss(model, x, y)
+        loss = real_loss(model, x, y, *parts)
         return loss * float("nan") if calls["n"] >= 8 else loss
 
     monkeypatch.setattr(training, "lm_loss", nan_loss)

@@ -145,8 +145,8 @@ def nan_at(monkeypatch, bad_calls):
     """Patch lm_loss so the training calls numbered in `bad_calls` (1-based; None = all) give NaN, with NaN grads."""
     real, calls = training.lm_loss, {"n": 0}
 
-    def patched(model, x, y):
-        loss = real(model, x, y)
+    def patched(model, x, y, *parts):
+        loss = real(model, x, y, *parts)
         if model.training:
             calls["n"] += 1
             if bad_calls is None or calls["n"] in bad_calls:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import attention, embedding, final_norm, lm_head, mlp, norm, positional, transformer
+from . import attention, embedding, final_norm, lm_head, mamba2, mlp, moe, norm, positional, short_conv, transformer
 
 ROLES = ("embedding", "positional", "layer", "final_norm", "lm_head")
 HOOKS = ("TYPE", "ROLE", "BRANCHES", "Spec", "check", "plan", "build", "forward", "step", "tensors", "costs",
@@ -74,5 +74,6 @@ def layer_types() -> list[str]:
     return [t for t, m in REGISTRY.items() if m.ROLE == "layer"]
 
 
-for _module in (embedding, positional, transformer, attention, mlp, norm, final_norm, lm_head):
+for _module in (embedding, positional, transformer, attention, mlp, moe, mamba2, short_conv, norm, final_norm,
+                lm_head):
     register(_module)

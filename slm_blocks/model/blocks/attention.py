@@ -79,6 +79,7 @@ class AttentionContext:
     rope: dict = field(default_factory=dict)  # (theta, head_dim) -> (cos, sin), each (B, T, hd)
     masks: dict = field(default_factory=dict)  # memo of attention_mask() results
     attentions: list | None = None  # explain mode: each attention layer appends its (B, nh, T, S) probabilities
+    router: list | None = None  # training: each mixture-of-experts layer appends (router logits, k, coef)
 
 
 def attention_mask(

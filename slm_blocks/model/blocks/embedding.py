@@ -73,7 +73,8 @@ def describe(block: Spec, spec) -> tuple[str, str]:
 
 def native(block: Spec, spec) -> dict:
     return {"traits": {"embed_scale": block.scale},
-            "names": {"gpt2": {"model.embed_tokens": ("transformer.wte", False)}}}
+            "names": {"gpt2": {"model.embed_tokens": ("transformer.wte", False)},
+                      "mamba2": {"model.embed_tokens": ("backbone.embeddings", False)}}}
 
 
 gguf = {"names": {"model.embed_tokens": "token_embd"}}

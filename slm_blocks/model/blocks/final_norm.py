@@ -59,8 +59,11 @@ def describe(block: Spec, spec) -> tuple[str, str]:
 
 def native(block: Spec, spec) -> dict:
     return {"traits": {"final_norm": block.norm},
-            "names": {"gpt2": {"model.norm": ("transformer.ln_f", False)}}}
+            "names": {"gpt2": {"model.norm": ("transformer.ln_f", False)},
+                      "mamba2": {"model.norm": ("backbone.norm_f", False)},
+                      "lfm2": {"model.norm": ("model.embedding_norm", False)},
+                      "bamba": {"model.norm": ("model.final_layernorm", False)}}}
 
 
-gguf = {"names": {"model.norm": "output_norm"}}
+gguf = {"names": {"model.norm": "output_norm"}, "arch_names": {"lfm2": {"model.norm": "token_embd_norm"}}}
 prune = "kept whole: pruning removes layers, MLP neurons and attention heads"

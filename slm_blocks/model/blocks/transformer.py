@@ -1,5 +1,6 @@
 """The transformer block: attention then MLP, each added back to the residual stream, `repeat` layers each with its
-own weights; norms sit where `norm_placement` puts them.
+own weights; norms sit where `norm_placement` puts them. With `experts` set, the MLP is a mixture of experts
+(blocks/moe.py: Mixtral, Qwen3-MoE), each expert shaped by the `mlp` settings.
 
 The layer is one straight body with six named norm slots (litgpt's layout): the input and output of attention
 and of the MLP, and after each residual add. A placement is only which slots hold a norm; an empty slot passes
@@ -27,6 +28,7 @@ from .attention import (
     attention_tensors, attention_words,
 )
 from .mlp import MLP, MLPSpec, mlp_costs, mlp_tensors, mlp_words
+from .moe import MoESpec, SparseMoE, ffn, moe_costs, moe_problems, moe_tensors, moe_words
 from .norm import NormSpec, make_norm, norm_act, norm_problems, norm_step, norm_tensors
 
 TYPE = "transformer"
@@ -54,6 +56,9 @@ class Spec:
     attention: AttentionSpec = setting(factory=AttentionSpec)
     mlp: MLPSpec = setting(factory=MLPSpec)
     norm: NormSpec = setting(factory=NormSpec)
+    experts: MoESpec | None = setting(None, label="Experts", empty="one dense MLP",
+                                      help="a mixture of experts in place of the MLP, each expert shaped by the MLP "
+                                      "settings (Mixtral, Qwen3-MoE)")
     norm_placement: Literal["pre", "post", "sandwich", "classic_post"] = setting(
         "pre", label="Norm placement", help="pre: norm the input of attention/MLP; post: norm their output; sandwich: "
         "both; classic_post: norm after the residual add (original Transformer)"
@@ -90,7 +95,7 @@ class TransformerLayer(nn.Module):
     def __init__(self, d_model: int, block: Spec, attn: Attention, dropout: float):
         super().__init__()
         self.self_attn = attn
-        self.mlp = MLP(d_model, block.mlp)
+        self.mlp = SparseMoE(d_model, block.experts, block.mlp) if block.experts else MLP(d_model, block.mlp)
         for name in norm_names(block):
             self.add_module(name, make_norm(block.norm, d_model))
         self.slots = NORM_SLOTS[block.norm_placement]
@@ -125,6 +130,8 @@ def check(block: Spec, spec, at: str) -> list[Problem]:
     if block.full_attention_every is not None and block.attention.sliding_window is None:
         problems.append(Problem(join(at, "full_attention_every"), "only matters with attention.sliding_window; set "
                                 "a window or leave it empty"))
+    if block.experts is not None:
+        problems += moe_problems(block.experts, at)
     return problems + norm_problems(block.norm, at)
 
 
@@ -141,7 +148,7 @@ def build(block: Spec, spec, build) -> list[nn.Module]:
 
 
 def forward(layer: TransformerLayer, x: torch.Tensor, ctx) -> torch.Tensor:
-    return body(x, ctx, layer.self_attn, layer.mlp, layer.norms(), layer.drop, layer.parallel)
+    return body(x, ctx, layer.self_attn, ffn(layer.mlp, ctx), layer.norms(), layer.drop, layer.parallel)
 
 
 def step(layer: TransformerLayer, decoding):
@@ -155,7 +162,9 @@ def tensors(block: Spec, spec, first_layer: int) -> list:
     names = norm_names(block)
     for r in range(block.repeat):
         p = f"model.layers.{first_layer + r}"
-        out += attention_tensors(f"{p}.self_attn", spec, block.attention) + mlp_tensors(f"{p}.mlp", spec, block.mlp)
+        out += attention_tensors(f"{p}.self_attn", spec, block.attention) + (
+            moe_tensors(f"{p}.mlp", spec, block.experts, block.mlp) if block.experts
+            else mlp_tensors(f"{p}.mlp", spec, block.mlp))
         out += [t for name in names for t in norm_tensors(f"{p}.{name}", block.norm, spec.d_model)]
     return out
 
@@ -165,18 +174,24 @@ def costs(block: Spec, spec, acc) -> None:
     for r in range(block.repeat):
         acc.act += n_norms * norm_act(block.norm, spec.d_model) + 2 * acc.dropout_mask
         attention_costs(spec, block.attention, block.window(r), acc)
-        mlp_costs(spec, block.mlp, acc)
+        if block.experts:
+            moe_costs(spec, block.experts, block.mlp, acc)
+        else:
+            mlp_costs(spec, block.mlp, acc)
 
 
 def shapes(block: Spec, spec) -> list[tuple[str, str]]:
     return [("residual stream in and out", f"(B, T, {spec.d_model})")] + attention_shapes(spec, block.attention) + \
-        [("MLP hidden", f"(B, T, {block.mlp.hidden_size(spec.d_model)})")]
+        ([("router logits", f"(B, T, {block.experts.n_experts})"),
+          ("each expert's hidden", f"(tokens routed to it, {block.mlp.hidden_size(spec.d_model)})")]
+         if block.experts else [("MLP hidden", f"(B, T, {block.mlp.hidden_size(spec.d_model)})")])
 
 
 def describe(block: Spec, spec) -> tuple[str, str]:
     name = f"transformer×{block.repeat}" if block.repeat > 1 else "transformer"
     parallel = ", parallel residual" if block.residual == "parallel" else ""
-    return name, f"{attention_words(spec, block.attention)}, {mlp_words(spec, block.mlp)}, " \
+    ffn_words = moe_words(spec, block.experts, block.mlp) if block.experts else mlp_words(spec, block.mlp)
+    return name, f"{attention_words(spec, block.attention)}, {ffn_words}, " \
                  f"{block.norm_placement}-{block.norm.kind}{parallel}"
 
 
@@ -185,7 +200,8 @@ def describe(block: Spec, spec) -> tuple[str, str]:
 
 def settings(block: Spec) -> tuple:
     """What must be equal across layers for one native class to hold them all."""
-    return (block.attention, block.mlp, block.norm, block.norm_placement, block.residual, block.full_attention_every)
+    return (block.attention, block.mlp, block.norm, block.norm_placement, block.residual, block.full_attention_every,
+            block.experts)
 
 
 def native(block: Spec, spec) -> dict:
@@ -194,7 +210,16 @@ def native(block: Spec, spec) -> dict:
     return {"layers": [block] * block.repeat,
             "layer_names": {"gpt2": {"self_attn.o_proj": ("attn.c_proj", True), "mlp.up_proj": ("mlp.c_fc", True),
                                "mlp.down_proj": ("mlp.c_proj", True), "input_layernorm": ("ln_1", False),
-                               "post_attention_layernorm": ("ln_2", False)}}}
+                               "post_attention_layernorm": ("ln_2", False)},
+                            "lfm2": LFM2_NAMES, "bamba": BAMBA_NAMES}}
+
+
+# names inside a layer of the hybrid families (sharing/native.py renames module prefixes): ours -> theirs
+LFM2_NAMES = {"input_layernorm": ("operator_norm", False), "post_attention_layernorm": ("ffn_norm", False),
+              "self_attn.o_proj": ("self_attn.out_proj", False), "self_attn.q_norm": ("self_attn.q_layernorm", False),
+              "self_attn.k_norm": ("self_attn.k_layernorm", False), "mlp.gate_proj": ("feed_forward.w1", False),
+              "mlp.up_proj": ("feed_forward.w3", False), "mlp.down_proj": ("feed_forward.w2", False)}
+BAMBA_NAMES = {"post_attention_layernorm": ("pre_ff_layernorm", False), "mlp": ("feed_forward", False)}
 
 
 def gguf(block: Spec, spec) -> dict:
@@ -202,15 +227,18 @@ def gguf(block: Spec, spec) -> dict:
     names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
              "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
              "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
-             "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+             "mlp.gate": "ffn_gate_inp", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
     gemma3 = {**names, "post_attention_layernorm": "post_attention_norm", "pre_feedforward_layernorm": "ffn_norm",
               "post_feedforward_layernorm": "post_ffw_norm"}
     return {"layer_names": {"*": names, "gemma3": gemma3}, "layers": block.repeat}
 
 
-def prune(block: Spec, spec=None) -> dict:
+def prune(block: Spec, spec=None) -> dict | str:
     """Its layers can be dropped (fewer repeats) unless it alternates sliding and full attention: dropping one
-    would shift which of the later layers slide."""
+    would shift which of the later layers slide. A block of experts stays whole (see blocks/moe.py's prune)."""
+    if block.experts is not None:
+        return "a transformer block with experts is kept whole: pruning an expert's neurons would change what the " \
+               "router's choices mean"
     return {"droppable": not (block.full_attention_every and block.attention.sliding_window),
             "attention": block.attention, "mlp": block.mlp, "shrink": _shrink}
 

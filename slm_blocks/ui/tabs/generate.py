@@ -1,7 +1,8 @@
 """The Generate tab: stream text from a run or an imported model, and see what the model does with the prompt:
 the next-token probabilities as bars that the sampling settings reshape (a click appends that token), and every
-attention head of a layer side by side. The model picker follows the run list (`ctx.runs`). API: /generate
-(streamed), /next_tokens, /attention_map."""
+attention head of a layer side by side; for mixtures of experts, which experts each token goes to, with the
+memory generation keeps (a KV cache per token, a fixed state for Mamba2 / convolution layers). The model picker
+follows the run list (`ctx.runs`). API: /generate (streamed), /next_tokens, /attention_map."""
 
 from __future__ import annotations
 
@@ -56,6 +57,9 @@ def create(ctx: AppContext) -> None:
                     layer = gr.Number(0, label="Attention layer", precision=0)
                     attn_btn = gr.Button("Show attention")
                 heads = gr.HTML(js_on_load=HEADS_JS, elem_id="attention-heads")
+            with gr.Accordion("Experts and memory per token", open=False):
+                experts_btn = gr.Button("Show which experts each token goes to")
+                experts_html = gr.HTML(elem_id="expert-view")
 
     n = workers()
     # preprocess=False: the handler checks every sampling value itself and names the field (Gradio's own slider
@@ -73,5 +77,7 @@ def create(ctx: AppContext) -> None:
                    concurrency_limit=n, concurrency_id="inspect")
     attn_btn.click(h.attention_heads, [model_pick, prompt, layer], heads, api_visibility="private",
                    concurrency_limit=n, concurrency_id="inspect")
+    experts_btn.click(h.experts, [model_pick, prompt], experts_html, api_visibility="private", concurrency_limit=n,
+                      concurrency_id="inspect")
     gr.api(h.attention_map, api_name="attention_map", concurrency_limit=n, concurrency_id="inspect")
     ctx.follow_runs(model_pick, model_names)
