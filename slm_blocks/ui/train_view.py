@@ -234,19 +234,21 @@ def ended_line(status: str, events: list) -> str:
 
 def follow(store, entry: QueuedTraining, run_name: str):
     """Yield (status, loss frame, latest sample, log, timeline) as events arrive, ~2 updates/s at most."""
-    seen, last_yield = -1, 0.0
+    seen, last_yield, final = -1, 0.0, False
     while True:
         entry.wait_for_change(max(seen, 0), timeout=1.0)
         events = list(entry.events)
-        now = time.time()
-        if (len(events) != seen and (now - last_yield > 0.5 or entry.finished)) or entry.status == "queued":
-            seen, last_yield = len(events), now
+        now, ended = time.time(), entry.finished
+        # the end is always shown, even with no new event (a training stopped while it waited in line)
+        if (len(events) != seen and (now - last_yield > 0.5 or ended)) or entry.status == "queued" \
+                or (ended and not final):
+            seen, last_yield, final = len(events), now, ended
             found = samples(events)
             latest = f"step {found[-1].step}:\n{found[-1].text}" if found else ""
             status = describe(entry, store.queue.position(entry), store.queue.estimated_wait(entry))
             yield (f"**{html.escape(run_name)}** — " + status, loss_frame(events), latest, log_text(events),
                    timeline_update(events))
-        if entry.finished and seen == len(entry.events):
+        if final and seen == len(entry.events):
             return
 
 

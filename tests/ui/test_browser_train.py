@@ -97,8 +97,9 @@ def test_train_advanced_stop_resume_timeline(page):
     expect(at_step).to_have_value(re.compile(r"^step 20, val loss"), timeout=15_000)
     shot(page, "Train-running")
 
-    # another learner (another session) starts while this run trains: one trainer, so they wait in line and see
-    # their place and an estimated wait; closing their tab takes them out of the queue
+    # another learner (another browser, another workspace) starts while this run trains: one trainer, so they wait
+    # in line and see their place and an estimated wait; they stop it (closing the tab would not: a training
+    # outlives its page)
     # in a browser of their own: a second page in the same headless chromium stops the first one's animation
     # frames, and a click there waits for them forever
     other_browser = page.context.browser.browser_type.launch(executable_path=CHROMIUM, headless=True,
@@ -112,6 +113,8 @@ def test_train_advanced_stop_resume_timeline(page):
     expect(queued).to_contain_text("you are number 1 in line", timeout=60_000)
     expect(queued).to_contain_text("estimated wait")
     shot(other, "Train-queued")
+    other.get_by_role("button", name="Stop", exact=True).click()
+    expect(queued).to_contain_text("Stopped", timeout=60_000)
     other_browser.close()
 
     page.get_by_role("button", name="Stop", exact=True).click()
