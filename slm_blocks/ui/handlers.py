@@ -65,6 +65,8 @@ def _train_error(e: Exception) -> str:
 class Handlers:
     def __init__(self, store: SessionStore):
         self.store = store
+        self._previews: dict[str, list] = {}  # page -> [newest preview asked for, its lock]
+        self._previews_lock = threading.Lock()
 
     # ----------------------------------------------------------------------------- runs
     def run_choices(self, request: gr.Request):
@@ -274,10 +276,24 @@ class Handlers:
             return self._preview(job_payload, files, session)[0]
 
     def preview_view(self, job_payload, files, oauth_token: gr.OAuthToken | None, request: gr.Request):
-        """The Train tab's preview and its Start button, which says what it will train."""
-        session = self.store.get(_sid(request))
-        with reading_as(self.store.hub_token(oauth_token)):
-            text, label = self._preview(job_payload, files, session)
+        """The Train tab's preview and its Start button, which says what it will train. A page's previews run one
+        at a time and only the newest asked for is shown: a slow one (the first, which reads the data) finishing
+        after a quicker newer one would otherwise describe a model the form no longer holds."""
+        page = _sid(request) or ""
+        with self._previews_lock:
+            if len(self._previews) > 10_000:  # pages come and go; a bound on what is remembered
+                self._previews.clear()
+            turn = self._previews.setdefault(page, [0, threading.Lock()])
+            turn[0] += 1
+            mine = turn[0]
+        with turn[1]:
+            if turn[0] != mine:  # a newer preview was asked for while this one waited
+                return gr.skip(), gr.skip()
+            session = self.store.get(page)
+            with reading_as(self.store.hub_token(oauth_token)):
+                text, label = self._preview(job_payload, files, session)
+        if turn[0] != mine:
+            return gr.skip(), gr.skip()
         return text, gr.update(value=label or "Start training")
 
     def _preview(self, job_payload, files, session) -> tuple[str, str | None]:

@@ -58,9 +58,11 @@ def anonymous_key(secret: str) -> str:
 
 
 def user_key(username: str) -> str:
-    from .state import safe_name
-
-    return PREFIX + "user-" + safe_name(username.lower(), "user")
+    """A Hub username as a folder name: readable, with a hash of the exact name so that two names that read
+    alike once made safe ('a.b', 'a-b') never share a workspace."""
+    name = username.lower()
+    readable = re.sub(r"[^a-z0-9_-]+", "-", name).strip("-_")[:48] or "user"
+    return PREFIX + "user-" + readable + "-" + hashlib.sha256(name.encode()).hexdigest()[:10]
 
 
 def is_workspace(key: str) -> bool:

@@ -135,7 +135,7 @@ def test_the_whole_walk_in_a_browser(app):
     expect(hidden).to_have_value("256")  # still shown after the editor re-rendered
     page.locator("#build-diagram [data-block]").nth(2).click()
     expect(page.locator("#build-block-detail")).to_contain_text("model.layers.0.mlp.up_proj.weight")
-    expect(page.locator("#build-block-detail")).to_contain_text("(256, 128)")
+    expect(page.locator("#build-block-detail")).to_contain_text("256 × 128")
     expect(page.locator("#build-problems")).to_contain_text("The spec is valid.")
     clock.lap(f"Build: {before} → {param_count(page)} parameters with an mlp block")
     no_traceback(page, "Build")

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 from slm_blocks import load_preset
 from slm_blocks.ui.compare import compare_frames
+from slm_blocks.ui.state import SessionRun
 
 
 def test_compare_has_one_point_per_step_after_a_resume(tmp_path):
@@ -18,7 +19,7 @@ def test_compare_has_one_point_per_step_after_a_resume(tmp_path):
     lines = [step(1, 3.0), step(2, 2.9), evals(2, 2.8), step(3, 2.7),  # killed after step 3, checkpoint at 2
              step(3, 2.75), evals(4, 2.6), step(4, 2.6), evals(4, 2.55)]  # resumed: step 3 and eval 4 again
     (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    session = SimpleNamespace(runs={"r": SimpleNamespace(dir=run_dir, job=None)})
+    session = SimpleNamespace(runs={"r": SessionRun("r", run_dir)})
     table, curves, scatter, msg = compare_frames(session, None, "step")
     train = curves[(curves.run == "r") & (curves.split == "train")]
     val = curves[(curves.run == "r") & (curves.split == "validation")]
@@ -34,7 +35,7 @@ def _run(root, name, val):
                                                   "tokenizer": {"kind": "char"}, "train": {}, "data": {}}))
     (run_dir / "metrics.jsonl").write_text(json.dumps({"kind": "step", "step": 1, "loss": val + 0.1}) + "\n" +
                                            json.dumps({"kind": "eval", "step": 1, "val_loss": val}) + "\n")
-    return SimpleNamespace(dir=run_dir, job=None)
+    return SessionRun(name, run_dir)
 
 
 def test_a_damaged_run_is_named_and_the_others_are_shown(tmp_path):

@@ -170,6 +170,7 @@ def test_the_secret_is_written_nowhere(tmp_path, monkeypatch, caplog):
 
 def test_anonymous_workspaces_expire_signed_in_and_local_ones_stay(tmp_path):
     from slm_blocks.ui.state import Limits, SessionStore
+    from slm_blocks.ui.sweeper import Sweeper
     from slm_blocks.ui.workspace import LAST_SEEN, anonymous_key, folder, new_secret, user_key
 
     store = SessionStore(Limits(data_dir=tmp_path, mode="shared", workspace_ttl_s=3600))
@@ -182,8 +183,8 @@ def test_anonymous_workspaces_expire_signed_in_and_local_ones_stay(tmp_path):
     long_ago = time.time() - 2 * 3600
     for key in (old, user):
         os.utime(folder(tmp_path, key) / LAST_SEEN, (long_ago, long_ago))
-    done = store.start_sweeper(interval_s=3600).sweep()
-    store.sweeper.stop()
+    sweeper = Sweeper(store)  # one pass at a time, run here (no background thread racing it)
+    done = sweeper.sweep()
     assert done["expired"] == [old.removeprefix("ws.")]
     assert not folder(tmp_path, old).exists()
     assert (folder(tmp_path, fresh) / "runs" / "r").is_dir() and (folder(tmp_path, user) / "runs" / "r").is_dir()
@@ -191,7 +192,7 @@ def test_anonymous_workspaces_expire_signed_in_and_local_ones_stay(tmp_path):
     # a page that went away without its unload (a crashed browser) lets go of its workspace once it is idle
     ghost = anonymous_key(new_secret())
     store.bind("crashed-page", ghost).last_seen = time.time() - 2 * store.limits.session_idle_s
-    store.sweeper.sweep()
+    sweeper.sweep()
     assert "crashed-page" not in store.bindings and ghost not in store.sessions
     assert folder(tmp_path, ghost).is_dir()  # kept until its time to live passes
 
@@ -199,8 +200,7 @@ def test_anonymous_workspaces_expire_signed_in_and_local_ones_stay(tmp_path):
     root = local.get(None).root
     os.utime(root / LAST_SEEN, (long_ago, long_ago))
     local.unload(local.resolve(None))
-    assert local.start_sweeper(interval_s=3600).sweep()["expired"] == [] and root.is_dir()
-    local.sweeper.stop()
+    assert Sweeper(local).sweep()["expired"] == [] and root.is_dir()
 
 
 def test_signing_in_offers_to_adopt_the_anonymous_workspaces_runs(tmp_path):
