@@ -67,7 +67,7 @@ def learner(run_dir) -> str:
 # cells (architecture, run) wrap between words
 COMPARE_COLUMNS = ["run", "architecture", "parameters", "data", "tokenizer", "steps", "tokens seen", "val loss",
                    "bits/char", "time (s)", "status"]
-COMPARE_WIDTHS = ["7%", "23%", "10%", "9%", "9%", "6%", "7%", "6%", "9%", "6%", "8%"]
+COMPARE_WIDTHS = ["7%", "21%", "10%", "11%", "9%", "6%", "7%", "6%", "9%", "6%", "8%"]
 
 
 def human_columns(table: list[dict], columns: list[str]) -> pd.DataFrame:
@@ -218,7 +218,7 @@ def curves_chart(curves: pd.DataFrame, x_axis: str = "step", y_axis: str = "loss
     rows = curves.to_dict("records")
     color = {"field": "run", "type": "nominal", "title": "run"}
     # axis labels in the quantity's own format (one point's axis once read "0.000000"; a loss read ".38")
-    x_format = {"tokens": "~s", "time": ",.0f"}.get(x_axis, ",d")
+    x_format = {"tokens": "~s", "time": ",.3~g"}.get(x_axis, ",d")  # time ticks can be 0.5 s apart
     x = {"field": "x", "type": "quantitative", "title": x_title, "axis": {"format": x_format}}
     y = {"field": "y", "type": "quantitative", "title": Y_AXES.get(y_axis, y_axis), "scale": {"zero": False},
          "axis": {"format": ".2f"}}

@@ -89,6 +89,10 @@ class WorkspaceActions:
         self.store.delete_workspace(anon.id)
         return self.line(mine, profile) + f" Moved in: {', '.join(html.escape(n) for n in moved)}.",             gr.update(visible=False)
 
+    def current(self, request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
+        """The bar's line as the workspace stands now (it counts the runs)."""
+        return self.line(self.store.get(getattr(request, "session_hash", None)), profile)
+
     def delete(self, sure, secret, request: gr.Request, profile: gr.OAuthProfile | None = None):
         """Delete every run, upload, import and export of the page's workspace, then start an empty one."""
         if sure is not True:
@@ -122,6 +126,7 @@ def create(demo: gr.Blocks, store, ctx):
                 deleted = gr.Markdown()
     loaded = demo.load(actions.bind, [secret], [secret, line, adopt], api_visibility="private",
                        show_progress="hidden")
+    ctx.runs.change(actions.current, None, line, api_visibility="private", show_progress="hidden")
     adopt.click(actions.adopt, [secret], [line, adopt], api_visibility="private") \
         .then(ctx.refresh_runs, None, [ctx.runs, ctx.selected], api_visibility="private", show_progress="hidden")
     delete.click(actions.delete, [sure, secret], [secret, line, deleted, sure], api_visibility="private") \
