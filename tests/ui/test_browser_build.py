@@ -123,7 +123,7 @@ def test_every_field_of_every_block_edits_the_spec(page):
         for path, value in controls.items():
             if get(spec_in_page(page), path) != value:
                 edit(block(page, btype), field_label(path), None, value)
-                wait_for(lambda p=path, v=value: get(spec_in_page(page), p) == v, what=f"{path} set to {value}")
+                wait_for(lambda p=path, v=value: get(spec_in_page(page), p) == v, 60, f"{path} set to {value}")
         shown = next(b for b in spec_in_page(page)["blocks"] if b["type"] == btype)
         for path, _, _ in field_widgets(btype):  # the block was redrawn with every field that now applies
             if path not in moot_fields(shown):

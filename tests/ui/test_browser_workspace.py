@@ -61,7 +61,7 @@ def test_a_training_outlives_reloads_and_windows_and_stays_private(app):
             box.press("Tab")
         page.locator("#train-start").click()
         expect(page.locator("#train-status")).to_contain_text("step", timeout=120_000)
-        wait_for(lambda: step_shown(page) >= 20, 120, "twenty steps")
+        wait_for(lambda: step_shown(page) >= 5, 120, "five steps")
         session = next(s for s in store.sessions.values() if "outlives" in s.runs)
         job = session.runs["outlives"].job
 
@@ -69,7 +69,7 @@ def test_a_training_outlives_reloads_and_windows_and_stays_private(app):
         expect(page.locator("#workspace-line")).to_contain_text("1 run")
         page.get_by_role("tab", name="Train").click()
         expect(page.locator("#train-status")).to_contain_text("outlives", timeout=60_000)
-        at = wait_for(lambda: step_shown(page) >= 20 and step_shown(page), 60, "the status after the reload")
+        at = wait_for(lambda: step_shown(page) >= 5 and step_shown(page), 60, "the status after the reload")
         wait_for(lambda: step_shown(page) > at, 120, "the status to keep streaming")
         assert job.status == "running"
         points = page.locator("#train-plot path[aria-roledescription='line mark']")
