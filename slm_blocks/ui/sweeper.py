@@ -129,6 +129,7 @@ class Sweeper:
         from .workspace import is_workspace
 
         now = time.time() if now is None else now
+        self.release_gone_pages(now)
         closed = [sid for sid in self.idle_sessions(now)]
         for sid in closed:
             if is_workspace(sid):
@@ -146,15 +147,22 @@ class Sweeper:
             return []
         with store.lock:
             sessions = list(store.sessions.values())
-            # a page whose tab went away without its unload (a crashed browser) lets go of its workspace too
-            for page, key in list(store.bindings.items()):
-                session = store.sessions.get(key)
-                if not store.liveness.is_open(store.key(page)) and (session is None or now - session.last_seen > idle):
-                    del store.bindings[page]
             bound = set(store.bindings.values())
         return [s.id for s in sessions if now - s.last_seen > idle and not store.liveness.is_open(s.id)
                 and s.id not in bound
                 and not any(r.job is not None and not r.job.finished for r in s.runs.values())]
+
+    def release_gone_pages(self, now: float) -> None:
+        """A page whose tab went away without its unload (a crashed browser) lets go of its workspace once the
+        workspace is idle, so the workspace can be let go from memory and, when anonymous, expire."""
+        store, idle = self.store, self.store.limits.session_idle_s
+        if idle <= 0:
+            return
+        with store.lock:
+            for page, key in list(store.bindings.items()):
+                session = store.sessions.get(key)
+                if not store.liveness.is_open(store.key(page)) and (session is None or now - session.last_seen > idle):
+                    del store.bindings[page]
 
     def expire_workspaces(self, now: float) -> list[str]:
         """Anonymous workspaces unused for SLM_WORKSPACE_TTL (shared mode) are deleted with their files;
